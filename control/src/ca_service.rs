@@ -1,0 +1,238 @@
+//! The CA on 2377: the join handshake (fetch the root CA, exchange a token
+//! and a CSR for a node certificate) and certificate renewal.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_proto::ca_server::Ca;
+use mesh_proto::{
+    GetRootCaRequest, GetRootCaResponse, IssueNodeCertificateRequest, IssueNodeCertificateResponse,
+    Node, NodeRole, NodeSpec, NodeStatus, RenewNodeCertificateRequest,
+    RenewNodeCertificateResponse, StoreOp, Transaction, store_op::Op,
+};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::auth::Caller;
+use crate::ca::{self, JoinToken, RootCa, now_ms, secrets_equal};
+use crate::error::{ControlError, Result};
+use crate::manager::{Manager, desired_role};
+use crate::server::caller;
+use crate::store::{StoreState, txn};
+
+pub struct CaService {
+    mgr: Arc<Manager>,
+}
+
+impl CaService {
+    pub fn new(mgr: Arc<Manager>) -> Self {
+        CaService { mgr }
+    }
+}
+
+#[tonic::async_trait]
+impl Ca for CaService {
+    async fn get_root_ca(
+        &self,
+        _req: Request<GetRootCaRequest>,
+    ) -> std::result::Result<Response<GetRootCaResponse>, Status> {
+        Ok(Response::new(GetRootCaResponse {
+            ca_cert_pem: self.mgr.creds.ca_pem().to_string(),
+        }))
+    }
+
+    async fn issue_node_certificate(
+        &self,
+        req: Request<IssueNodeCertificateRequest>,
+    ) -> std::result::Result<Response<IssueNodeCertificateResponse>, Status> {
+        Ok(Response::new(self.mgr.issue(req.into_inner()).await?))
+    }
+
+    async fn renew_node_certificate(
+        &self,
+        req: Request<RenewNodeCertificateRequest>,
+    ) -> std::result::Result<Response<RenewNodeCertificateResponse>, Status> {
+        let caller = caller(&req)?;
+        Ok(Response::new(
+            self.mgr.renew(&caller, req.into_inner()).await?,
+        ))
+    }
+}
+
+fn cluster_of(s: &StoreState) -> Result<&mesh_proto::Cluster> {
+    s.cluster
+        .as_ref()
+        .ok_or_else(|| ControlError::Internal("cluster object missing".into()))
+}
+
+fn validity(c: &mesh_proto::Cluster) -> Duration {
+    Duration::from_secs(
+        c.spec
+            .as_ref()
+            .map(|s| s.cert_validity_secs)
+            .filter(|v| *v > 0)
+            .unwrap_or(90 * 24 * 3600),
+    )
+}
+
+impl Manager {
+    pub(crate) async fn issue(
+        &self,
+        r: IssueNodeCertificateRequest,
+    ) -> Result<IssueNodeCertificateResponse> {
+        let token: JoinToken = r.token.parse()?;
+        if r.addr.parse::<IpAddr>().is_err() {
+            return Err(ControlError::InvalidArgument(format!(
+                "advertise address {:?} is not an IP address",
+                r.addr
+            )));
+        }
+        if r.hostname.is_empty() {
+            return Err(ControlError::InvalidArgument(
+                "hostname: must not be empty".into(),
+            ));
+        }
+        if r.control_port == 0 || r.gossip_port == 0 {
+            return Err(ControlError::InvalidArgument(
+                "control and gossip ports must not be 0".into(),
+            ));
+        }
+        let node_id = ca::new_node_id()?;
+        let mut issued: Option<(String, NodeRole, u64, String)> = None;
+        self.store
+            .update(|s| {
+                let cluster = cluster_of(s)?;
+                if token.ca_digest != ca::ca_digest(&cluster.ca_cert_pem)? {
+                    return Err(ControlError::PermissionDenied(
+                        "join token is for another cluster: its CA digest does not match this cluster's CA".into(),
+                    ));
+                }
+                let role = if secrets_equal(&token.secret, &cluster.manager_secret) {
+                    NodeRole::Manager
+                } else if secrets_equal(&token.secret, &cluster.worker_secret) {
+                    NodeRole::Worker
+                } else {
+                    return Err(ControlError::PermissionDenied(
+                        "join token is not valid: its secret matches no current token (was it rotated?)".into(),
+                    ));
+                };
+                if let Some(other) = s
+                    .nodes
+                    .values()
+                    .find(|n| n.addr == r.addr && self.liveness.status(&n.id) == NodeStatus::Ready)
+                {
+                    return Err(ControlError::FailedPrecondition(format!(
+                        "advertise address {} is already used by node {} ({}), which is up",
+                        r.addr, other.hostname, other.id
+                    )));
+                }
+                let cert = RootCa::from_pem(&cluster.ca_cert_pem, &cluster.ca_key_pem)?.sign_csr(
+                    &r.csr_pem,
+                    &node_id,
+                    role,
+                    &cluster.id,
+                    validity(cluster),
+                )?;
+                let mut next = cluster.clone();
+                next.last_raft_id += 1;
+                let now = now_ms();
+                let mut node = Node {
+                    id: node_id.clone(),
+                    spec: Some(NodeSpec { desired_role: role as i32 }),
+                    hostname: r.hostname.clone(),
+                    addr: r.addr.clone(),
+                    control_port: r.control_port,
+                    gossip_port: r.gossip_port,
+                    raft_id: next.last_raft_id,
+                    created_at_ms: now,
+                    updated_at_ms: now,
+                    ..Default::default()
+                };
+                node.set_role(role);
+                issued = Some((cert, role, node.raft_id, cluster.id.clone()));
+                Ok(Transaction {
+                    ops: vec![
+                        StoreOp { op: Some(Op::PutNode(node)), expect_version: Some(0) },
+                        txn::put_if_unchanged(next),
+                    ],
+                })
+            })
+            .await?;
+        let (cert_pem, role, raft_id, cluster_id) =
+            issued.ok_or_else(|| ControlError::Internal("certificate was not issued".into()))?;
+        let managers = self.store.read(Manager::manager_addrs);
+        info!(node = %node_id, hostname = %r.hostname, addr = %r.addr, role = ?role, "node joined");
+        Ok(IssueNodeCertificateResponse {
+            node_id,
+            cluster_id,
+            role: role as i32,
+            cert_pem,
+            raft_id,
+            managers,
+        })
+    }
+
+    /// A fresh certificate for the calling node. Its role follows the
+    /// store: manager when the node is to be a manager or is still a raft
+    /// voter (a demotion completes only once raft let it go).
+    pub(crate) async fn renew(
+        &self,
+        caller: &Caller,
+        r: RenewNodeCertificateRequest,
+    ) -> Result<RenewNodeCertificateResponse> {
+        let node_id = caller
+            .node_id()
+            .ok_or_else(|| ControlError::PermissionDenied("only nodes renew certificates".into()))?
+            .to_string();
+        let voters: BTreeSet<u64> = self
+            .store
+            .status()
+            .voters
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        let mut issued: Option<(String, NodeRole)> = None;
+        self.store
+            .update(|s| {
+                let cluster = cluster_of(s)?;
+                let node = s.nodes.get(&node_id).ok_or_else(|| {
+                    ControlError::NotFound(format!(
+                        "node {node_id} is not a member of this cluster"
+                    ))
+                })?;
+                let role =
+                    if desired_role(node) == NodeRole::Manager || voters.contains(&node.raft_id) {
+                        NodeRole::Manager
+                    } else {
+                        NodeRole::Worker
+                    };
+                let cert = RootCa::from_pem(&cluster.ca_cert_pem, &cluster.ca_key_pem)?.sign_csr(
+                    &r.csr_pem,
+                    &node_id,
+                    role,
+                    &cluster.id,
+                    validity(cluster),
+                )?;
+                issued = Some((cert, role));
+                let ops = if node.role() == role {
+                    vec![]
+                } else {
+                    let mut n = node.clone();
+                    n.set_role(role);
+                    n.updated_at_ms = now_ms();
+                    vec![txn::put_if_unchanged(n)]
+                };
+                Ok::<_, ControlError>(Transaction { ops })
+            })
+            .await?;
+        let (cert_pem, role) =
+            issued.ok_or_else(|| ControlError::Internal("certificate was not issued".into()))?;
+        info!(node = %node_id, role = ?role, "node certificate renewed");
+        Ok(RenewNodeCertificateResponse {
+            cert_pem,
+            role: role as i32,
+        })
+    }
+}

@@ -1,0 +1,252 @@
+//! The scheduler: places unassigned tasks on ready nodes, spreading each
+//! service across nodes (fewest tasks of that service first, then fewest
+//! tasks overall, then node id, so the choice is deterministic).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mesh_proto::{PublishMode, StoreOp, Task, TaskState, TaskStatus};
+
+use crate::orchestrator::is_terminal;
+use crate::store::{StoreState, txn};
+
+/// The (port, protocol) pairs a task publishes in host mode.
+fn host_ports_of(t: &Task) -> Vec<(u32, i32)> {
+    t.ports
+        .iter()
+        .filter(|p| p.publish_mode() == PublishMode::Host)
+        .map(|p| (p.published_port, p.protocol))
+        .collect()
+}
+
+/// Ops assigning every unplaced task; `ready` says which nodes may take
+/// tasks (the leader's liveness view).
+pub fn plan(state: &StoreState, ready: &dyn Fn(&str) -> bool, now_ms: i64) -> Vec<StoreOp> {
+    let candidates: Vec<&str> = state
+        .nodes
+        .keys()
+        .map(String::as_str)
+        .filter(|id| ready(id))
+        .collect();
+    // Load per node: all active tasks, and per service.
+    let mut total: BTreeMap<&str, usize> = candidates.iter().map(|n| (*n, 0)).collect();
+    let mut per_service: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+    // Host-mode ports taken per node: two tasks cannot bind the same one.
+    let mut host_ports: BTreeSet<(String, u32, i32)> = BTreeSet::new();
+    for t in state.tasks.values().filter(|t| !t.node_id.is_empty()) {
+        let observed = t
+            .status
+            .as_ref()
+            .map(|s| s.state())
+            .unwrap_or(TaskState::New);
+        if t.desired_state() != TaskState::Running || is_terminal(observed) {
+            continue;
+        }
+        if let Some(n) = total.get_mut(t.node_id.as_str()) {
+            *n += 1;
+        }
+        for (port, proto) in host_ports_of(t) {
+            host_ports.insert((t.node_id.clone(), port, proto));
+        }
+        *per_service
+            .entry((t.service_id.as_str(), t.node_id.as_str()))
+            .or_default() += 1;
+    }
+    let mut ops = Vec::new();
+    let mut unplaced: Vec<_> = state
+        .tasks
+        .values()
+        .filter(|t| t.node_id.is_empty() && t.desired_state() == TaskState::Running)
+        .collect();
+    unplaced.sort_by(|a, b| (&a.service_id, a.slot).cmp(&(&b.service_id, b.slot)));
+    for task in unplaced {
+        let wanted = host_ports_of(task);
+        let best = candidates
+            .iter()
+            .copied()
+            .filter(|n| {
+                wanted
+                    .iter()
+                    .all(|(port, proto)| !host_ports.contains(&(n.to_string(), *port, *proto)))
+            })
+            .min_by_key(|n| {
+                (
+                    per_service
+                        .get(&(task.service_id.as_str(), *n))
+                        .copied()
+                        .unwrap_or(0),
+                    total[n],
+                    *n,
+                )
+            });
+        let mut t = task.clone();
+        t.updated_at_ms = now_ms;
+        match best {
+            Some(node) => {
+                *total.get_mut(node).expect("candidate has a load entry") += 1;
+                for (port, proto) in &wanted {
+                    host_ports.insert((node.to_string(), *port, *proto));
+                }
+                *per_service
+                    .entry((task.service_id.as_str(), node))
+                    .or_default() += 1;
+                t.node_id = node.to_string();
+                t.status = Some(TaskStatus {
+                    state: TaskState::Assigned as i32,
+                    message: "assigned".into(),
+                    timestamp_ms: now_ms,
+                    ..Default::default()
+                });
+            }
+            None => {
+                if task
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.state() == TaskState::Pending)
+                {
+                    continue;
+                }
+                t.status = Some(TaskStatus {
+                    state: TaskState::Pending as i32,
+                    message: if wanted.is_empty() {
+                        "no node is ready to run it".into()
+                    } else {
+                        "no ready node has its host-mode port(s) free".into()
+                    },
+                    timestamp_ms: now_ms,
+                    ..Default::default()
+                });
+            }
+        }
+        ops.push(txn::put_if_unchanged(t));
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_proto::{Node, Task};
+
+    use super::*;
+
+    fn node(s: &mut StoreState, id: &str) {
+        s.nodes.insert(
+            id.into(),
+            Node {
+                id: id.into(),
+                ..Default::default()
+            },
+        );
+    }
+
+    fn task(s: &mut StoreState, id: &str, service: &str, slot: u64, node_id: &str) {
+        let mut t = Task {
+            id: id.into(),
+            service_id: service.into(),
+            slot,
+            node_id: node_id.into(),
+            version: 1,
+            ..Default::default()
+        };
+        t.set_desired_state(TaskState::Running);
+        t.status = Some(TaskStatus {
+            state: TaskState::Running as i32,
+            ..Default::default()
+        });
+        s.tasks.insert(id.into(), t);
+    }
+
+    fn placed(s: &StoreState, ops: Vec<StoreOp>) -> Vec<(String, String)> {
+        let mut s = s.clone();
+        assert_eq!(s.apply(txn::of(ops), 9).conflict, "");
+        let mut v: Vec<_> = s
+            .tasks
+            .values()
+            .map(|t| (t.id.clone(), t.node_id.clone()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn spreads_a_service_over_ready_nodes() {
+        let mut s = StoreState::default();
+        for n in ["a", "b", "c"] {
+            node(&mut s, n);
+        }
+        for (i, id) in ["t1", "t2", "t3", "t4"].iter().enumerate() {
+            task(&mut s, id, "web", i as u64 + 1, "");
+        }
+        let got = placed(&s, plan(&s, &|_| true, 1));
+        let on = |n: &str| got.iter().filter(|(_, node)| node == n).count();
+        assert_eq!((on("a"), on("b"), on("c")), (2, 1, 1));
+    }
+
+    #[test]
+    fn prefers_nodes_without_the_service_then_least_loaded() {
+        let mut s = StoreState::default();
+        for n in ["a", "b", "c"] {
+            node(&mut s, n);
+        }
+        task(&mut s, "x1", "other", 1, "b");
+        task(&mut s, "x2", "other", 2, "b");
+        task(&mut s, "w1", "web", 1, "a");
+        task(&mut s, "w2", "web", 2, "");
+        let got = placed(&s, plan(&s, &|_| true, 1));
+        assert!(got.contains(&("w2".into(), "c".into())), "{got:?}");
+    }
+
+    #[test]
+    fn down_nodes_get_nothing_and_no_ready_node_leaves_tasks_pending() {
+        let mut s = StoreState::default();
+        node(&mut s, "a");
+        node(&mut s, "b");
+        task(&mut s, "w1", "web", 1, "");
+        let got = placed(&s, plan(&s, &|n| n == "b", 1));
+        assert_eq!(got, [("w1".to_string(), "b".to_string())]);
+        let ops = plan(&s, &|_| false, 1);
+        assert_eq!(ops.len(), 1);
+        let mut s2 = s.clone();
+        s2.apply(txn::of(ops), 9);
+        assert_eq!(
+            s2.tasks["w1"].status.as_ref().unwrap().state(),
+            TaskState::Pending
+        );
+        assert!(
+            plan(&s2, &|_| false, 2).is_empty(),
+            "pending tasks are not rewritten every pass"
+        );
+    }
+
+    #[test]
+    fn host_mode_ports_are_never_doubled_on_a_node() {
+        let mut s = StoreState::default();
+        node(&mut s, "a");
+        node(&mut s, "b");
+        let host = mesh_proto::PortConfig {
+            target_port: 80,
+            published_port: 9090,
+            publish_mode: PublishMode::Host as i32,
+            ..Default::default()
+        };
+        for (id, slot) in [("e1", 1), ("e2", 2), ("e3", 3)] {
+            task(&mut s, id, "edge", slot, "");
+            s.tasks.get_mut(id).unwrap().ports = vec![host];
+        }
+        let ops = plan(&s, &|_| true, 1);
+        let mut s2 = s.clone();
+        s2.apply(txn::of(ops), 9);
+        let nodes: Vec<&str> = ["e1", "e2"]
+            .iter()
+            .map(|id| s2.tasks[*id].node_id.as_str())
+            .collect();
+        assert_eq!(nodes, ["a", "b"]);
+        let e3 = &s2.tasks["e3"];
+        assert!(e3.node_id.is_empty());
+        assert_eq!(e3.status.as_ref().unwrap().state(), TaskState::Pending);
+        assert!(
+            e3.status.as_ref().unwrap().message.contains("port"),
+            "{:?}",
+            e3.status
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! Deleting conntrack entries of flows that went to removed backends, with the `conntrack`
+//! binary (conntrack-tools) run inside the namespace.
+//!
+//! After DNAT, an entry's *reply* source is the backend, whatever VIP the client dialled, so
+//! `conntrack -D --reply-src IP` finds exactly the flows served by that backend (TCP and UDP).
+//! The next packet of a deleted UDP flow is a new flow and is balanced again: this is what
+//! keeps a UDP client that never stops sending from being black-holed (moby#8795).
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, Result};
+use crate::netns::Netns;
+
+const CONNTRACK: &str = "conntrack";
+
+/// Deletes, in `netns`, every conntrack entry whose reply comes from one of `backends`.
+/// Returns how many were deleted. None to delete is success.
+pub fn flush_backends(netns: &Netns, backends: &BTreeSet<Ipv4Addr>) -> Result<u64> {
+    let mut deleted = 0;
+    for ip in backends {
+        let ip = ip.to_string();
+        let args = ["-D", "-f", "ipv4", "--reply-src", ip.as_str()];
+        let mut cmd = Command::new(CONNTRACK);
+        cmd.args(args).stdin(Stdio::null());
+        netns.enter_on_exec(&mut cmd)?;
+        let out = cmd.output().map_err(|source| Error::Spawn {
+            program: CONNTRACK,
+            source,
+        })?;
+        // conntrack-tools prints "N flow entries have been deleted." on stderr and exits 1
+        // when N is 0: both are success here.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match deleted_count(&stderr) {
+            Some(n) => deleted += n,
+            None if out.status.success() => {}
+            None => {
+                return Err(Error::Command {
+                    program: CONNTRACK,
+                    args: format!("{} (in {})", args.join(" "), netns.name()),
+                    stderr: stderr.trim().to_owned(),
+                });
+            }
+        }
+    }
+    if deleted > 0 {
+        tracing::debug!(
+            netns = netns.name(),
+            deleted,
+            "flushed conntrack of removed backends"
+        );
+    }
+    Ok(deleted)
+}
+
+/// N from conntrack's "N flow entries have been deleted." line.
+fn deleted_count(stderr: &str) -> Option<u64> {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("flow entries have been deleted"))?;
+    let before = line.split(" flow entries").next()?;
+    before.rsplit(' ').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deleted_count_is_read_from_conntrack_output() {
+        assert_eq!(
+            deleted_count(
+                "conntrack v1.4.7 (conntrack-tools): 3 flow entries have been deleted.\n"
+            ),
+            Some(3)
+        );
+        assert_eq!(
+            deleted_count("conntrack v1.4.7 (conntrack-tools): 0 flow entries have been deleted."),
+            Some(0)
+        );
+        assert_eq!(deleted_count("conntrack: Operation not permitted"), None);
+    }
+}

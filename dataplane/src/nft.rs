@@ -1,0 +1,184 @@
+//! The nftables masquerade rule that gives tasks egress, applied with the `nft` binary.
+//!
+//! Everything lives in one table of our own (family `ip`, name from the config, `mesh` by
+//! default): it is replaced as a whole in one `nft -f` transaction (so it is never half
+//! written) and deleted as a whole. No other table is read, flushed or changed. The rule
+//! carries a comment that restates its inputs, so observing it needs no JSON parsing: the
+//! comment is what we compare.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use crate::error::{Error, Result};
+use crate::link::{IfName, Ipv4Cidr};
+use crate::netns::Netns;
+
+/// The `nft` binary, found on `PATH`.
+const NFT: &str = "nft";
+/// Leads the comment of our masquerade rule.
+const COMMENT_TAG: &str = "mesh-masquerade";
+
+/// Masquerade what comes from `source` and leaves by any interface but `bridge`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Masquerade {
+    /// Name of our table (family `ip`).
+    pub table: String,
+    pub source: Ipv4Cidr,
+    pub bridge: IfName,
+}
+
+impl Masquerade {
+    fn comment(&self) -> String {
+        format!("{COMMENT_TAG} {} {}", self.source, self.bridge)
+    }
+
+    /// The `nft -f` script that replaces our table by one holding only this rule.
+    pub fn script(&self) -> String {
+        let t = &self.table;
+        format!(
+            "table ip {t} {{}}\n\
+             delete table ip {t}\n\
+             table ip {t} {{\n\
+             \tchain postrouting {{\n\
+             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr {src} oifname != \"{br}\" masquerade comment \"{comment}\"\n\
+             \t}}\n\
+             }}\n",
+            src = self.source,
+            br = self.bridge,
+            comment = self.comment(),
+        )
+    }
+
+    /// Reads back the rule from `nft list table` output, if the table holds one of ours.
+    pub fn parse_listing(table: &str, listing: &str) -> Option<Masquerade> {
+        let start = listing.find(&format!("comment \"{COMMENT_TAG} "))?;
+        let rest = &listing[start + "comment \"".len() + COMMENT_TAG.len() + 1..];
+        let comment = &rest[..rest.find('"')?];
+        let (source, bridge) = comment.split_once(' ')?;
+        Some(Masquerade {
+            table: table.to_owned(),
+            source: source.parse().ok()?,
+            bridge: IfName::new(bridge).ok()?,
+        })
+    }
+}
+
+/// Whether `name` is acceptable as a table name of ours.
+pub fn check_table_name(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(Error::InvalidSpec {
+            item: format!("nftables table {name:?}"),
+            reason: "must be 1 to 64 letters, digits or '_'".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Replaces our table in `ns` by one holding only `rule`. Idempotent.
+pub fn ensure_masquerade(ns: &Netns, rule: &Masquerade) -> Result<()> {
+    check_table_name(&rule.table)?;
+    run_script(ns, &rule.script())
+}
+
+/// Deletes our table `table` in `ns`; absent is success.
+pub fn remove_table(ns: &Netns, table: &str) -> Result<()> {
+    check_table_name(table)?;
+    run_script(
+        ns,
+        &format!("table ip {table} {{}}\ndelete table ip {table}\n"),
+    )
+}
+
+/// Our masquerade rule in `ns`, if the table exists and holds one.
+pub fn observe_masquerade(ns: &Netns, table: &str) -> Result<Option<Masquerade>> {
+    check_table_name(table)?;
+    let args = ["list", "table", "ip", table];
+    let mut cmd = Command::new(NFT);
+    cmd.args(args);
+    ns.enter_on_exec(&mut cmd)?;
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        program: NFT,
+        source,
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("No such file or directory") {
+            return Ok(None);
+        }
+        return Err(Error::Command {
+            program: NFT,
+            args: args.join(" "),
+            stderr: stderr.trim().to_owned(),
+        });
+    }
+    Ok(Masquerade::parse_listing(
+        table,
+        &String::from_utf8_lossy(&out.stdout),
+    ))
+}
+
+/// Runs `nft -f -` in `ns` with `script` on its standard input (one atomic transaction).
+fn run_script(ns: &Netns, script: &str) -> Result<()> {
+    let mut cmd = Command::new(NFT);
+    cmd.args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    ns.enter_on_exec(&mut cmd)?;
+    let spawn_err = |source| Error::Spawn {
+        program: NFT,
+        source,
+    };
+    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let written = child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(script.as_bytes());
+    let out = child.wait_with_output().map_err(spawn_err)?;
+    if !out.status.success() {
+        return Err(Error::Command {
+            program: NFT,
+            args: format!("-f - <<< {script:?}"),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    written.map_err(spawn_err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listing_round_trips_through_the_comment() {
+        let rule = Masquerade {
+            table: "mesh".into(),
+            source: "172.30.0.0/16".parse().unwrap(),
+            bridge: IfName::new("mesh_gwbridge").unwrap(),
+        };
+        // What `nft list table ip mesh` prints for our script (nft 1.0.6).
+        let listing = "table ip mesh {\n\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 172.30.0.0/16 oifname != \"mesh_gwbridge\" masquerade comment \"mesh-masquerade 172.30.0.0/16 mesh_gwbridge\"\n\t}\n}\n";
+        assert_eq!(
+            Masquerade::parse_listing("mesh", listing),
+            Some(rule.clone())
+        );
+        assert!(rule.script().contains("delete table ip mesh"));
+        assert_eq!(
+            Masquerade::parse_listing("mesh", "table ip mesh {\n}\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn table_names_are_checked() {
+        assert!(check_table_name("mesh").is_ok());
+        for bad in ["", "a b", "a;flush ruleset", "x-y"] {
+            assert!(check_table_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The `mesh` command line. Every command but `daemon` and `sandbox` is a
+//! gRPC call to the local daemon, which forwards to the leader when needed.
+//! Failures print one line on stderr and exit non-zero.
+
+mod client;
+mod network;
+mod node;
+mod output;
+mod progress;
+mod service;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mesh_proto::control_client::ControlClient;
+use mesh_proto::local_client::LocalClient;
+use mesh_proto::{
+    GetJoinTokenRequest, InfoRequest, InitRequest, JoinRequest, LeaveRequest, NodeRole,
+    RotateGossipKeyRequest,
+};
+use tonic::transport::Channel;
+
+use crate::daemon::local::DEFAULT_INGRESS_SUBNET;
+pub use client::DEFAULT_HOST;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "mesh",
+    version,
+    about = "A cluster overlay mesh: Swarm-style overlay networks, service VIPs and a routing mesh"
+)]
+pub struct Cli {
+    /// Daemon to talk to.
+    #[arg(long, global = true, env = "MESH_HOST", default_value = DEFAULT_HOST)]
+    pub host: String,
+    /// Log filter (tracing env-filter syntax); default `info` for the daemon, `warn` otherwise.
+    #[arg(long, global = true, env = "MESH_LOG")]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the node agent (one per host).
+    Daemon(DaemonArgs),
+    /// Create a new cluster with this node as its first manager.
+    Init(InitArgs),
+    /// Join a cluster through one of its managers.
+    Join(JoinArgs),
+    /// Print or rotate the join token for workers or managers.
+    JoinToken(JoinTokenArgs),
+    /// Leave the cluster.
+    Leave(LeaveArgs),
+    /// Show this node's cluster membership.
+    Info(FormatArgs),
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Manage overlay networks.
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
+    /// Cluster-wide operations.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Run a command inside a task's namespaces (on the node that runs it):
+    /// `mesh exec web.1 -- ip addr`.
+    Exec(crate::runtime::ExecArgs),
+    /// A small server answering with its task, node and addresses and the
+    /// client's address (HTTP and UDP): the demo and test workload.
+    Whoami(crate::whoami::WhoamiArgs),
+    /// A demo cluster on this machine: each node a network namespace.
+    #[command(subcommand)]
+    Sandbox(crate::sandbox::cli::SandboxCommand),
+    /// The supervisor of one task (started by the agent).
+    #[command(hide = true)]
+    TaskShim(crate::runtime::TaskShimArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Where the node keeps its identity, certificates and (managers) the raft store.
+    #[arg(long, default_value = "/var/lib/mesh")]
+    pub state_dir: PathBuf,
+    /// Unix socket of the local API.
+    #[arg(long, default_value = "/run/mesh/mesh.sock")]
+    pub socket: PathBuf,
+    /// TOML config file with timing knobs.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Name this node reports (default: the host name).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Prefix of the network namespaces the daemon creates (default
+    /// mesh-<node id>-); give each daemon its own when several share a machine.
+    #[arg(long)]
+    pub netns_prefix: Option<String>,
+    /// Load-balancing backend: auto (IPVS if the kernel has it, else
+    /// nftables), ipvs or nftables. Overrides the config file.
+    #[arg(long)]
+    pub lb_backend: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Address other nodes reach this node on (an IP of this host).
+    #[arg(long)]
+    pub advertise_addr: String,
+    /// Where the control port listens.
+    #[arg(long, default_value = "0.0.0.0:2377")]
+    pub listen_addr: String,
+    /// Pool overlay subnets are taken from when none is given (repeatable).
+    #[arg(long)]
+    pub default_addr_pool: Vec<String>,
+    /// Prefix length of the subnets taken from the pool.
+    #[arg(long, default_value_t = 24)]
+    pub default_addr_pool_mask_length: u32,
+    /// UDP port of the VXLAN data path.
+    #[arg(long, default_value_t = 4789)]
+    pub data_path_port: u32,
+    /// Validity of node certificates (e.g. 90d, 2160h).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub cert_expiry: Option<Duration>,
+    /// Subnet of the routing-mesh network published ports go through.
+    #[arg(long, default_value = DEFAULT_INGRESS_SUBNET)]
+    pub ingress_subnet: String,
+}
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// Join token from `mesh join-token worker|manager` on a manager.
+    #[arg(long)]
+    pub token: String,
+    /// Address other nodes reach this node on (default: the one that routes to the manager).
+    #[arg(long, default_value = "")]
+    pub advertise_addr: String,
+    /// Where the control port listens if this node is or becomes a manager.
+    #[arg(long, default_value = "0.0.0.0:2377")]
+    pub listen_addr: String,
+    /// A manager, as IP[:PORT] (port 2377 by default).
+    pub manager: String,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Worker,
+    Manager,
+}
+
+impl From<Role> for NodeRole {
+    fn from(r: Role) -> NodeRole {
+        match r {
+            Role::Worker => NodeRole::Worker,
+            Role::Manager => NodeRole::Manager,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct JoinTokenArgs {
+    pub role: Role,
+    /// Print the token only.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Make a new token; the old one stops working.
+    #[arg(long)]
+    pub rotate: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LeaveArgs {
+    /// Leave even if this node is a manager or the managers cannot be reached.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct FormatArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Replace the key that encrypts gossip; the previous key stays valid
+    /// until the next rotation so no node is cut off meanwhile.
+    RotateGossipKey,
+}
+
+/// Entry point of the `mesh` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // openraft and hickory log every election step and query at info.
+    let default_level = if matches!(cli.command, Command::Daemon(_) | Command::TaskShim(_)) {
+        "info,openraft=warn,hickory_server=warn,hickory_proto=warn"
+    } else {
+        "warn"
+    };
+    init_logging(cli.log_level.as_deref().unwrap_or(default_level));
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// An error as one line: a gRPC status shows its message, other errors
+/// their chain of causes.
+fn one_line(e: &anyhow::Error) -> String {
+    if let Some(status) = e.downcast_ref::<tonic::Status>() {
+        let msg = status.message();
+        return if msg.is_empty() {
+            format!("{:?}", status.code())
+        } else {
+            msg.replace('\n', " ")
+        };
+    }
+    format!("{e:#}").replace('\n', " ")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let command = match cli.command {
+        Command::Daemon(args) => return run_daemon(args).map(|()| ExitCode::SUCCESS),
+        Command::Sandbox(cmd) => return crate::sandbox::cli::run(cmd),
+        // The shim forks the task from this thread: no runtime must exist yet.
+        Command::TaskShim(args) => return Ok(crate::runtime::shim::run(args)),
+        Command::Whoami(args) => return Ok(crate::whoami::run(args)),
+        Command::Exec(args) => return exec(&cli.host, args),
+        other => other,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(async move {
+        let channel = client::connect(&cli.host).await?;
+        run_client(channel, command).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the daemon for the task's pid, then becomes the command inside the
+/// task's namespaces (no runtime left running around the exec).
+fn exec(host: &str, args: crate::runtime::ExecArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let pid = rt.block_on(async {
+        let channel = client::connect(host).await?;
+        let request = mesh_proto::TaskExecRequest {
+            task: args.task.clone(),
+        };
+        let resp = LocalClient::new(channel).task_exec(request).await?;
+        Ok::<_, anyhow::Error>(resp.into_inner().pid)
+    })?;
+    drop(rt);
+    Ok(crate::runtime::run_exec(pid, &args.command))
+}
+
+fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
+    let mut config = match &args.config {
+        Some(path) => crate::config::DaemonConfig::load(path)?,
+        None => crate::config::DaemonConfig::default(),
+    };
+    if let Some(backend) = args.lb_backend {
+        if backend != "auto" {
+            backend
+                .parse::<mesh_dataplane::lb::Backend>()
+                .map_err(|_| {
+                    anyhow::anyhow!("--lb-backend: {backend:?} is not auto, ipvs or nftables")
+                })?;
+        }
+        config.agent.lb_backend = backend;
+    }
+    let hostname = match args.hostname {
+        Some(h) => h,
+        None => nix::unistd::gethostname()
+            .context("cannot read the host name")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    rt.block_on(crate::daemon::run(crate::daemon::DaemonOptions {
+        state_dir: args.state_dir,
+        socket: args.socket,
+        config,
+        hostname,
+        netns_prefix: args.netns_prefix,
+    }))
+}
+
+async fn run_client(channel: Channel, command: Command) -> anyhow::Result<()> {
+    let mut local = LocalClient::new(channel.clone());
+    let mut control = ControlClient::new(channel);
+    match command {
+        Command::Daemon(_)
+        | Command::Sandbox(_)
+        | Command::TaskShim(_)
+        | Command::Whoami(_)
+        | Command::Exec(_) => {
+            unreachable!("handled before connecting")
+        }
+        Command::Init(a) => {
+            let resp = local
+                .init(InitRequest {
+                    advertise_addr: a.advertise_addr,
+                    listen_addr: a.listen_addr,
+                    default_addr_pool: a.default_addr_pool,
+                    default_addr_pool_mask_length: a.default_addr_pool_mask_length,
+                    data_path_port: a.data_path_port,
+                    cert_validity_secs: a.cert_expiry.map(|d| d.as_secs()).unwrap_or(0),
+                    ingress_subnet: a.ingress_subnet,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "Cluster initialized: this node ({}) is now a manager.\n",
+                resp.node_id
+            );
+            println!("To add a worker to this cluster, run on the worker:\n");
+            println!(
+                "    mesh join --token {} {}\n",
+                resp.worker_token, resp.manager_addr
+            );
+            println!(
+                "To add a manager, run `mesh join-token manager` and follow the instructions."
+            );
+        }
+        Command::Join(a) => {
+            let resp = local
+                .join(JoinRequest {
+                    token: a.token,
+                    remote_addr: a.manager,
+                    advertise_addr: a.advertise_addr,
+                    listen_addr: a.listen_addr,
+                })
+                .await?
+                .into_inner();
+            let role = if resp.role() == NodeRole::Manager {
+                "manager"
+            } else {
+                "worker"
+            };
+            println!(
+                "This node ({}) joined the cluster as a {role}.",
+                resp.node_id
+            );
+        }
+        Command::JoinToken(a) => {
+            let role = NodeRole::from(a.role);
+            let resp = control
+                .get_join_token(GetJoinTokenRequest {
+                    role: role as i32,
+                    rotate: a.rotate,
+                })
+                .await?
+                .into_inner();
+            let name = if a.role == Role::Manager {
+                "manager"
+            } else {
+                "worker"
+            };
+            if a.quiet {
+                println!("{}", resp.token);
+            } else {
+                if a.rotate {
+                    println!("Rotated the {name} join token.\n");
+                }
+                let manager = resp
+                    .managers
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| "MANAGER:2377".into());
+                println!(
+                    "To add a {name} to this cluster, run:\n\n    mesh join --token {} {manager}\n",
+                    resp.token
+                );
+            }
+        }
+        Command::Leave(a) => {
+            local.leave(LeaveRequest { force: a.force }).await?;
+            println!("This node left the cluster.");
+        }
+        Command::Info(f) => {
+            let info = local.info(InfoRequest {}).await?.into_inner();
+            output::print_info(&info, f.format)?;
+        }
+        Command::Node(cmd) => node::run(&mut local, &mut control, cmd).await?,
+        Command::Network(cmd) => network::run(&mut control, cmd).await?,
+        Command::Service(cmd) => service::run(&mut control, cmd).await?,
+        Command::Cluster(ClusterCommand::RotateGossipKey) => {
+            let resp = control
+                .rotate_gossip_key(RotateGossipKeyRequest {})
+                .await?
+                .into_inner();
+            println!(
+                "Gossip key rotated: key {} now encrypts, the previous key still decrypts.",
+                resp.key_id
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! Tables for people and JSON for scripts. The JSON field names are an
+//! interface: scripts rely on them, so they only ever grow.
+
+use std::io::Write;
+
+use mesh_proto::{InfoResponse, NodeRole, NodeStatus, NodeView};
+use serde_json::{Value, json};
+use tabwriter::TabWriter;
+
+use super::Format;
+
+fn role(r: NodeRole) -> &'static str {
+    match r {
+        NodeRole::Manager => "manager",
+        NodeRole::Worker => "worker",
+        NodeRole::Unspecified => "",
+    }
+}
+
+fn status(s: NodeStatus) -> &'static str {
+    match s {
+        NodeStatus::Ready => "ready",
+        NodeStatus::Down => "down",
+        NodeStatus::Unknown => "unknown",
+    }
+}
+
+pub fn nodes_json(nodes: &[NodeView], me: &str) -> Value {
+    Value::Array(
+        nodes
+            .iter()
+            .map(|n| {
+                json!({
+                    "id": n.id,
+                    "hostname": n.hostname,
+                    "addr": n.addr,
+                    "role": role(n.role()),
+                    "desired_role": role(n.desired_role()),
+                    "status": status(n.status()),
+                    "leader": n.leader,
+                    "manager_status": n.manager_status,
+                    "self": n.id == me,
+                    "raft_id": n.raft_id,
+                    "control_port": n.control_port,
+                    "gossip_port": n.gossip_port,
+                    "created_at_ms": n.created_at_ms,
+                    "updated_at_ms": n.updated_at_ms,
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn print_nodes(nodes: &[NodeView], me: &str) -> anyhow::Result<()> {
+    let mut tw = TabWriter::new(std::io::stdout()).padding(3);
+    writeln!(tw, "ID\tHOSTNAME\tADDRESS\tSTATUS\tROLE\tMANAGER STATUS")?;
+    let mut sorted: Vec<&NodeView> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+    for n in sorted {
+        let mark = if n.id == me { " *" } else { "" };
+        writeln!(
+            tw,
+            "{}{mark}\t{}\t{}\t{}\t{}\t{}",
+            n.id,
+            n.hostname,
+            n.addr,
+            status(n.status()),
+            role(n.role()),
+            n.manager_status
+        )?;
+    }
+    tw.flush()?;
+    Ok(())
+}
+
+pub fn info_json(i: &InfoResponse) -> Value {
+    json!({
+        "node_id": i.node_id,
+        "cluster_id": i.cluster_id,
+        "role": role(i.role()),
+        "hostname": i.hostname,
+        "addr": i.addr,
+        "leader_id": i.leader_id,
+        "leader_addr": i.leader_addr,
+        "managers": i.managers,
+        "raft": { "term": i.raft_term, "commit_index": i.raft_commit_index, "applied_index": i.raft_applied_index },
+        "gossip": { "members": i.gossip_members, "auth_failures": i.gossip_auth_failures },
+        "cert_not_after_ms": i.cert_not_after_ms,
+    })
+}
+
+pub fn print_info(i: &InfoResponse, format: Format) -> anyhow::Result<()> {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&info_json(i))?);
+        return Ok(());
+    }
+    if i.node_id.is_empty() {
+        println!("This node ({}) is not part of a cluster.", i.hostname);
+        return Ok(());
+    }
+    let mut tw = TabWriter::new(std::io::stdout()).padding(2);
+    writeln!(tw, "Node ID:\t{}", i.node_id)?;
+    writeln!(tw, "Hostname:\t{}", i.hostname)?;
+    writeln!(tw, "Address:\t{}", i.addr)?;
+    writeln!(tw, "Role:\t{}", role(i.role()))?;
+    writeln!(tw, "Cluster ID:\t{}", i.cluster_id)?;
+    let leader = if i.leader_id.is_empty() {
+        i.leader_addr.clone()
+    } else {
+        format!("{} ({})", i.leader_id, i.leader_addr)
+    };
+    writeln!(
+        tw,
+        "Leader:\t{}",
+        if leader.is_empty() {
+            "unknown".into()
+        } else {
+            leader
+        }
+    )?;
+    writeln!(tw, "Managers:\t{}", i.managers.join(", "))?;
+    if i.role() == NodeRole::Manager {
+        writeln!(
+            tw,
+            "Raft:\tterm {}, commit index {}, applied index {}",
+            i.raft_term, i.raft_commit_index, i.raft_applied_index
+        )?;
+    }
+    writeln!(
+        tw,
+        "Gossip:\t{} members alive, {} packets failed authentication",
+        i.gossip_members, i.gossip_auth_failures
+    )?;
+    let expires =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(i.cert_not_after_ms.max(0) as u64);
+    writeln!(
+        tw,
+        "Certificate expires:\t{}",
+        humantime::format_rfc3339_seconds(expires)
+    )?;
+    tw.flush()?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Waiting for a service to converge after create/scale/update, with a
+//! line per task while it does (like Swarm's progress display). Not on a
+//! terminal, only the outcome is printed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::bail;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mesh_proto::control_client::ControlClient;
+use mesh_proto::{GetServiceRequest, ListTasksRequest, TaskState, TaskView};
+use tonic::transport::Channel;
+
+/// How long a service may take to converge before the CLI gives up.
+pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(200);
+
+pub fn state_name(s: TaskState) -> &'static str {
+    match s {
+        TaskState::New => "new",
+        TaskState::Pending => "pending",
+        TaskState::Assigned => "assigned",
+        TaskState::Starting => "starting",
+        TaskState::Running => "running",
+        TaskState::Complete => "complete",
+        TaskState::Shutdown => "shutdown",
+        TaskState::Failed => "failed",
+        TaskState::Rejected => "rejected",
+        TaskState::Orphaned => "orphaned",
+    }
+}
+
+fn state_of(t: &TaskView) -> TaskState {
+    t.task
+        .as_ref()
+        .and_then(|t| t.status.as_ref())
+        .map(|s| s.state())
+        .unwrap_or(TaskState::New)
+}
+
+/// Waits until every wanted task of `service` runs the current spec and no
+/// unwanted one is left running; fails at the first task that failed for good.
+pub async fn wait_converged(
+    control: &mut ControlClient<Channel>,
+    service: &str,
+) -> anyhow::Result<()> {
+    let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{prefix:>12} {spinner} {msg}")
+        .expect("static template is valid");
+    let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    let overall = multi.add(
+        ProgressBar::new_spinner()
+            .with_style(style.clone())
+            .with_prefix("overall"),
+    );
+    let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
+    loop {
+        let view = control
+            .get_service(GetServiceRequest {
+                service: service.to_string(),
+            })
+            .await?
+            .into_inner();
+        let svc = view.service.clone().unwrap_or_default();
+        let name = svc
+            .spec
+            .as_ref()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        let tasks = control
+            .list_tasks(ListTasksRequest {
+                service: svc.id.clone(),
+                node: String::new(),
+            })
+            .await?
+            .into_inner()
+            .tasks;
+        let wanted: Vec<&TaskView> = tasks
+            .iter()
+            .filter(|t| {
+                t.task
+                    .as_ref()
+                    .is_some_and(|t| t.desired_state() == TaskState::Running)
+            })
+            .collect();
+        let leaving = tasks
+            .iter()
+            .filter(|t| {
+                t.task
+                    .as_ref()
+                    .is_some_and(|t| t.desired_state() != TaskState::Running)
+            })
+            .filter(|t| {
+                !matches!(
+                    state_of(t),
+                    TaskState::Shutdown
+                        | TaskState::Complete
+                        | TaskState::Failed
+                        | TaskState::Rejected
+                        | TaskState::Orphaned
+                )
+            })
+            .count();
+        for t in &wanted {
+            let task = t.task.as_ref().expect("filtered on task presence");
+            let bar = bars.entry(task.id.clone()).or_insert_with(|| {
+                multi.add(
+                    ProgressBar::new_spinner()
+                        .with_style(style.clone())
+                        .with_prefix(task.name.clone()),
+                )
+            });
+            let status = task.status.clone().unwrap_or_default();
+            let node = if t.node_hostname.is_empty() {
+                String::new()
+            } else {
+                format!(" on {}", t.node_hostname)
+            };
+            bar.set_message(format!(
+                "{}{node} {}",
+                state_name(status.state()),
+                status.message
+            ));
+            bar.tick();
+            if matches!(status.state(), TaskState::Failed | TaskState::Rejected) {
+                multi.clear().ok();
+                let why = if status.err.is_empty() {
+                    status.message
+                } else {
+                    status.err
+                };
+                bail!("service {name}: task {} failed{node}: {why}", task.name);
+            }
+        }
+        let current = wanted
+            .iter()
+            .filter(|t| {
+                t.task
+                    .as_ref()
+                    .is_some_and(|t| t.spec_version == svc.spec_version)
+            })
+            .filter(|t| state_of(t) == TaskState::Running)
+            .count() as u64;
+        overall.set_message(format!("{current}/{} tasks running", view.desired));
+        overall.tick();
+        if current == view.desired && wanted.len() as u64 == view.desired && leaving == 0 {
+            multi.clear().ok();
+            println!(
+                "{name}: converged, {current}/{} tasks running",
+                view.desired
+            );
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            multi.clear().ok();
+            bail!(
+                "service {name} did not converge within {}s: {current}/{} tasks running (see `mesh service ps {name}`)",
+                CONVERGE_TIMEOUT.as_secs(),
+                view.desired
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

@@ -1,0 +1,83 @@
+//! The daemon's configuration file (TOML). Every timing knob of the manager
+//! components and the agent is here, so tests can run a fast cluster.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use mesh_control::config::{CaConfig, ManagerConfig, OrchestratorConfig, RaftConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::gossip::GossipConfig;
+
+/// The agent: sessions with the managers and joining.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// First retry delay after a session with the managers breaks; doubles
+    /// up to `session_retry_max_ms`.
+    pub session_retry_ms: u64,
+    pub session_retry_max_ms: u64,
+    /// How long `mesh join` may take before it gives up.
+    pub join_timeout_ms: u64,
+    /// UDP/TCP port of the gossip layer.
+    pub gossip_port: u16,
+    /// Renew the node certificate once this share of its lifetime passed.
+    pub renew_at_fraction: f64,
+    /// How often the worker reconciles tasks and the overlay with nothing
+    /// else prompting it (repairs drift, retries failures).
+    pub reconcile_ms: u64,
+    /// Between withdrawing a task from every load balancer and DNS and
+    /// stopping it (scale-down, update, removal).
+    pub drain_ms: u64,
+    /// Load-balancing backend: "auto" (IPVS when the kernel has it,
+    /// nftables otherwise), "ipvs" or "nftables".
+    pub lb_backend: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            session_retry_ms: 200,
+            session_retry_max_ms: 5000,
+            join_timeout_ms: 30_000,
+            gossip_port: 7946,
+            renew_at_fraction: 0.66,
+            reconcile_ms: 5000,
+            drain_ms: 1000,
+            lb_backend: "auto".into(),
+        }
+    }
+}
+
+impl AgentConfig {
+    pub fn join_timeout(&self) -> Duration {
+        Duration::from_millis(self.join_timeout_ms)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub raft: RaftConfig,
+    pub ca: CaConfig,
+    pub orchestrator: OrchestratorConfig,
+    pub gossip: GossipConfig,
+    pub agent: AgentConfig,
+}
+
+impl DaemonConfig {
+    pub fn load(path: &Path) -> anyhow::Result<DaemonConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    pub fn manager(&self) -> ManagerConfig {
+        ManagerConfig {
+            raft: self.raft.clone(),
+            ca: self.ca.clone(),
+            orchestrator: self.orchestrator.clone(),
+        }
+    }
+}

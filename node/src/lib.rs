@@ -1,0 +1,27 @@
+//! The mesh agent and the `mesh` binary.
+//!
+//! # Layout
+//! - [`daemon`]: `mesh daemon`: the unix-socket API, cluster lifecycle
+//!   (init, join, leave, restart), and the manager when the node is one.
+//! - [`agent`]: the session with the leader and certificate renewal.
+//! - [`gossip`]: SWIM membership and endpoint records (foca on 7946).
+//! - [`dns`]: the embedded DNS server at 127.0.0.11 inside every task's namespace.
+//! - [`membership`]: what the daemon needs from gossip (liveness, peers, keys).
+//! - [`cli`]: the command line.
+//! - [`sandbox`]: hosts as network namespaces on this machine: the
+//!   `mesh sandbox` demo and the multi-host test lab.
+//! - [`config`]: the daemon's config file (timing knobs).
+//! - [`runtime`]: tasks as processes under per-task shims that outlive the agent; `mesh exec`.
+//! - [`whoami`]: `mesh whoami`, the small server tasks run in demos and tests.
+
+pub mod agent;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod dns;
+pub mod gossip;
+pub mod membership;
+pub mod runtime;
+pub mod sandbox;
+pub mod whoami;
+pub mod worker;

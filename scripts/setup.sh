@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing mesh needs on a Debian or
+# Ubuntu machine. Idempotent: installs only what is missing. Run as root.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: run as root (mesh creates network namespaces and programs the kernel)" >&2
+    exit 1
+fi
+
+# command -> Debian package providing it
+declare -A wanted=(
+    [ip]=iproute2
+    [bridge]=iproute2
+    [nft]=nftables
+    [ping]=iputils-ping
+    [conntrack]=conntrack
+    [pkill]=procps
+    [gcc]=gcc
+    # The IPVS test boots Debian's cloud kernel under qemu (dataplane/vm/).
+    [qemu-system-x86_64]=qemu-system-x86
+    [busybox]=busybox-static
+    [cpio]=cpio
+    [depmod]=kmod
+)
+missing=()
+for cmd in "${!wanted[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${wanted[$cmd]}")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "setup: cargo not found; install a Rust toolchain (1.90 or newer) first" >&2
+    exit 1
+fi

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds mesh and runs every test: unit tests, in-process cluster tests and
+# the multi-host tests (hosts are network namespaces on this machine, each
+# running the real `mesh daemon`). Run as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --workspace --all-targets --locked
+if command -v cargo-nextest >/dev/null 2>&1; then
+    exec cargo nextest run --workspace --locked --no-fail-fast "$@"
+else
+    exec cargo test --workspace --locked --no-fail-fast "$@"
+fi
