@@ -291,8 +291,14 @@ fn removed_remote_is_unreachable_and_unlisted() {
     assert!(!ping(&t1, "10.10.0.12"));
     let sandbox = w.host(1).network_ns_name(A);
     let fdb = run_in_named(&sandbox, "bridge", &["fdb", "show", "dev", "vxlan0"]);
+    // Only the VXLAN entries (those with a `dst`) are mesh's: br0 may still learn the MAC from
+    // in-flight packets h2 sends, which is harmless since vxlan0 no longer knows where to send.
     let fdb = String::from_utf8_lossy(&fdb.stdout);
-    assert!(!fdb.contains("02:42:0a:0a:00:0c"), "{fdb}");
+    let programmed: Vec<&str> = fdb.lines().filter(|l| l.contains(" dst ")).collect();
+    assert!(
+        !programmed.iter().any(|l| l.contains("02:42:0a:0a:00:0c")),
+        "{fdb}"
+    );
     let neigh = run_in_named(&sandbox, "ip", &["neigh", "show", "dev", "vxlan0"]);
     assert!(!String::from_utf8_lossy(&neigh.stdout).contains("10.10.0.12"));
     assert_converged(w.host(1));
