@@ -10,9 +10,12 @@
 //!   implementation, fake (feature `fake`) and the conformance suite both pass.
 //! - [`lb`]: load balancing of service VIPs over task IPs inside a namespace: intent model,
 //!   pure planner, nftables (`numgen` DNAT) and IPVS (generic netlink) backends.
+//! - [`ingress`]: the routing mesh's kernel state: published ports (DNAT in our own table)
+//!   and the reply routing that keeps client addresses.
 //! - [`error`]: the crate's error type.
 
 pub mod error;
+pub mod ingress;
 pub mod lb;
 pub mod link;
 pub mod netns;

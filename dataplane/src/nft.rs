@@ -122,7 +122,7 @@ pub fn observe_masquerade(ns: &Netns, table: &str) -> Result<Option<Masquerade>>
 }
 
 /// Runs `nft -f -` in `ns` with `script` on its standard input (one atomic transaction).
-fn run_script(ns: &Netns, script: &str) -> Result<()> {
+pub(crate) fn run_script(ns: &Netns, script: &str) -> Result<()> {
     let mut cmd = Command::new(NFT);
     cmd.args(["-f", "-"])
         .stdin(Stdio::piped())

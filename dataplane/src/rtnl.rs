@@ -7,6 +7,7 @@
 //! takes an absent object, or an absent device, as success. Every other refusal is an
 //! [`Error::Netlink`] naming the operation and the interface.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 
@@ -20,6 +21,7 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::{LinkBridgePort, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
 use crate::error::{Error, Result, errno_of};
@@ -347,6 +349,122 @@ impl Rtnl {
         let result = self.handle.route().del(msg).execute().await;
         ok_if(result, &[libc::ESRCH, libc::ENOENT])
             .map_err(|source| self.err("delete default route", "*", source))
+    }
+
+    /// Sets the route to `dst` via `via` out of `dev` in the main table (replacing any route
+    /// to `dst` there).
+    pub async fn replace_route(&self, dst: Ipv4Cidr, via: Ipv4Addr, dev: &IfName) -> Result<()> {
+        let index = self.link.require_index(dev).await?;
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .gateway(via)
+            .output_interface(index)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| self.err("replace route via", dev, source))
+    }
+
+    /// Removes the main table's route to `dst`, whoever added it; absent is success.
+    pub async fn remove_route(&self, dst: Ipv4Cidr) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(dst.addr(), dst.prefix_len())
+            .protocol(RouteProtocol::Unspec)
+            .scope(RouteScope::NoWhere)
+            .build();
+        let result = self.handle.route().del(msg).execute().await;
+        ok_if(result, &[libc::ESRCH, libc::ENOENT])
+            .map_err(|source| self.err("delete route", dst, source))
+    }
+
+    /// Sets the default route of routing table `table` to `via` out of `dev`.
+    pub async fn replace_default_route_in(
+        &self,
+        table: u32,
+        via: Ipv4Addr,
+        dev: &IfName,
+    ) -> Result<()> {
+        let index = self.link.require_index(dev).await?;
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(table)
+            .gateway(via)
+            .output_interface(index)
+            .build();
+        self.handle
+            .route()
+            .add(msg)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| self.err("replace table default route via", dev, source))
+    }
+
+    /// Removes the default route of routing table `table`; absent is success.
+    pub async fn remove_default_route_in(&self, table: u32) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+            .table_id(table)
+            .protocol(RouteProtocol::Unspec)
+            .scope(RouteScope::NoWhere)
+            .build();
+        let result = self.handle.route().del(msg).execute().await;
+        ok_if(result, &[libc::ESRCH, libc::ENOENT])
+            .map_err(|source| self.err("delete table default route", table, source))
+    }
+
+    /// The fwmarks of the IPv4 policy rules at `priority`.
+    pub async fn fwmark_rules(&self, priority: u32) -> Result<BTreeSet<u32>> {
+        let rules: Vec<RuleMessage> = self
+            .handle
+            .rule()
+            .get(rtnetlink::IpVersion::V4)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|source| self.err("list rules", "*", source))?;
+        Ok(rules
+            .iter()
+            .filter(|r| {
+                r.attributes
+                    .iter()
+                    .any(|a| matches!(a, RuleAttribute::Priority(p) if *p == priority))
+            })
+            .filter_map(|r| {
+                r.attributes.iter().find_map(|a| match a {
+                    RuleAttribute::FwMark(m) => Some(*m),
+                    _ => None,
+                })
+            })
+            .collect())
+    }
+
+    /// Adds the policy rule `fwmark <mark> lookup <table>` at `priority`; present is success.
+    pub async fn add_fwmark_rule(&self, mark: u32, table: u32, priority: u32) -> Result<()> {
+        let result = self
+            .handle
+            .rule()
+            .add()
+            .v4()
+            .fw_mark(mark)
+            .table_id(table)
+            .priority(priority)
+            .action(RuleAction::ToTable)
+            .execute()
+            .await;
+        ok_if(result, &[libc::EEXIST]).map_err(|source| self.err("add rule", mark, source))
+    }
+
+    /// Removes the policy rule for `mark` at `priority`; absent is success.
+    pub async fn remove_fwmark_rule(&self, mark: u32, priority: u32) -> Result<()> {
+        let mut msg = RuleMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.attributes.push(RuleAttribute::FwMark(mark));
+        msg.attributes.push(RuleAttribute::Priority(priority));
+        let result = self.handle.rule().del(msg).execute().await;
+        ok_if(result, &[libc::ENOENT]).map_err(|source| self.err("delete rule", mark, source))
     }
 
     /// The MTU of the link that holds the IPv4 address `addr`, if one does.

@@ -46,6 +46,8 @@ fn demo_command(node1: &super::lab::Host) -> Result<String> {
 /// The demo's overlay network and service.
 pub const DEMO_NETWORK: &str = "demo";
 pub const DEMO_SERVICE: &str = "whoami";
+/// The demo service's published port (routing mesh: every node answers on 8080).
+pub const DEMO_PUBLISH: &str = "8080:80";
 /// The sandbox's record of itself, in its directory.
 const STATE_FILE: &str = "sandbox.json";
 
@@ -220,6 +222,8 @@ pub fn up(opts: &SandboxOptions, out: &mut dyn Write) -> Result<()> {
             &replicas,
             "--network",
             DEMO_NETWORK,
+            "--publish",
+            DEMO_PUBLISH,
             "--",
             "mesh",
             "whoami",

@@ -18,6 +18,7 @@
 //! arrives, so a restarted agent adopts running tasks instead of tearing
 //! them down.
 
+mod ingress;
 pub mod record;
 pub mod services;
 
@@ -228,6 +229,7 @@ pub fn start(
         lb_applied: BTreeMap::new(),
         dns,
         ingress: None,
+        ingress_applied: ingress::IngressApplied::default(),
     };
     std::thread::Builder::new()
         .name("mesh-worker".into())
@@ -275,6 +277,8 @@ struct Worker {
     dns: Arc<DnsManager>,
     /// This node's address on the ingress network, for its ingress sandbox.
     ingress: Option<NetworkAttachment>,
+    /// The routing mesh's kernel state as last applied.
+    ingress_applied: ingress::IngressApplied,
 }
 
 fn status(state: TaskState, message: impl Into<String>) -> TaskStatus {
@@ -367,6 +371,7 @@ impl Worker {
                 _ = tick.tick() => self.converge().await,
             }
             self.refresh_services();
+            self.sync_ingress();
             self.flush_reports().await;
         }
     }
@@ -694,6 +699,12 @@ impl Worker {
     }
 
     async fn start_task(&mut self, t: &Task) {
+        if let Some(reason) = self.host_port_conflict(t) {
+            let mut s = status(TaskState::Rejected, "rejected");
+            s.err = reason;
+            self.queue(&t.id, s);
+            return;
+        }
         let spec = match self.launch_spec(t) {
             Ok(s) => s,
             Err(e) => {
@@ -955,7 +966,7 @@ impl Worker {
         }
     }
 
-    /// Forwarding on in the ingress sandbox, and its load balancer.
+    /// The ingress sandbox's load balancer (its routing: [`Worker::sync_ingress`]).
     fn setup_ingress_sandbox(&mut self) {
         let Some(a) = self.ingress.clone() else {
             return;
@@ -1182,6 +1193,7 @@ impl Worker {
                 let _ = g.leave_scope(&scope);
             }
         }
+        self.tear_down_ingress();
         self.desired.tasks.clear();
         self.desired.networks.clear();
         self.desired.remotes.clear();

@@ -58,12 +58,12 @@ impl Endpoints {
             .flat_map(|m| m.values())
     }
 
-    /// Addresses of the ingress sandboxes on `network`: where routed
-    /// connections may enter a task from.
-    pub fn sandboxes(&self, network: &str) -> BTreeSet<std::net::Ipv4Addr> {
+    /// Addresses and MACs of the ingress sandboxes on `network`: where
+    /// routed connections may enter a task from.
+    pub fn sandboxes(&self, network: &str) -> Vec<(std::net::Ipv4Addr, String)> {
         self.all(network)
             .filter(|r| r.service_id.is_empty())
-            .filter_map(EndpointRecord::ip)
+            .filter_map(|r| Some((r.ip()?, r.mac.clone())))
             .collect()
     }
 

@@ -1,0 +1,266 @@
+//! The routing mesh's kernel state: published ports on the node, and the reply routing that
+//! lets tasks see (and answer) the real client address.
+//!
+//! # The path of a routed connection
+//! 1. **Node** (the daemon's namespace): our table `ip <table>` (default `mesh_ingress`) holds
+//!    one DNAT rule per published port, for packets addressed to one of the node's own
+//!    addresses (`fib daddr type local`). Ingress mode rewrites the destination to the
+//!    service's VIP on the `ingress` network and target port; host mode to the local task's
+//!    gateway address and target port. The node routes the ingress subnet to its ingress
+//!    sandbox's gateway address ([`Rtnl::replace_route`]).
+//! 2. **Ingress sandbox** (a namespace with an address on the `ingress` overlay and one on the
+//!    gateway bridge): forwarding on, and the service load balancer (nftables or IPVS, the
+//!    same as in tasks) rewrites the VIP to one task's ingress address anywhere in the cluster.
+//! 3. **Task**: the packet arrives with the client's own source address (nothing was
+//!    source-NATed). Our table `ip mesh_reply` marks the connection by the MAC of the sandbox
+//!    it came from ([`reply_mark`]); `tcp_fwmark_accept` makes the accepted socket carry the
+//!    mark, and a route chain copies it onto every other reply packet. A policy rule per
+//!    sandbox sends marked replies to a routing table whose default route is that sandbox,
+//!    so the reply goes back through the node that did the DNAT, where conntrack undoes both
+//!    rewrites.
+//!
+//! Every table here is ours, replaced as a whole in one `nft -f` transaction; no other table
+//! is read, flushed or changed.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use crate::error::{Error, Result};
+use crate::link::IfName;
+use crate::netns::Netns;
+use crate::nft;
+use crate::overlay::Mac;
+use crate::rtnl::Rtnl;
+
+/// Suffix of the node's publication table: `<masquerade table>_ingress`.
+pub const PUBLISH_TABLE_SUFFIX: &str = "_ingress";
+/// Our table in a task's namespace that marks routed connections.
+pub const REPLY_TABLE: &str = "mesh_reply";
+/// Priority of the policy rules that route marked replies (below `main`'s 32766).
+pub const REPLY_RULE_PRIORITY: u32 = 20480;
+/// Marks and routing tables of reply routing: this bit plus the low 24 bits of the sandbox
+/// address, so a sandbox keeps its mark for as long as it keeps its address.
+const REPLY_MARK_BASE: u32 = 0x0100_0000;
+
+/// A transport protocol of a published port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// One port published on the node: connections to any of the node's addresses on
+/// `published` go to `target`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Publication {
+    pub protocol: Protocol,
+    pub published: u16,
+    pub target: SocketAddrV4,
+}
+
+/// The `nft -f` script that replaces table `table` by one holding exactly `pubs` (an empty
+/// list leaves an empty table, so "nothing published" is observable too).
+pub fn publish_script(table: &str, pubs: &[Publication]) -> String {
+    let mut rules = String::new();
+    for p in pubs {
+        let _ = writeln!(
+            rules,
+            "\t\tfib daddr type local {proto} dport {port} dnat to {target} comment \"mesh-publish {proto}/{port}\"",
+            proto = p.protocol.as_str(),
+            port = p.published,
+            target = p.target,
+        );
+    }
+    // The output chain serves clients on the node itself (not loopback: a DNAT of 127.0.0.1
+    // would need route_localnet).
+    let local: String = rules
+        .lines()
+        .map(|l| format!("\t\tip daddr != 127.0.0.0/8 {}\n", l.trim_start()))
+        .collect();
+    format!(
+        "table ip {table} {{}}\n\
+         delete table ip {table}\n\
+         table ip {table} {{\n\
+         \tchain prerouting {{\n\
+         \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
+         {rules}\
+         \t}}\n\
+         \tchain output {{\n\
+         \t\ttype nat hook output priority -100; policy accept;\n\
+         {local}\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// Replaces the node's publication table `table` in `ns` by one holding exactly `pubs`.
+pub fn apply_publications(ns: &Netns, table: &str, pubs: &[Publication]) -> Result<()> {
+    nft::check_table_name(table)?;
+    nft::run_script(ns, &publish_script(table, pubs))
+}
+
+/// The mark (and routing table id) of replies to connections that came in through the
+/// ingress sandbox at `sandbox`.
+pub fn reply_mark(sandbox: Ipv4Addr) -> u32 {
+    REPLY_MARK_BASE | (u32::from(sandbox) & 0x00ff_ffff)
+}
+
+/// The `nft -f` script of a task's reply-marking table: connections entering by `iface`
+/// from one of `sandboxes` (by source MAC) get that sandbox's mark.
+pub fn reply_script(iface: &IfName, sandboxes: &[(Ipv4Addr, Mac)]) -> String {
+    let t = REPLY_TABLE;
+    let elements: Vec<String> = sandboxes
+        .iter()
+        .map(|(ip, mac)| format!("{mac} : {:#x}", reply_mark(*ip)))
+        .collect();
+    let map = if elements.is_empty() {
+        String::new()
+    } else {
+        format!("\t\telements = {{ {} }}\n", elements.join(", "))
+    };
+    format!(
+        "table ip {t} {{}}\n\
+         delete table ip {t}\n\
+         table ip {t} {{\n\
+         \tmap sandboxes {{\n\
+         \t\ttype ether_addr : mark\n\
+         {map}\
+         \t}}\n\
+         \tchain prerouting {{\n\
+         \t\ttype filter hook prerouting priority mangle; policy accept;\n\
+         \t\tiifname \"{iface}\" ct state new ct mark set ether saddr map @sandboxes\n\
+         \t\tct mark != 0 meta mark set ct mark\n\
+         \t}}\n\
+         \tchain output {{\n\
+         \t\ttype route hook output priority mangle; policy accept;\n\
+         \t\tct mark != 0 meta mark set ct mark\n\
+         \t}}\n\
+         }}\n",
+        iface = iface.as_str(),
+    )
+}
+
+/// Makes replies of connections routed in through any of `sandboxes` (address and MAC on the
+/// ingress network, reached by `iface`) leave through the sandbox they came from, in the task
+/// namespace `ns`. Idempotent; sandboxes no longer listed lose their rule and route.
+pub fn ensure_reply_routing(
+    ns: &Netns,
+    iface: &IfName,
+    sandboxes: &[(Ipv4Addr, Mac)],
+) -> Result<()> {
+    // Loose source validation: the client is not routed out of `iface` by the main table.
+    for path in [
+        "/proc/sys/net/ipv4/conf/all/rp_filter".to_string(),
+        format!("/proc/sys/net/ipv4/conf/{}/rp_filter", iface.as_str()),
+    ] {
+        write_sysctl(ns, &path, "0")?;
+    }
+    write_sysctl(ns, "/proc/sys/net/ipv4/tcp_fwmark_accept", "1")?;
+    nft::run_script(ns, &reply_script(iface, sandboxes))?;
+    let wanted: BTreeMap<u32, Ipv4Addr> = sandboxes
+        .iter()
+        .map(|(ip, _)| (reply_mark(*ip), *ip))
+        .collect();
+    let name = ns.name().to_owned();
+    let iface = iface.clone();
+    ns.run_async(async move || {
+        let r = Rtnl::connect(name)?;
+        let present = r.fwmark_rules(REPLY_RULE_PRIORITY).await?;
+        for mark in present.iter().filter(|m| !wanted.contains_key(m)) {
+            r.remove_fwmark_rule(*mark, REPLY_RULE_PRIORITY).await?;
+            r.remove_default_route_in(*mark).await?;
+        }
+        for (mark, via) in &wanted {
+            r.replace_default_route_in(*mark, *via, &iface).await?;
+            if !present.contains(mark) {
+                r.add_fwmark_rule(*mark, *mark, REPLY_RULE_PRIORITY).await?;
+            }
+        }
+        Ok(())
+    })?
+}
+
+/// Turns the namespace `ns` into a router: forwarding on and no strict source validation
+/// (clients are routed in by the gateway bridge and answered the same way).
+pub fn ensure_router(ns: &Netns, ifaces: &[IfName]) -> Result<()> {
+    write_sysctl(ns, "/proc/sys/net/ipv4/ip_forward", "1")?;
+    write_sysctl(ns, "/proc/sys/net/ipv4/conf/all/rp_filter", "0")?;
+    for i in ifaces {
+        write_sysctl(
+            ns,
+            &format!("/proc/sys/net/ipv4/conf/{}/rp_filter", i.as_str()),
+            "0",
+        )?;
+    }
+    Ok(())
+}
+
+/// Writes a `/proc/sys/net` file from a thread inside `ns` (those files are per namespace).
+fn write_sysctl(ns: &Netns, path: &str, value: &str) -> Result<()> {
+    let owned = path.to_owned();
+    ns.run(move || std::fs::write(&owned, value))?
+        .map_err(|source| Error::Path {
+            op: "write",
+            path: path.into(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_script_replaces_the_table_with_one_rule_per_port_and_path() {
+        let pubs = [
+            Publication {
+                protocol: Protocol::Tcp,
+                published: 8080,
+                target: "10.255.0.5:80".parse().unwrap(),
+            },
+            Publication {
+                protocol: Protocol::Udp,
+                published: 5353,
+                target: "172.30.0.9:53".parse().unwrap(),
+            },
+        ];
+        let s = publish_script("mesh_ingress", &pubs);
+        assert!(s.starts_with("table ip mesh_ingress {}\ndelete table ip mesh_ingress\n"));
+        assert!(s.contains(
+            "\t\tfib daddr type local tcp dport 8080 dnat to 10.255.0.5:80 comment \"mesh-publish tcp/8080\"\n"
+        ));
+        assert!(s.contains(
+            "\t\tip daddr != 127.0.0.0/8 fib daddr type local udp dport 5353 dnat to 172.30.0.9:53"
+        ));
+        assert_eq!(s.matches("dnat to").count(), 4, "{s}");
+        let empty = publish_script("mesh_ingress", &[]);
+        assert_eq!(empty.matches("dnat").count(), 0);
+        assert!(empty.contains("chain prerouting"));
+    }
+
+    #[test]
+    fn reply_marks_follow_the_sandbox_address() {
+        let a = reply_mark("10.255.0.2".parse().unwrap());
+        let b = reply_mark("10.255.1.2".parse().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a, 0x01ff_0002);
+        assert!(a > 255, "never a reserved routing table id");
+        let s = reply_script(
+            &IfName::new("eth1").unwrap(),
+            &[("10.255.0.2".parse().unwrap(), Mac([2, 0x42, 10, 255, 0, 2]))],
+        );
+        assert!(s.contains("elements = { 02:42:0a:ff:00:02 : 0x1ff0002 }"), "{s}");
+        assert!(s.contains("iifname \"eth1\" ct state new ct mark set ether saddr map @sandboxes"));
+        assert!(!reply_script(&IfName::new("eth1").unwrap(), &[]).contains("elements"));
+    }
+}
