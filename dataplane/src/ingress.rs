@@ -259,7 +259,10 @@ mod tests {
             &IfName::new("eth1").unwrap(),
             &[("10.255.0.2".parse().unwrap(), Mac([2, 0x42, 10, 255, 0, 2]))],
         );
-        assert!(s.contains("elements = { 02:42:0a:ff:00:02 : 0x1ff0002 }"), "{s}");
+        assert!(
+            s.contains("elements = { 02:42:0a:ff:00:02 : 0x1ff0002 }"),
+            "{s}"
+        );
         assert!(s.contains("iifname \"eth1\" ct state new ct mark set ether saddr map @sandboxes"));
         assert!(!reply_script(&IfName::new("eth1").unwrap(), &[]).contains("elements"));
     }

@@ -241,7 +241,8 @@ fn view(s: &StoreState, v: &Service) -> ServiceView {
     }
     let spec = v.spec.as_ref();
     let desired = match spec.map(|s| s.mode()) {
-        Some(ServiceMode::Global) => total,
+        // One task per node, as the orchestrator places them (before it has run, too).
+        Some(ServiceMode::Global) => total.max(s.nodes.len() as _),
         _ => spec.map(|s| s.replicas).unwrap_or(0),
     };
     ServiceView {

@@ -468,13 +468,16 @@ impl NodeDataplane {
             .any(|t| t.endpoints.iter().any(|e| e.vni == vni))
     }
 
-    /// Whether `task` gets a gateway link: one of its networks is not internal.
+    /// Whether `task` gets a gateway link: it is on no network at all (the gateway bridge is
+    /// then its only way in and out, as for host-mode ports), or one of its networks is not
+    /// internal.
     pub fn needs_egress(&self, task: &TaskSandbox) -> bool {
-        task.endpoints.iter().any(|e| {
-            self.networks
-                .get(&e.vni)
-                .is_some_and(|network| !network.internal)
-        })
+        task.endpoints.is_empty()
+            || task.endpoints.iter().any(|e| {
+                self.networks
+                    .get(&e.vni)
+                    .is_some_and(|network| !network.internal)
+            })
     }
 
     /// Whether `remote` is programmed in the kernel: its network has a local sandbox and the

@@ -504,11 +504,14 @@ fn invalid_desired_states_are_refused_naming_the_input() {
         (
             "two tasks with one short id",
             Box::new(|d| {
-                for id in ["abcdefghijklmn1", "abcdefghijklmn2"] {
+                for (id, gw) in [
+                    ("abcdefghijklmn1", "172.30.0.50/16"),
+                    ("abcdefghijklmn2", "172.30.0.51/16"),
+                ] {
                     d.upsert_task(TaskSandbox {
                         id: TaskId::new(id).unwrap(),
                         endpoints: vec![],
-                        egress: None,
+                        egress: Some(gw.parse().unwrap()),
                     });
                 }
             }),

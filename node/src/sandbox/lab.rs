@@ -264,6 +264,34 @@ impl Lab {
         &self.shared.switch
     }
 
+    /// An outside client on the underlay: a namespace `<prefix>-client<n>` on the switch that
+    /// runs no daemon, with address 10.77.0.(250 + n)/24 (`n` in 1..=4). It is removed with
+    /// the lab, like the hosts.
+    pub fn add_client(&self, n: u8) -> Result<(Netns, Ipv4Addr)> {
+        anyhow::ensure!((1..=4).contains(&n), "client number {n} outside 1..=4");
+        let ip = Ipv4Addr::new(10, 77, 0, 250 + n);
+        let netns = Netns::create(&format!("{}-client{n}", self.shared.prefix))?;
+        let port = IfName::new(format!("c{n}"))?;
+        let bridge = IfName::new(BRIDGE)?;
+        let eth0 = IfName::new(HOST_IFNAME)?;
+        let lo = IfName::new("lo")?;
+        link::in_netns(&self.shared.switch, async |nl| {
+            nl.ensure_veth_pair(&eth0, &netns, &port, &self.shared.switch)
+                .await?;
+            nl.set_controller(&port, &bridge).await?;
+            nl.set_up(&port).await
+        })
+        .context("wire the client to the switch")?;
+        let cidr = Ipv4Cidr::new(ip, SUBNET_PREFIX_LEN)?;
+        link::in_netns(&netns, async |nl| {
+            nl.set_up(&lo).await?;
+            nl.ensure_address(&eth0, cidr).await?;
+            nl.set_up(&eth0).await
+        })
+        .context("configure the client")?;
+        Ok((netns, ip))
+    }
+
     /// Starts the daemon on every host.
     pub fn start_all(&self) -> Result<()> {
         self.hosts.iter().try_for_each(Host::start)

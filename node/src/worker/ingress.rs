@@ -50,7 +50,7 @@ impl Worker {
             let table = self.publish_table();
             match ingress::apply_publications(self.dp.host(), &table, &pubs) {
                 Ok(()) => {
-                    info!(ports = pubs.len(), "published ports updated");
+                    info!(ports = ?pubs, "published ports updated");
                     self.ingress_applied.publications = Some(pubs);
                 }
                 Err(e) => warn!(error = %e, "cannot program published ports; retrying"),
@@ -66,12 +66,7 @@ impl Worker {
             return;
         };
         let sandbox_id = TaskId::new(INGRESS_SANDBOX).expect("valid task id");
-        let Some(egress) = self
-            .desired
-            .tasks
-            .get(&sandbox_id)
-            .and_then(|s| s.egress)
-        else {
+        let Some(egress) = self.desired.tasks.get(&sandbox_id).and_then(|s| s.egress) else {
             return;
         };
         let Ok(ns) = Netns::open(&self.desired.prefix.task_netns(&sandbox_id)) else {
@@ -134,7 +129,10 @@ impl Worker {
             if t.node_id != self.cfg.node_id || t.desired_state() != TaskState::Running {
                 continue;
             }
-            if t.status.as_ref().is_some_and(|s| s.state() == TaskState::Rejected) {
+            if t.status
+                .as_ref()
+                .is_some_and(|s| s.state() == TaskState::Rejected)
+            {
                 continue;
             }
             let Some(egress) = TaskId::new(t.id.clone())
@@ -217,7 +215,11 @@ impl Worker {
         if ports.is_empty() {
             return None;
         }
-        let taken = self.ingress_applied.publications.clone().unwrap_or_default();
+        let taken = self
+            .ingress_applied
+            .publications
+            .clone()
+            .unwrap_or_default();
         let ours: Vec<(Protocol, u16)> = self
             .tasks
             .values()

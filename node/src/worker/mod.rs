@@ -522,7 +522,8 @@ impl Worker {
         parts: Vec<(NetworkSpec, LocalEndpoint)>,
         networks: &mut BTreeMap<Vni, NetworkSpec>,
     ) -> TaskSandbox {
-        let needs_egress = parts.iter().any(|(n, _)| !n.internal);
+        // A task on no network still gets the gateway bridge: egress, and host-mode ports.
+        let needs_egress = parts.is_empty() || parts.iter().any(|(n, _)| !n.internal);
         let mut endpoints = Vec::new();
         for (spec, endpoint) in parts {
             networks.insert(spec.vni, spec);

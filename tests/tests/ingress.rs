@@ -1,0 +1,331 @@
+//! The routing mesh, by what crosses the network: a client namespace on the underlay (not a
+//! cluster node) reaches published ports on every node, including nodes that run no task,
+//! and the tasks see the client's own address. Real `mesh` daemons; needs root.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use mesh_tests::{Host, Lab, Netns, cluster};
+use serde_json::Value;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const IO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// What a whoami reply says: `task` and `client` lines.
+#[derive(Debug)]
+struct Reply {
+    task: String,
+    client: String,
+}
+
+fn parse_reply(text: &str) -> Result<Reply> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::to_string)
+            .with_context(|| format!("no {name} line in reply {text:?}"))
+    };
+    Ok(Reply {
+        task: field("task")?,
+        client: field("client")?,
+    })
+}
+
+/// One HTTP GET on a new connection from inside `ns`.
+fn http_get(ns: &Netns, to: SocketAddr) -> Result<Reply> {
+    ns.run(|| -> Result<Reply> {
+        let mut s = TcpStream::connect_timeout(&to, IO_TIMEOUT)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: mesh\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        parse_reply(&body)
+    })?
+    .with_context(|| format!("GET http://{to}/"))
+}
+
+/// One UDP datagram and its reply, from inside `ns`.
+fn udp_ask(ns: &Netns, to: SocketAddr) -> Result<Reply> {
+    ns.run(|| -> Result<Reply> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.send_to(b"who?", to)?;
+        let mut buf = [0u8; 4096];
+        let (n, _) = s.recv_from(&mut buf)?;
+        parse_reply(&String::from_utf8_lossy(&buf[..n]))
+    })?
+    .with_context(|| format!("udp {to}"))
+}
+
+/// Whether a TCP connect from `ns` to `to` is refused (nothing listens, no rule sends it on).
+fn refused(ns: &Netns, to: SocketAddr) -> Result<bool> {
+    Ok(
+        ns.run(|| match TcpStream::connect_timeout(&to, IO_TIMEOUT) {
+            Err(e) => e.kind() == ErrorKind::ConnectionRefused,
+            Ok(_) => false,
+        })?,
+    )
+}
+
+/// `mesh service ps NAME` as (task name -> node hostname) of running tasks.
+fn running_tasks(host: &Host, service: &str) -> Result<BTreeMap<String, String>> {
+    let out = host
+        .cli(["service", "ps", service, "--format", "json"])?
+        .ok_stdout()?;
+    let rows: Vec<Value> = serde_json::from_str(&out).context("service ps json")?;
+    Ok(rows
+        .iter()
+        .filter(|r| r["state"] == "running" && r["desired_state"] != "shutdown")
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or_default().to_string(),
+                r["node"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
+}
+
+fn create(host: &Host, args: &[&str]) -> Result<()> {
+    let mut argv = vec!["service", "create"];
+    argv.extend_from_slice(args);
+    host.cli(argv)?.ok_stdout()?;
+    Ok(())
+}
+
+/// The node's publication table, as `nft` lists it.
+fn publish_table(host: &Host) -> Result<String> {
+    Ok(host
+        .exec("nft", ["list", "table", "ip", "mesh_ingress"])?
+        .stdout)
+}
+
+fn addr(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::from((ip, port))
+}
+
+/// `count` GETs to `to`; the replicas that answered, or the first failure.
+fn replicas_behind(
+    client: &Netns,
+    client_ip: Ipv4Addr,
+    to: SocketAddr,
+    count: usize,
+) -> Result<BTreeMap<String, usize>> {
+    let mut seen = BTreeMap::new();
+    for i in 0..count {
+        let r = http_get(client, to).with_context(|| format!("request {i} of {count}"))?;
+        if !r.client.starts_with(&format!("{client_ip}:")) {
+            bail!(
+                "{to}: the task saw client {} instead of {client_ip}",
+                r.client
+            );
+        }
+        *seen.entry(r.task).or_insert(0) += 1;
+    }
+    Ok(seen)
+}
+
+fn wait_answers(lab: &Lab, client: &Netns, to: SocketAddr) -> Result<()> {
+    lab.wait_for(&format!("{to} to answer"), DEADLINE, || {
+        Ok(http_get(client, to).is_ok())
+    })
+}
+
+#[test]
+fn published_port_answers_on_every_node_with_the_client_address_and_goes_with_the_service()
+-> Result<()> {
+    let lab = cluster(1, 2)?;
+    let (client, client_ip) = lab.add_client(1)?;
+    let manager = lab.host(1);
+    // A table of someone else's on every node: the routing mesh must never touch it.
+    for h in lab.hosts() {
+        h.exec("nft", ["add", "table", "ip", "foreign"])?
+            .ok_stdout()?;
+        let chain = "{ type filter hook input priority 10; policy accept; }";
+        h.exec("nft", ["add", "chain", "ip", "foreign", "input", chain])?
+            .ok_stdout()?;
+        h.exec("nft", ["add", "rule", "ip", "foreign", "input", "counter"])?
+            .ok_stdout()?;
+    }
+    manager.cli(["network", "create", "appnet"])?.ok_stdout()?;
+    create(
+        manager,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--network",
+            "appnet",
+            "--publish",
+            "published=8080,target=80",
+            "--",
+            "mesh",
+            "whoami",
+            "--port",
+            "80",
+        ],
+    )?;
+    create(
+        manager,
+        &[
+            "--name",
+            "dns",
+            "--replicas",
+            "1",
+            "--network",
+            "appnet",
+            "--publish",
+            "published=5353,target=5300,protocol=udp",
+            "--",
+            "mesh",
+            "whoami",
+            "--port",
+            "5300",
+        ],
+    )?;
+    let web = running_tasks(manager, "web")?;
+    assert_eq!(web.len(), 2, "{web:?}");
+    let busy: BTreeSet<&String> = web.values().collect();
+    let idle: Vec<&Host> = lab
+        .hosts()
+        .iter()
+        .filter(|h| !busy.contains(&h.name().to_string()))
+        .collect();
+    assert_eq!(idle.len(), 1, "one node runs no web task: {web:?}");
+
+    for h in lab.hosts() {
+        wait_answers(&lab, &client, addr(h.ip(), 8080))?;
+    }
+    for h in lab.hosts() {
+        let seen = replicas_behind(&client, client_ip, addr(h.ip(), 8080), 200)
+            .with_context(|| lab.diagnostics())?;
+        let names: BTreeSet<&String> = seen.keys().collect();
+        let want: BTreeSet<&String> = web.keys().collect();
+        assert_eq!(
+            names,
+            want,
+            "{} (no task: {}) reached {seen:?}",
+            h.name(),
+            idle[0].name()
+        );
+    }
+
+    // UDP, from every node, with the client's address.
+    for h in lab.hosts() {
+        let to = addr(h.ip(), 5353);
+        let r = lab.wait_for(&format!("udp {to} to answer"), DEADLINE, || {
+            Ok(udp_ask(&client, to).ok())
+        })?;
+        assert!(
+            r.client.starts_with(&format!("{client_ip}:")),
+            "{to}: {r:?}"
+        );
+        assert!(r.task.starts_with("dns."), "{r:?}");
+    }
+
+    // Removing the service removes its port on every node; the other table is untouched.
+    manager.cli(["service", "rm", "web"])?.ok_stdout()?;
+    for h in lab.hosts() {
+        let to = addr(h.ip(), 8080);
+        lab.wait_for(&format!("{to} to refuse connections"), DEADLINE, || {
+            refused(&client, to)
+        })?;
+        let table = publish_table(h)?;
+        assert!(!table.contains("dport 8080"), "{}: {table}", h.name());
+        assert!(table.contains("udp dport 5353"), "{}: {table}", h.name());
+        let foreign = h
+            .exec("nft", ["list", "table", "ip", "foreign"])?
+            .ok_stdout()?;
+        assert!(foreign.contains("counter"), "{}: {foreign}", h.name());
+    }
+    Ok(())
+}
+
+#[test]
+fn host_mode_answers_only_where_a_task_runs_and_the_mesh_outlives_a_dead_node() -> Result<()> {
+    let lab = cluster(1, 2)?;
+    let (client, client_ip) = lab.add_client(1)?;
+    let manager = lab.host(1);
+    manager.cli(["network", "create", "appnet"])?.ok_stdout()?;
+    create(
+        manager,
+        &[
+            "--name",
+            "edge",
+            "--replicas",
+            "1",
+            "--publish",
+            "published=9090,target=80,mode=host",
+            "--",
+            "mesh",
+            "whoami",
+            "--port",
+            "80",
+        ],
+    )?;
+    create(
+        manager,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--network",
+            "appnet",
+            "-p",
+            "8080:80",
+            "--",
+            "mesh",
+            "whoami",
+            "--port",
+            "80",
+        ],
+    )?;
+    let edge = running_tasks(manager, "edge")?;
+    let edge_node = edge
+        .values()
+        .next()
+        .context("edge has a running task")?
+        .clone();
+    for h in lab.hosts() {
+        let to = addr(h.ip(), 9090);
+        if h.name() == edge_node {
+            let r = lab.wait_for(&format!("{to} to answer"), DEADLINE, || {
+                Ok(http_get(&client, to).ok())
+            })?;
+            assert!(r.client.starts_with(&format!("{client_ip}:")), "{r:?}");
+        } else {
+            assert!(
+                refused(&client, to)?,
+                "{to} answers without an edge task there"
+            );
+        }
+    }
+
+    // Kill a worker that runs a web task: the other nodes keep answering on 8080.
+    let web = running_tasks(manager, "web")?;
+    let victim = lab
+        .hosts()
+        .iter()
+        .skip(1)
+        .find(|h| web.values().any(|n| n == h.name()))
+        .context("a worker runs a web task")?;
+    for h in lab.hosts() {
+        wait_answers(&lab, &client, addr(h.ip(), 8080))?;
+    }
+    // The node dies: its daemon and, with its link, its tasks (which outlive a daemon alone).
+    victim.kill()?;
+    victim.cut()?;
+    for h in lab.hosts().iter().filter(|h| h.name() != victim.name()) {
+        let to = addr(h.ip(), 8080);
+        lab.wait_for(
+            &format!("{to} to answer 20 in a row without {}", victim.name()),
+            DEADLINE,
+            || Ok(replicas_behind(&client, client_ip, to, 20).is_ok()),
+        )?;
+    }
+    Ok(())
+}
