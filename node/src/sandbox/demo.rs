@@ -264,6 +264,13 @@ pub fn up(opts: &SandboxOptions, out: &mut dyn Write) -> Result<()> {
             out,
             "Ask the service by name (VIP, balanced over its tasks): {cmd}"
         )?;
+        if let (Some(first), Some(last)) = (state.nodes.first(), state.nodes.last()) {
+            writeln!(
+                out,
+                "Its published port, on any node (routing mesh): mesh sandbox exec {} -- curl -s http://{}:8080/",
+                first.name, last.ip
+            )?;
+        }
     }
     writeln!(out, "Nodes and daemons:        mesh sandbox status")?;
     writeln!(out, "Remove everything:        mesh sandbox down")?;
