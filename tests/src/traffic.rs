@@ -25,8 +25,14 @@ use crate::Netns;
 /// The port every test service's `mesh whoami` listens on.
 pub const WHOAMI_PORT: u16 = 80;
 
-/// Time allowed to connect, and to each read, of one request.
+/// Time allowed to connect, and to each read, of one request (one-off probes, where a
+/// negative answer is expected too).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Time allowed to connect, and to each read, of each request of a loop or a burst: longer
+/// than the kernel's first SYN retransmission (1 s), so a request a real client would have
+/// seen succeed, only late, does not count as failed.
+pub const LOOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `GET /?format=json` on a fresh connection to `addr`, from the current thread's namespace:
 /// the report of the task that answered.
@@ -65,7 +71,7 @@ pub fn http_burst(ns: &Netns, addr: SocketAddrV4, count: usize) -> Result<Outcom
             (0..count)
                 .map(|_| {
                     let at = Instant::now();
-                    let result = get_report(addr, REQUEST_TIMEOUT).map_err(|e| format!("{e:#}"));
+                    let result = get_report(addr, LOOP_TIMEOUT).map_err(|e| format!("{e:#}"));
                     Outcome {
                         at,
                         took: at.elapsed(),
@@ -169,7 +175,7 @@ impl RequestLoop {
             ns.run(|| {
                 while !stop2.load(Ordering::Relaxed) {
                     let at = Instant::now();
-                    let result = get_report(addr, REQUEST_TIMEOUT).map_err(|e| format!("{e:#}"));
+                    let result = get_report(addr, LOOP_TIMEOUT).map_err(|e| format!("{e:#}"));
                     let outcome = Outcome {
                         at,
                         took: at.elapsed(),
