@@ -15,11 +15,17 @@ pub const FAST_ELECTION_TIMEOUT_MAX: Duration = Duration::from_millis(800);
 pub const FAST_WRITE_TIMEOUT: Duration = Duration::from_millis(3000);
 /// `mesh join` gives up after this long ([`FAST_CONFIG`]).
 pub const FAST_JOIN_TIMEOUT: Duration = Duration::from_millis(5000);
+/// A node down this long has its replicated tasks replaced elsewhere ([`FAST_CONFIG`]).
+pub const FAST_NODE_DOWN_GRACE: Duration = Duration::from_millis(3000);
+/// Between withdrawing a task from every load balancer and stopping it ([`FAST_CONFIG`]; the
+/// product's default).
+pub const FAST_DRAIN: Duration = Duration::from_millis(1000);
 
 /// The daemon config every test cluster gets unless it asks otherwise: raft heartbeat 100 ms,
 /// elections after 400-800 ms, writes time out after 3 s; SWIM probes every 300 ms (ack
 /// within 150 ms) and a suspect is down after 900 ms; the agent retries its session quickly
-/// and a join gives up after 5 s. Keep these in step with the `FAST_*` constants.
+/// and a join gives up after 5 s; a task is stopped 1 s after it was withdrawn from the load
+/// balancers, and the tasks of a node down for 3 s are replaced elsewhere. Keep these in step with the `FAST_*` constants.
 pub const FAST_CONFIG: &str = r#"# mesh-tests: fast timings (mesh_tests::FAST_CONFIG)
 [raft]
 heartbeat_ms = 100
@@ -37,6 +43,10 @@ rejoin_interval_ms = 1000
 session_retry_ms = 100
 session_retry_max_ms = 1000
 join_timeout_ms = 5000
+drain_ms = 1000
+
+[orchestrator]
+node_down_grace_ms = 3000
 "#;
 
 /// The product's default timings (an empty config file): what the benchmark measures.
@@ -56,6 +66,11 @@ mod tests {
         );
         assert_eq!(cfg.raft.write_timeout(), FAST_WRITE_TIMEOUT);
         assert_eq!(cfg.agent.join_timeout(), FAST_JOIN_TIMEOUT);
+        assert_eq!(Duration::from_millis(cfg.agent.drain_ms), FAST_DRAIN);
+        assert_eq!(
+            Duration::from_millis(cfg.orchestrator.node_down_grace_ms),
+            FAST_NODE_DOWN_GRACE
+        );
         cfg.gossip.validate().unwrap();
     }
 }

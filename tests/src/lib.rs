@@ -23,6 +23,11 @@
 //!   expected to succeed or to be refused with one line).
 //! - [`grpc`]: in-process gRPC clients of the daemons (unix socket, 2377 with or without a
 //!   client certificate).
+//! - [`services`]: networks and services through the CLI, and what each host's kernel shows
+//!   of them (VXLAN FDB and neighbors, task load balancers); waits whose failures also dump
+//!   the daemons' own namespaces.
+//! - [`traffic`]: real traffic from inside a task's namespace: HTTP to `mesh whoami` (one
+//!   request, bursts, a loop in the background, a long-lived stream), DNS, ping, TCP.
 //! - [`config`]: the daemon configs (fast test timings, product defaults).
 //! - [`mesh_binary`], [`standin_binary`], [`mesh_bin!`]: the binaries under test.
 //! - [`entry`]: the body of the `mesh-e2e` binary.
@@ -35,6 +40,8 @@ pub mod config;
 pub mod entry;
 pub mod grpc;
 pub mod ops;
+pub mod services;
+pub mod traffic;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,8 +50,8 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
 pub use config::{
-    DEFAULT_CONFIG, FAST_CONFIG, FAST_ELECTION_TIMEOUT_MAX, FAST_HEARTBEAT, FAST_JOIN_TIMEOUT,
-    FAST_WRITE_TIMEOUT,
+    DEFAULT_CONFIG, FAST_CONFIG, FAST_DRAIN, FAST_ELECTION_TIMEOUT_MAX, FAST_HEARTBEAT,
+    FAST_JOIN_TIMEOUT, FAST_NODE_DOWN_GRACE, FAST_WRITE_TIMEOUT,
 };
 pub use mesh_dataplane::link;
 pub use mesh_dataplane::netns::Netns;
