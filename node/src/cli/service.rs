@@ -64,8 +64,8 @@ pub struct CreateArgs {
     #[arg(long)]
     pub name: String,
     /// Number of tasks (replicated mode).
-    #[arg(long)]
-    pub replicas: Option<u64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub replicas: Option<i64>,
     #[arg(long, value_enum, default_value = "replicated")]
     pub mode: Mode,
     /// Network to attach: NAME, or name=NAME[,alias=A...] (repeatable).
@@ -132,8 +132,8 @@ pub struct ScaleArgs {
 #[derive(Args, Debug)]
 pub struct UpdateArgs {
     pub service: String,
-    #[arg(long)]
-    pub replicas: Option<u64>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub replicas: Option<i64>,
     /// Add or replace an environment variable (repeatable).
     #[arg(long)]
     pub env_add: Vec<String>,
@@ -289,7 +289,7 @@ fn spec(a: CreateArgs) -> anyhow::Result<ServiceSpec> {
             }
             spec.set_mode(ServiceMode::Global);
         }
-        Mode::Replicated => spec.replicas = a.replicas.unwrap_or(1),
+        Mode::Replicated => spec.replicas = replicas_arg(a.replicas)?.unwrap_or(1),
     }
     Ok(spec)
 }
@@ -586,7 +586,7 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
         ServiceCommand::Update(a) => {
             let a = *a;
             update(control, &a.service.clone(), a.detach, move |spec| {
-                if let Some(r) = a.replicas {
+                if let Some(r) = replicas_arg(a.replicas)? {
                     if spec.mode() == ServiceMode::Global {
                         bail!("--replicas: the service is global");
                     }
@@ -698,4 +698,11 @@ mod tests {
         assert!(parse_network("alias=x").is_err());
         assert!(parse_network("name=a,bogus=1").is_err());
     }
+}
+
+/// `--replicas` as a count: parsed signed so that a negative one gets our one-line error
+/// rather than clap's usage text.
+fn replicas_arg(r: Option<i64>) -> anyhow::Result<Option<u64>> {
+    r.map(|n| u64::try_from(n).map_err(|_| anyhow::anyhow!("--replicas: {n} is not a number >= 0")))
+        .transpose()
 }

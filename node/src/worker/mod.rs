@@ -230,6 +230,7 @@ pub fn start(
         dns,
         ingress: None,
         ingress_applied: ingress::IngressApplied::default(),
+        draining: BTreeMap::new(),
     };
     std::thread::Builder::new()
         .name("mesh-worker".into())
@@ -279,6 +280,8 @@ struct Worker {
     ingress: Option<NetworkAttachment>,
     /// The routing mesh's kernel state as last applied.
     ingress_applied: ingress::IngressApplied,
+    /// Tasks withdrawn from load balancers and DNS, stopped once their drain ends.
+    draining: BTreeMap<String, tokio::time::Instant>,
 }
 
 fn status(state: TaskState, message: impl Into<String>) -> TaskStatus {
@@ -369,6 +372,7 @@ impl Worker {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tick.tick() => self.converge().await,
+                _ = drained(self.draining.values().min().copied()) => self.converge().await,
             }
             self.refresh_services();
             self.sync_ingress();
@@ -598,18 +602,27 @@ impl Worker {
             .iter()
             .filter(|id| !wanted_ids.contains(id.as_str()))
             .collect();
+        // The drain is a deadline, not a sleep: the actor keeps applying
+        // other nodes' withdrawals to its load balancers meanwhile.
+        let now = tokio::time::Instant::now();
         let mut withdrawn = false;
         for id in &leaving {
-            withdrawn |= self.unpublish(id);
+            if self.unpublish(id) {
+                withdrawn = true;
+                self.draining.insert((*id).clone(), now + self.cfg.drain);
+            }
         }
         if withdrawn {
             self.refresh_services();
-            if !self.cfg.drain.is_zero() {
-                debug!(tasks = leaving.len(), drain = ?self.cfg.drain, "draining before stop");
-                tokio::time::sleep(self.cfg.drain).await;
-            }
+            debug!(tasks = leaving.len(), drain = ?self.cfg.drain, "draining before stop");
         }
+        self.draining
+            .retain(|id, _| leaving.iter().any(|l| *l == id));
         for id in leaving {
+            if self.draining.get(id).is_some_and(|until| *until > now) {
+                continue;
+            }
+            self.draining.remove(id);
             self.detach_services(id).await;
             if let Err(e) = self.runtime.remove(id).await {
                 warn!(task = %id, error = %e, "cannot stop task");
@@ -1237,6 +1250,14 @@ fn parse_mac(text: &str) -> Option<Mac> {
         .filter_map(|b| u8::from_str_radix(b, 16).ok())
         .collect();
     <[u8; 6]>::try_from(bytes).ok().map(Mac)
+}
+
+/// Resolves at the earliest drain deadline, if any task is draining.
+async fn drained(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
