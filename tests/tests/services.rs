@@ -158,6 +158,18 @@ fn scale_with_requests(
         .unwrap();
         api = wait_running(lab, n1, "api", *n, SETTLE).unwrap();
         wait_lb(lab, &probes, vip, &ips(&api, &net), SETTLE).unwrap();
+        // Every replica of this step has answered before the next step begins.
+        let ready = Instant::now();
+        wait(
+            lab,
+            &format!("requests to reach all {n} replicas"),
+            SETTLE,
+            || {
+                let seen = requests.outcomes().since(ready).by_task();
+                Ok(api.iter().all(|t| seen.contains_key(&t.id)))
+            },
+        )
+        .unwrap();
     }
     // A few more requests once the last step is done.
     let settled = Instant::now();
