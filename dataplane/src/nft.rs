@@ -121,14 +121,14 @@ pub fn observe_masquerade(ns: &Netns, table: &str) -> Result<Option<Masquerade>>
     ))
 }
 
-/// Runs `nft -f -` in `ns` with `script` on its standard input (one atomic transaction).
-pub(crate) fn run_script(ns: &Netns, script: &str) -> Result<()> {
+/// Runs `nft -f -` in `netns` with `script` on its standard input: one atomic transaction.
+pub(crate) fn run_script(netns: &Netns, script: &str) -> Result<()> {
     let mut cmd = Command::new(NFT);
     cmd.args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    ns.enter_on_exec(&mut cmd)?;
+    netns.enter_on_exec(&mut cmd)?;
     let spawn_err = |source| Error::Spawn {
         program: NFT,
         source,
@@ -141,9 +141,11 @@ pub(crate) fn run_script(ns: &Netns, script: &str) -> Result<()> {
         .write_all(script.as_bytes());
     let out = child.wait_with_output().map_err(spawn_err)?;
     if !out.status.success() {
+        // The first lines name the failing statement; a 1000-service script is not repeated.
+        let head: String = script.lines().take(20).collect::<Vec<_>>().join("\n");
         return Err(Error::Command {
             program: NFT,
-            args: format!("-f - <<< {script:?}"),
+            args: format!("-f - in {} <<< {head:?}", netns.name()),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         });
     }

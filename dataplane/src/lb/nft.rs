@@ -38,7 +38,6 @@
 //! TCP connection, so idle connections through a VIP are not cut at 900 s as IPVS does.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write as _;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
@@ -47,6 +46,7 @@ use serde_json::Value;
 use super::{BROKEN, LbChange, LbService, LbTable, LoadBalancer, TABLE, conntrack, vip_suffix};
 use crate::error::{Error, Result};
 use crate::netns::Netns;
+pub(crate) use crate::nft::run_script;
 
 const NFT: &str = "nft";
 const COMMENT_DNAT: &str = "mesh-lb dnat";
@@ -435,37 +435,6 @@ pub(crate) fn remove_table(netns: &Netns) -> Result<()> {
         netns,
         &format!("add table ip {TABLE}\ndelete table ip {TABLE}\n"),
     )
-}
-
-/// Runs `nft -f -` in `netns` with `script` on its standard input: one atomic transaction.
-pub(crate) fn run_script(netns: &Netns, script: &str) -> Result<()> {
-    let mut cmd = Command::new(NFT);
-    cmd.args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    netns.enter_on_exec(&mut cmd)?;
-    let spawn_err = |source| Error::Spawn {
-        program: NFT,
-        source,
-    };
-    let mut child = cmd.spawn().map_err(spawn_err)?;
-    let written = child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(script.as_bytes());
-    let out = child.wait_with_output().map_err(spawn_err)?;
-    if !out.status.success() {
-        // The first lines name the failing statement; a 1000-service script is not repeated.
-        let head: String = script.lines().take(20).collect::<Vec<_>>().join("\n");
-        return Err(Error::Command {
-            program: NFT,
-            args: format!("-f - in {} <<< {head:?}", netns.name()),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    written.map_err(spawn_err)
 }
 
 #[cfg(test)]
