@@ -7,6 +7,7 @@
 //! comment is what we compare.
 
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
@@ -90,6 +91,32 @@ pub fn remove_table(ns: &Netns, table: &str) -> Result<()> {
     run_script(
         ns,
         &format!("table ip {table} {{}}\ndelete table ip {table}\n"),
+    )
+}
+
+/// Our table in a task's namespace that sends its resolver's well-known port to where the
+/// embedded DNS server really listens.
+pub const DNS_TABLE: &str = "mesh_dns";
+
+/// Makes connections from `ns` to `addr`:53 go to `addr`:`udp_port` (UDP) and
+/// `addr`:`tcp_port` (TCP), by DNAT in the output path: the resolver then holds no port a
+/// task might want, as a task binding port 53 on the wildcard address would conflict with a
+/// server bound to `addr`:53. Replaces table [`DNS_TABLE`] whole; idempotent.
+pub fn ensure_dns_redirect(ns: &Netns, addr: Ipv4Addr, udp_port: u16, tcp_port: u16) -> Result<()> {
+    let t = DNS_TABLE;
+    run_script(
+        ns,
+        &format!(
+            "table ip {t} {{}}\n\
+             delete table ip {t}\n\
+             table ip {t} {{\n\
+             \tchain output {{\n\
+             \t\ttype nat hook output priority -100; policy accept;\n\
+             \t\tip daddr {addr} udp dport 53 dnat to {addr}:{udp_port}\n\
+             \t\tip daddr {addr} tcp dport 53 dnat to {addr}:{tcp_port}\n\
+             \t}}\n\
+             }}\n"
+        ),
     )
 }
 

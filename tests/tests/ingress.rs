@@ -178,12 +178,12 @@ fn published_port_answers_on_every_node_with_the_client_address_and_goes_with_th
             "--network",
             "appnet",
             "--publish",
-            "published=5353,target=5300,protocol=udp",
+            "published=5353,target=53,protocol=udp",
             "--",
             "mesh",
             "whoami",
             "--port",
-            "5300",
+            "53",
         ],
     )?;
     let web = running_tasks(manager, "web")?;

@@ -43,6 +43,15 @@ pub enum DnsError {
         source: Box<mesh_dataplane::Error>,
     },
 
+    /// The redirect of port 53 to the server's real ports could not be installed.
+    #[error("redirect {addr} to the dns server in the network namespace of task {task}")]
+    Redirect {
+        task: String,
+        addr: SocketAddr,
+        #[source]
+        source: Box<mesh_dataplane::Error>,
+    },
+
     /// Bringing up `lo` panicked (a bug, reported rather than propagated).
     #[error("bringing up lo in the network namespace of task {task} panicked")]
     LoopbackPanicked { task: String },

@@ -31,8 +31,9 @@ use super::handler::{SharedTable, TaskHandler, TaskNetworks};
 use super::sockets::{NetnsRuntime, NetnsSockets};
 
 /// The address every task's resolver is at, as in Docker.
-pub const DNS_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 0, 11)), 53);
+pub const DNS_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(DNS_IP), 53);
+/// The resolver's address.
+const DNS_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 
 /// A TCP client connection idle this long is closed.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -168,7 +169,9 @@ impl DnsManager {
         }
     }
 
-    /// UDP socket and TCP listener on [`DNS_ADDR`] inside `ns`.
+    /// UDP socket and TCP listener inside `ns`, answering at [`DNS_ADDR`]: they are bound to
+    /// ephemeral ports of its address, and a DNAT in the namespace sends port 53 there, so a
+    /// task may bind port 53 on the wildcard address itself (a DNS service).
     async fn bind(
         &self,
         task: &str,
@@ -183,16 +186,36 @@ impl DnsManager {
         // 127.0.0.11 is reachable only once lo is up, yet binding it works either way: so
         // check, rather than wait for a bind error that never comes.
         ensure_lo_up(task, ns).await?;
+        let any_port = SocketAddr::new(DNS_ADDR.ip(), 0);
         let udp = self
             .sockets
-            .bind_udp(ns, DNS_ADDR)
+            .bind_udp(ns, any_port)
             .await
             .map_err(|e| socket_err("bind udp", e))?;
         let tcp = self
             .sockets
-            .listen_tcp(ns, DNS_ADDR)
+            .listen_tcp(ns, any_port)
             .await
             .map_err(|e| socket_err("listen tcp", e))?;
+        let udp_port = udp
+            .local_addr()
+            .map_err(|e| socket_err("bind udp", e))?
+            .port();
+        let tcp_port = tcp
+            .local_addr()
+            .map_err(|e| socket_err("listen tcp", e))?
+            .port();
+        let redirect_ns = ns.clone();
+        tokio::task::spawn_blocking(move || {
+            mesh_dataplane::nft::ensure_dns_redirect(&redirect_ns, DNS_IP, udp_port, tcp_port)
+        })
+        .await
+        .expect("the dns redirect does not panic")
+        .map_err(|source| DnsError::Redirect {
+            task: task.to_owned(),
+            addr: DNS_ADDR,
+            source: Box::new(source),
+        })?;
         Ok((udp, tcp))
     }
 }

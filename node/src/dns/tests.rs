@@ -990,3 +990,34 @@ fn resolv_conf_points_at_the_embedded_server() {
     assert!(RESOLV_CONF.contains("nameserver 127.0.0.11\n"));
     assert!(RESOLV_CONF.contains("options ndots:0"));
 }
+
+#[test]
+fn a_task_may_serve_port_53_on_the_wildcard_address_beside_its_resolver() {
+    let ns = task_ns("dns-port53");
+    runtime().block_on(async {
+        let dns = DnsManager::new(DnsConfig::with_upstreams(vec![]));
+        fill(&dns.table());
+        dns.attach("t1", &path(&ns), nets(&["frontend"]))
+            .await
+            .expect("attach");
+        // What a DNS service in the task does: bind port 53 on every address.
+        let (udp, tcp) = ns
+            .run(|| {
+                (
+                    std::net::UdpSocket::bind("0.0.0.0:53").expect("udp 0.0.0.0:53 is free"),
+                    std::net::TcpListener::bind("0.0.0.0:53").expect("tcp 0.0.0.0:53 is free"),
+                )
+            })
+            .unwrap();
+        let client = Client::new(&ns);
+        assert_eq!(
+            a_records(&client.udp("web", RecordType::A).await),
+            [ip(100)]
+        );
+        assert_eq!(
+            a_records(&client.tcp("web", RecordType::A).await),
+            [ip(100)]
+        );
+        drop((udp, tcp));
+    });
+}
