@@ -100,12 +100,14 @@ fn networks_are_isolated_and_an_internal_one_has_no_egress() {
     // The task on both networks reaches a task on each.
     for (to, net) in [(&a, &front), (&b, &back)] {
         let target = to.endpoint_on(&net.id).unwrap();
-        let report = check(&lab, &format!("ab -> {} on {}", to.name, net.name), || {
-            Ok(match traffic::http_get(&ns(&ab), target) {
-                Ok(r) => Poll::Ready(r),
-                Err(e) => Poll::Fail(format!("{e:#}")),
-            })
-        })
+        // Retried: `b` runs before every node has its record, and a first SYN sent before
+        // then is lost.
+        let report = wait(
+            &lab,
+            &format!("ab -> {} on {}", to.name, net.name),
+            SETTLE,
+            || Ok(traffic::http_get(&ns(&ab), target).ok()),
+        )
         .unwrap();
         assert_eq!(report.task_id, to.id, "{target} answered {report:?}");
     }

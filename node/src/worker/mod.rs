@@ -231,6 +231,8 @@ pub fn start(
         ingress: None,
         ingress_applied: ingress::IngressApplied::default(),
         draining: BTreeMap::new(),
+        withdrawals: Vec::new(),
+        flushes: Vec::new(),
     };
     std::thread::Builder::new()
         .name("mesh-worker".into())
@@ -282,6 +284,11 @@ struct Worker {
     ingress_applied: ingress::IngressApplied,
     /// Tasks withdrawn from load balancers and DNS, stopped once their drain ends.
     draining: BTreeMap<String, tokio::time::Instant>,
+    /// Remote endpoints withdrawn by their owners: (when the drain ends, vni, address).
+    withdrawals: Vec<(tokio::time::Instant, Vni, Ipv4Addr)>,
+    /// Conntrack entries to flush once the drain ends: (when, task, backends gone from its
+    /// load balancer).
+    flushes: Vec<(tokio::time::Instant, String, BTreeSet<Ipv4Addr>)>,
 }
 
 fn status(state: TaskState, message: impl Into<String>) -> TaskStatus {
@@ -372,7 +379,10 @@ impl Worker {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tick.tick() => self.converge().await,
-                _ = drained(self.draining.values().min().copied()) => self.converge().await,
+                _ = drained(self.next_deadline()) => {
+                    self.withdraw_due();
+                    self.converge().await;
+                }
             }
             self.refresh_services();
             self.sync_ingress();
@@ -1102,10 +1112,12 @@ impl Worker {
                     .flat_map(|s| s.backends.iter().copied())
                     .collect();
                 let gone: BTreeSet<Ipv4Addr> = before.difference(&after).copied().collect();
-                if !gone.is_empty()
-                    && let Err(e) = self.lb.flush_conntrack(&ns, &gone)
-                {
-                    warn!(task = task_id, error = %e, "cannot flush conntrack of removed backends");
+                if !gone.is_empty() {
+                    // After the drain: connections opened just before the change (even
+                    // half-open ones) must finish; flows left after it (UDP, a dead node's)
+                    // must not stick to a backend that is gone.
+                    let at = tokio::time::Instant::now() + self.cfg.drain;
+                    self.flushes.push((at, task_id.to_string(), gone));
                 }
                 if !changes.is_empty() {
                     debug!(
@@ -1183,14 +1195,73 @@ impl Worker {
                 let Some((vni, ip)) = self.remotes.remove(&key) else {
                     return;
                 };
-                match overlay::remove_remote(&self.dp, &mut self.desired, vni, ip) {
-                    Ok(()) => debug!(scope = %ev.scope, %ip, "remote endpoint withdrawn"),
-                    Err(e) => {
-                        warn!(scope = %ev.scope, %ip, error = %e, "cannot withdraw remote endpoint")
-                    }
-                }
+                // The task is draining: connections opened before its withdrawal reached our
+                // load balancers must still reach it, so its entries go after the drain.
+                let at = tokio::time::Instant::now() + self.cfg.drain;
+                self.withdrawals.push((at, vni, ip));
+                self.withdraw_due();
             }
         }
+    }
+
+    /// Work whose drain is over: conntrack flushes of removed backends, and
+    /// the FDB and neighbor entries of withdrawn remote endpoints (unless a
+    /// newer endpoint holds the address).
+    fn withdraw_due(&mut self) {
+        let now = tokio::time::Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes)
+            .into_iter()
+            .partition(|(at, _, _)| *at <= now);
+        self.flushes = later;
+        for (_, task_id, gone) in due {
+            // Backends that came back since are kept.
+            let current: BTreeSet<Ipv4Addr> = self
+                .lb_applied
+                .get(&task_id)
+                .map(|t| {
+                    t.services
+                        .values()
+                        .flat_map(|s| s.backends.iter().copied())
+                        .collect()
+                })
+                .unwrap_or_default();
+            let gone: BTreeSet<Ipv4Addr> = gone.difference(&current).copied().collect();
+            let Ok(tid) = TaskId::new(task_id.clone()) else {
+                continue;
+            };
+            let Ok(ns) = Netns::open(&self.desired.prefix.task_netns(&tid)) else {
+                continue;
+            };
+            if !gone.is_empty()
+                && let Err(e) = self.lb.flush_conntrack(&ns, &gone)
+            {
+                warn!(task = %task_id, error = %e, "cannot flush conntrack of removed backends");
+            }
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.withdrawals)
+            .into_iter()
+            .partition(|(at, _, _)| *at <= now);
+        self.withdrawals = later;
+        for (_, vni, ip) in due {
+            if self.remotes.values().any(|r| *r == (vni, ip)) {
+                debug!(%ip, "withdrawn address reused by a newer endpoint; kept");
+                continue;
+            }
+            match overlay::remove_remote(&self.dp, &mut self.desired, vni, ip) {
+                Ok(()) => debug!(%ip, "remote endpoint withdrawn"),
+                Err(e) => warn!(%ip, error = %e, "cannot withdraw remote endpoint"),
+            }
+        }
+    }
+
+    /// The next instant the actor has timed work for: a drain or a withdrawal ending.
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        self.draining
+            .values()
+            .copied()
+            .chain(self.withdrawals.iter().map(|(at, _, _)| *at))
+            .chain(self.flushes.iter().map(|(at, _, _)| *at))
+            .min()
     }
 
     /// Leaving the cluster: every task stopped, the overlay removed.
