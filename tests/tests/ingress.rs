@@ -329,3 +329,60 @@ fn host_mode_answers_only_where_a_task_runs_and_the_mesh_outlives_a_dead_node() 
     }
     Ok(())
 }
+
+#[test]
+fn a_restarted_agent_drops_the_ports_of_a_service_removed_while_it_was_down() -> Result<()> {
+    let lab = cluster(1, 1)?;
+    let (client, client_ip) = lab.add_client(1)?;
+    let (manager, worker) = (lab.host(1), lab.host(2));
+    create(
+        manager,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "1",
+            "-p",
+            "8080:80",
+            "--",
+            "mesh",
+            "whoami",
+            "--port",
+            "80",
+        ],
+    )?;
+    create(
+        manager,
+        &[
+            "--name",
+            "api",
+            "--replicas",
+            "1",
+            "-p",
+            "8081:80",
+            "--",
+            "mesh",
+            "whoami",
+            "--port",
+            "80",
+        ],
+    )?;
+    for port in [8080, 8081] {
+        wait_answers(&lab, &client, addr(worker.ip(), port))?;
+    }
+    worker.kill()?;
+    manager.cli(["service", "rm", "web"])?.ok_stdout()?;
+    worker.restart()?;
+    let to = addr(worker.ip(), 8080);
+    lab.wait_for(&format!("{to} to refuse connections"), DEADLINE, || {
+        refused(&client, to)
+    })?;
+    lab.wait_for("the restarted node's table to drop 8080", DEADLINE, || {
+        Ok(!publish_table(worker)?.contains("dport 8080"))
+    })?;
+    let r = lab.wait_for("8081 to answer after the restart", DEADLINE, || {
+        Ok(http_get(&client, addr(worker.ip(), 8081)).ok())
+    })?;
+    assert!(r.client.starts_with(&format!("{client_ip}:")), "{r:?}");
+    Ok(())
+}
