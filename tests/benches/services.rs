@@ -11,10 +11,12 @@
 //! - **node death**: with api at 10 replicas over the 5 nodes, from `kill -9` of a node's
 //!   daemon (then its cable cut, so its tasks, which outlive the daemon, are unreachable too)
 //!   until no surviving probe's load balancer holds an address of that node's api tasks
-//!   (DNS alike, for information). The victims are node2..node5 in turn, workers first,
-//!   never the raft leader (one node at a time: the managers keep their quorum). Between
-//!   samples the node is reconnected and restarted, and the cluster is waited for: every node
-//!   ready, a probe on each, 10 api replicas, every load balancer and DNS holding all of them.
+//!   (DNS alike, for information; a death after which DNS still names one of them 10 s
+//!   after the load balancers were right is left out of that row). The victims are
+//!   node2..node5 in turn, workers first, never the raft leader (one node at a time: the
+//!   managers keep their quorum). Between samples the node is reconnected and restarted, and
+//!   the cluster is waited for: every node ready, a probe on each, 10 api replicas, every
+//!   load balancer and DNS holding all of them.
 //!
 //! Each probe is watched by its own thread, which reads the load balancer (as the agent's
 //! backend reads it) and asks the resolver, then sleeps `MESH_BENCH_POLL_MS`; a probe's time
@@ -395,8 +397,9 @@ impl Bench<'_> {
     }
 
     /// Kills `victim` (daemon, then cable) with api at [`HIGH`] replicas; returns the time
-    /// until no surviving probe's load balancer, and DNS, holds one of its api tasks.
-    fn death(&self, victim: &Host, api: &[TaskRow]) -> Result<(Duration, Duration)> {
+    /// until no surviving probe's load balancer, and DNS (`None` if it still named one 10 s
+    /// after the load balancers were right), holds one of its api tasks.
+    fn death(&self, victim: &Host, api: &[TaskRow]) -> Result<(Duration, Option<Duration>)> {
         let gone: BTreeSet<Ipv4Addr> = api
             .iter()
             .filter(|t| t.node == victim.name())
@@ -443,8 +446,6 @@ impl Bench<'_> {
                 _ => None,
             };
         }
-        let dns =
-            dns.context("DNS still named a dead task 10 s after the load balancers dropped it")?;
         Ok((lb, dns))
     }
 
@@ -582,14 +583,15 @@ fn main() -> Result<()> {
         let had = api.iter().filter(|t| t.node == victim.name()).count();
         let (lb, dns) = bench.death(victim, &api)?;
         eprintln!(
-            "kill {:>2}: {} ({had} of {HIGH} replicas): lb {} ms, dns {} ms",
+            "kill {:>2}: {} ({had} of {HIGH} replicas): lb {} ms, dns {}",
             i + 1,
             victim.name(),
             ms(lb),
-            ms(dns)
+            dns.map_or("still naming one after 10 s more".to_owned(), |d| ms(d)
+                + " ms")
         );
         death_lb.push(lb);
-        death_dns.push(dns);
+        death_dns.extend(dns);
         api = bench.revive(victim, HIGH)?;
         eprintln!("          back; api {}", spread(&api));
     }
