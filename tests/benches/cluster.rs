@@ -340,7 +340,7 @@ fn main() -> Result<()> {
     }
     print_table(&rows);
     println!(
-        "\ndefault timings: raft heartbeat 250 ms, election 1500-3000 ms; gossip probe 800 ms (rtt 300 ms), suspect->down 1800 ms"
+        "\ndefault timings: raft heartbeat 150 ms, election 750-1500 ms; gossip probe 500 ms (rtt 200 ms), suspect->down 1000 ms"
     );
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! Daemon configurations for the lab: the fast timings the tests use by default, and how the
 //! timings the tests depend on relate to each other.
 //!
-//! Defaults of the product (raft heartbeat 250 ms, elections after 1.5-3 s, gossip probe every
-//! 800 ms, suspicion 1.8 s) suit real clusters; tests shrink them so that a failover or a
+//! Defaults of the product (raft heartbeat 150 ms, elections after 0.75-1.5 s, gossip probe
+//! every 500 ms, suspicion 1 s) suit real clusters; tests shrink them so that a failover or a
 //! death is seen in about a second, leaving room for assertions with honest bounds.
 
 use std::time::Duration;

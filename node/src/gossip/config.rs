@@ -1,12 +1,13 @@
 //! Timing and size knobs of the gossip plane ([`GossipConfig`]), and how they map onto foca's
 //! [`foca::Config`].
 //!
-//! The defaults are sized so that a node that dies is declared down on every other node within
-//! 5 s: the first probe of the dead node comes within one or two probe periods (800 ms), the
-//! suspicion is raised one period later, it turns into death after `suspect_to_down_ms`
-//! (1.8 s), and the death spreads with the periodic gossip (200 ms). Measured by
+//! The defaults are sized so that a dead node's endpoints leave every load balancer within
+//! about 3 s (and the node is `down` everywhere well within 5 s): the first probe of the dead
+//! node comes within one or two probe periods (500 ms), the suspicion is raised one period
+//! later, it turns into death after `suspect_to_down_ms` (1 s), and the death spreads with the
+//! periodic gossip (200 ms). Checked by
 //! `gossip::tests::membership::killed_node_is_down_everywhere_within_bound` on 5 nodes over
-//! 24 seeded runs: 2.7 s to 4.1 s.
+//! 24 seeded runs (1.6 s to 3.0 s), and measured by `cargo bench -p mesh-tests --bench services`.
 
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::Duration;
@@ -64,10 +65,10 @@ pub struct GossipConfig {
 impl Default for GossipConfig {
     fn default() -> Self {
         Self {
-            probe_period_ms: 800,
-            probe_rtt_ms: 300,
+            probe_period_ms: 500,
+            probe_rtt_ms: 200,
             indirect_probes: 3,
-            suspect_to_down_ms: 1800,
+            suspect_to_down_ms: 1000,
             gossip_interval_ms: 200,
             gossip_fanout: 3,
             max_transmissions: 10,
