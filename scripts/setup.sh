@@ -17,6 +17,8 @@ declare -A wanted=(
     [conntrack]=conntrack
     [pkill]=procps
     [gcc]=gcc
+    # The sandbox's demo commands (README) ask the service with curl.
+    [curl]=curl
     # The IPVS test boots Debian's cloud kernel under qemu (dataplane/vm/).
     [qemu-system-x86_64]=qemu-system-x86
     [busybox]=busybox-static
