@@ -88,9 +88,11 @@ fn running_tasks(host: &Host, service: &str) -> Result<BTreeMap<String, String>>
         .collect())
 }
 
-fn create(host: &Host, args: &[&str]) -> Result<()> {
-    let mut argv = vec!["service", "create"];
-    argv.extend_from_slice(args);
+/// `mesh service create --name NAME FLAGS -- mesh whoami --port PORT`, waiting for its tasks.
+fn whoami(host: &Host, name: &str, flags: &[&str], port: &str) -> Result<()> {
+    let mut argv = vec!["service", "create", "--name", name];
+    argv.extend_from_slice(flags);
+    argv.extend_from_slice(&["--", "mesh", "whoami", "--port", port]);
     host.cli(argv)?.ok_stdout()?;
     Ok(())
 }
@@ -150,41 +152,31 @@ fn published_port_answers_on_every_node_with_the_client_address_and_goes_with_th
             .ok_stdout()?;
     }
     manager.cli(["network", "create", "appnet"])?.ok_stdout()?;
-    create(
+    whoami(
         manager,
+        "web",
         &[
-            "--name",
-            "web",
             "--replicas",
             "2",
             "--network",
             "appnet",
             "--publish",
             "published=8080,target=80",
-            "--",
-            "mesh",
-            "whoami",
-            "--port",
-            "80",
         ],
+        "80",
     )?;
-    create(
+    whoami(
         manager,
+        "dns",
         &[
-            "--name",
-            "dns",
             "--replicas",
             "1",
             "--network",
             "appnet",
             "--publish",
             "published=5353,target=53,protocol=udp",
-            "--",
-            "mesh",
-            "whoami",
-            "--port",
-            "53",
         ],
+        "53",
     )?;
     let web = running_tasks(manager, "web")?;
     assert_eq!(web.len(), 2, "{web:?}");
@@ -250,39 +242,22 @@ fn host_mode_answers_only_where_a_task_runs_and_the_mesh_outlives_a_dead_node() 
     let (client, client_ip) = lab.add_client(1)?;
     let manager = lab.host(1);
     manager.cli(["network", "create", "appnet"])?.ok_stdout()?;
-    create(
+    whoami(
         manager,
+        "edge",
         &[
-            "--name",
-            "edge",
             "--replicas",
             "1",
             "--publish",
             "published=9090,target=80,mode=host",
-            "--",
-            "mesh",
-            "whoami",
-            "--port",
-            "80",
         ],
+        "80",
     )?;
-    create(
+    whoami(
         manager,
-        &[
-            "--name",
-            "web",
-            "--replicas",
-            "3",
-            "--network",
-            "appnet",
-            "-p",
-            "8080:80",
-            "--",
-            "mesh",
-            "whoami",
-            "--port",
-            "80",
-        ],
+        "web",
+        &["--replicas", "3", "--network", "appnet", "-p", "8080:80"],
+        "80",
     )?;
     let edge = running_tasks(manager, "edge")?;
     let edge_node = edge
@@ -335,38 +310,8 @@ fn a_restarted_agent_drops_the_ports_of_a_service_removed_while_it_was_down() ->
     let lab = cluster(1, 1)?;
     let (client, client_ip) = lab.add_client(1)?;
     let (manager, worker) = (lab.host(1), lab.host(2));
-    create(
-        manager,
-        &[
-            "--name",
-            "web",
-            "--replicas",
-            "1",
-            "-p",
-            "8080:80",
-            "--",
-            "mesh",
-            "whoami",
-            "--port",
-            "80",
-        ],
-    )?;
-    create(
-        manager,
-        &[
-            "--name",
-            "api",
-            "--replicas",
-            "1",
-            "-p",
-            "8081:80",
-            "--",
-            "mesh",
-            "whoami",
-            "--port",
-            "80",
-        ],
-    )?;
+    whoami(manager, "web", &["--replicas", "1", "-p", "8080:80"], "80")?;
+    whoami(manager, "api", &["--replicas", "1", "-p", "8081:80"], "80")?;
     for port in [8080, 8081] {
         wait_answers(&lab, &client, addr(worker.ip(), port))?;
     }
