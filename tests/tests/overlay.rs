@@ -46,15 +46,13 @@ fn tasks_on_three_hosts_reach_each_other_by_tcp_and_ping() {
         let me = from.addr_on(&net.id).unwrap();
         for to in web.values().filter(|t| t.node != from.node) {
             let target = to.endpoint_on(&net.id).unwrap();
-            let report = check(
+            // Retried: a task runs before every node has its record, and a first SYN sent
+            // before then is lost.
+            let report = wait(
                 &lab,
                 &format!("{} -> {} over TCP", from.name, to.name),
-                || {
-                    Ok(match traffic::http_get(&ns, target) {
-                        Ok(r) => Poll::Ready(r),
-                        Err(e) => Poll::Fail(format!("{e:#}")),
-                    })
-                },
+                SETTLE,
+                || Ok(traffic::http_get(&ns, target).ok()),
             )
             .unwrap();
             assert_eq!(
@@ -298,7 +296,13 @@ fn a_long_connection_survives_agent_restarts_at_both_ends() {
     let (client, server) = (&web["node2"], &web["node3"]);
     let ns = client.netns(&lab).unwrap();
     let interval = Duration::from_millis(200);
-    let stream = Stream::open(&ns, server.endpoint_on(&net.id).unwrap(), interval).unwrap();
+    let to = server.endpoint_on(&net.id).unwrap();
+    // Retried: the server runs before every node has its record, and a first SYN sent before
+    // then is lost.
+    let stream = wait(&lab, "the stream to open", SETTLE, || {
+        Ok(Stream::open(&ns, to, interval).ok())
+    })
+    .unwrap();
     let start = Instant::now();
     // Lines flow before anything happens.
     wait(&lab, "the stream to deliver 5 lines", SETTLE, || {
