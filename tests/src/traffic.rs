@@ -233,8 +233,10 @@ pub struct Stream {
 }
 
 impl Stream {
-    /// Silence after which the reader gives the connection up.
-    pub const STALL: Duration = Duration::from_secs(5);
+    /// Silence after which the reader gives the connection up: longer than TCP's
+    /// retransmission backoff after an outage of a few seconds, so a connection that survives
+    /// a stall is not given up for dead.
+    pub const STALL: Duration = Duration::from_secs(12);
 
     /// Opens `/stream?interval_ms=INTERVAL` on `addr` from inside `ns` and starts reading.
     /// Fails if the connection or the `200` head does not come.

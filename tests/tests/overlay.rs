@@ -320,7 +320,7 @@ fn a_long_connection_survives_agent_restarts_at_both_ends() {
         wait(
             &lab,
             &format!("10 stream lines after {}'s agent restarted", end.name()),
-            SETTLE,
+            SETTLE * 2,
             || {
                 if let Some(why) = stream.ended() {
                     return Ok(Poll::Fail(format!("the stream ended: {why}")));
@@ -339,7 +339,10 @@ fn a_long_connection_survives_agent_restarts_at_both_ends() {
     let lines = stream.lines();
     ensure_or_dump(
         &lab,
-        stream.ended().is_none() && gap < Duration::from_secs(3),
+        // A restart that outlasts failure detection makes the other nodes withdraw the
+        // node's endpoints until it is back: the connection stalls (TCP retransmits), but it
+        // must survive, with every line delivered in order.
+        stream.ended().is_none() && gap < Duration::from_secs(10),
         "one unbroken stream",
         || {
             format!(
