@@ -87,20 +87,17 @@ pub fn publish_script(table: &str, pubs: &[Publication]) -> String {
         .lines()
         .map(|l| format!("\t\tip daddr != 127.0.0.0/8 {}\n", l.trim_start()))
         .collect();
-    format!(
-        "table ip {table} {{}}\n\
-         delete table ip {table}\n\
-         table ip {table} {{\n\
-         \tchain prerouting {{\n\
+    let body = format!(
+        "\tchain prerouting {{\n\
          \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
          {rules}\
          \t}}\n\
          \tchain output {{\n\
          \t\ttype nat hook output priority -100; policy accept;\n\
          {local}\
-         \t}}\n\
-         }}\n"
-    )
+         \t}}\n"
+    );
+    nft::replace_table_script(table, &body)
 }
 
 /// Replaces the node's publication table `table` in `ns` by one holding exactly `pubs`.
@@ -118,7 +115,6 @@ pub fn reply_mark(sandbox: Ipv4Addr) -> u32 {
 /// The `nft -f` script of a task's reply-marking table: connections entering by `iface`
 /// from one of `sandboxes` (by source MAC) get that sandbox's mark.
 pub fn reply_script(iface: &IfName, sandboxes: &[(Ipv4Addr, Mac)]) -> String {
-    let t = REPLY_TABLE;
     let elements: Vec<String> = sandboxes
         .iter()
         .map(|(ip, mac)| format!("{mac} : {:#x}", reply_mark(*ip)))
@@ -128,11 +124,8 @@ pub fn reply_script(iface: &IfName, sandboxes: &[(Ipv4Addr, Mac)]) -> String {
     } else {
         format!("\t\telements = {{ {} }}\n", elements.join(", "))
     };
-    format!(
-        "table ip {t} {{}}\n\
-         delete table ip {t}\n\
-         table ip {t} {{\n\
-         \tmap sandboxes {{\n\
+    let body = format!(
+        "\tmap sandboxes {{\n\
          \t\ttype ether_addr : mark\n\
          {map}\
          \t}}\n\
@@ -144,10 +137,10 @@ pub fn reply_script(iface: &IfName, sandboxes: &[(Ipv4Addr, Mac)]) -> String {
          \tchain output {{\n\
          \t\ttype route hook output priority mangle; policy accept;\n\
          \t\tct mark != 0 meta mark set ct mark\n\
-         \t}}\n\
-         }}\n",
+         \t}}\n",
         iface = iface.as_str(),
-    )
+    );
+    nft::replace_table_script(REPLY_TABLE, &body)
 }
 
 /// Makes replies of connections routed in through any of `sandboxes` (address and MAC on the

@@ -35,19 +35,17 @@ impl Masquerade {
 
     /// The `nft -f` script that replaces our table by one holding only this rule.
     pub fn script(&self) -> String {
-        let t = &self.table;
-        format!(
-            "table ip {t} {{}}\n\
-             delete table ip {t}\n\
-             table ip {t} {{\n\
-             \tchain postrouting {{\n\
-             \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-             \t\tip saddr {src} oifname != \"{br}\" masquerade comment \"{comment}\"\n\
-             \t}}\n\
-             }}\n",
-            src = self.source,
-            br = self.bridge,
-            comment = self.comment(),
+        replace_table_script(
+            &self.table,
+            &format!(
+                "\tchain postrouting {{\n\
+                 \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+                 \t\tip saddr {src} oifname != \"{br}\" masquerade comment \"{comment}\"\n\
+                 \t}}\n",
+                src = self.source,
+                br = self.bridge,
+                comment = self.comment(),
+            ),
         )
     }
 
@@ -63,6 +61,13 @@ impl Masquerade {
             bridge: IfName::new(bridge).ok()?,
         })
     }
+}
+
+/// The `nft -f` script that replaces table `ip <table>` (present or not) by one holding `body`
+/// (its chains, sets and maps, one per line): applied in one transaction, it is never seen half
+/// written.
+pub(crate) fn replace_table_script(table: &str, body: &str) -> String {
+    format!("table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n{body}}}\n")
 }
 
 /// Whether `name` is acceptable as a table name of ours.
@@ -103,21 +108,14 @@ pub const DNS_TABLE: &str = "mesh_dns";
 /// task might want, as a task binding port 53 on the wildcard address would conflict with a
 /// server bound to `addr`:53. Replaces table [`DNS_TABLE`] whole; idempotent.
 pub fn ensure_dns_redirect(ns: &Netns, addr: Ipv4Addr, udp_port: u16, tcp_port: u16) -> Result<()> {
-    let t = DNS_TABLE;
-    run_script(
-        ns,
-        &format!(
-            "table ip {t} {{}}\n\
-             delete table ip {t}\n\
-             table ip {t} {{\n\
-             \tchain output {{\n\
-             \t\ttype nat hook output priority -100; policy accept;\n\
-             \t\tip daddr {addr} udp dport 53 dnat to {addr}:{udp_port}\n\
-             \t\tip daddr {addr} tcp dport 53 dnat to {addr}:{tcp_port}\n\
-             \t}}\n\
-             }}\n"
-        ),
-    )
+    let body = format!(
+        "\tchain output {{\n\
+         \t\ttype nat hook output priority -100; policy accept;\n\
+         \t\tip daddr {addr} udp dport 53 dnat to {addr}:{udp_port}\n\
+         \t\tip daddr {addr} tcp dport 53 dnat to {addr}:{tcp_port}\n\
+         \t}}\n"
+    );
+    run_script(ns, &replace_table_script(DNS_TABLE, &body))
 }
 
 /// Our masquerade rule in `ns`, if the table exists and holds one.
