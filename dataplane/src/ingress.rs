@@ -171,10 +171,10 @@ pub fn ensure_reply_routing(
         let present = r.fwmark_rules(REPLY_RULE_PRIORITY).await?;
         for mark in present.iter().filter(|m| !wanted.contains_key(m)) {
             r.remove_fwmark_rule(*mark, REPLY_RULE_PRIORITY).await?;
-            r.remove_default_route_in(*mark).await?;
+            r.remove_route(*mark, None).await?;
         }
         for (mark, via) in &wanted {
-            r.replace_default_route_in(*mark, *via, &iface).await?;
+            r.replace_route(*mark, None, *via, &iface).await?;
             if !present.contains(mark) {
                 r.add_fwmark_rule(*mark, *mark, REPLY_RULE_PRIORITY).await?;
             }

@@ -28,6 +28,9 @@ use crate::error::{Error, Result, errno_of};
 use crate::link::{IfName, Ipv4Cidr, Netlink};
 use crate::netns::Netns;
 
+/// The main routing table's id.
+pub const MAIN_TABLE: u32 = RouteHeader::RT_TABLE_MAIN as u32;
+
 /// A route-netlink handle with the helpers of this module, plus a [`Netlink`] for those of
 /// [`crate::link`]; both bound to the namespace of the thread that connected them.
 pub struct Rtnl {
@@ -137,7 +140,7 @@ impl Rtnl {
             .filter(|r| {
                 r.header.destination_prefix_length == 0
                     && r.header.kind == RouteType::Unicast
-                    && route_table(r) == u32::from(RouteHeader::RT_TABLE_MAIN)
+                    && route_table(r) == MAIN_TABLE
             })
             .find_map(|r| {
                 r.attributes.iter().find_map(|a| match a {
@@ -324,42 +327,31 @@ impl Rtnl {
             .map_err(|source| self.err("delete neighbor on", dev, source))
     }
 
-    /// Sets the IPv4 default route to `via` out of `dev`.
+    /// Sets the IPv4 default route of the main table to `via` out of `dev`.
     pub async fn replace_default_route(&self, via: Ipv4Addr, dev: &IfName) -> Result<()> {
-        let index = self.link.require_index(dev).await?;
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .gateway(via)
-            .output_interface(index)
-            .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(|source| self.err("replace default route via", dev, source))
+        self.replace_route(MAIN_TABLE, None, via, dev).await
     }
 
     /// Removes the IPv4 default route of the main table, whoever added it; absent is success.
     pub async fn remove_default_route(&self) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .protocol(RouteProtocol::Unspec)
-            .scope(RouteScope::NoWhere)
-            .build();
-        let result = self.handle.route().del(msg).execute().await;
-        ok_if(result, &[libc::ESRCH, libc::ENOENT])
-            .map_err(|source| self.err("delete default route", "*", source))
+        self.remove_route(MAIN_TABLE, None).await
     }
 
-    /// Sets the route to `dst` via `via` out of `dev` in the main table (replacing any route
-    /// to `dst` there).
-    pub async fn replace_route(&self, dst: Ipv4Cidr, via: Ipv4Addr, dev: &IfName) -> Result<()> {
+    /// Sets the route to `dst` (the default route if `None`) in routing table `table` to `via`
+    /// out of `dev`, replacing any route to `dst` there.
+    pub async fn replace_route(
+        &self,
+        table: u32,
+        dst: Option<Ipv4Cidr>,
+        via: Ipv4Addr,
+        dev: &IfName,
+    ) -> Result<()> {
         let index = self.link.require_index(dev).await?;
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.addr(), dst.prefix_len())
-            .gateway(via)
-            .output_interface(index)
-            .build();
+        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new().table_id(table);
+        if let Some(dst) = dst {
+            msg = msg.destination_prefix(dst.addr(), dst.prefix_len());
+        }
+        let msg = msg.gateway(via).output_interface(index).build();
         self.handle
             .route()
             .add(msg)
@@ -369,50 +361,21 @@ impl Rtnl {
             .map_err(|source| self.err("replace route via", dev, source))
     }
 
-    /// Removes the main table's route to `dst`, whoever added it; absent is success.
-    pub async fn remove_route(&self, dst: Ipv4Cidr) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(dst.addr(), dst.prefix_len())
+    /// Removes the route to `dst` (the default route if `None`) of routing table `table`,
+    /// whoever added it; absent is success.
+    pub async fn remove_route(&self, table: u32, dst: Option<Ipv4Cidr>) -> Result<()> {
+        let mut msg = RouteMessageBuilder::<Ipv4Addr>::new().table_id(table);
+        if let Some(dst) = dst {
+            msg = msg.destination_prefix(dst.addr(), dst.prefix_len());
+        }
+        let msg = msg
             .protocol(RouteProtocol::Unspec)
             .scope(RouteScope::NoWhere)
             .build();
         let result = self.handle.route().del(msg).execute().await;
+        let what = dst.map_or_else(|| "default".to_string(), |d| d.to_string());
         ok_if(result, &[libc::ESRCH, libc::ENOENT])
-            .map_err(|source| self.err("delete route", dst, source))
-    }
-
-    /// Sets the default route of routing table `table` to `via` out of `dev`.
-    pub async fn replace_default_route_in(
-        &self,
-        table: u32,
-        via: Ipv4Addr,
-        dev: &IfName,
-    ) -> Result<()> {
-        let index = self.link.require_index(dev).await?;
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .table_id(table)
-            .gateway(via)
-            .output_interface(index)
-            .build();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(|source| self.err("replace table default route via", dev, source))
-    }
-
-    /// Removes the default route of routing table `table`; absent is success.
-    pub async fn remove_default_route_in(&self, table: u32) -> Result<()> {
-        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-            .table_id(table)
-            .protocol(RouteProtocol::Unspec)
-            .scope(RouteScope::NoWhere)
-            .build();
-        let result = self.handle.route().del(msg).execute().await;
-        ok_if(result, &[libc::ESRCH, libc::ENOENT])
-            .map_err(|source| self.err("delete table default route", table, source))
+            .map_err(|source| self.err("delete route", format!("{what} table {table}"), source))
     }
 
     /// The fwmarks of the IPv4 policy rules at `priority`.

@@ -13,6 +13,7 @@ use mesh_dataplane::ingress::{self, Protocol, Publication};
 use mesh_dataplane::link::{IfName, Ipv4Cidr};
 use mesh_dataplane::netns::Netns;
 use mesh_dataplane::overlay::{Mac, TASK_GATEWAY_IFNAME, TaskId};
+use mesh_dataplane::rtnl;
 use mesh_proto::{PortConfig, PortProtocol, PublishMode, Task, TaskState};
 use tracing::{info, warn};
 
@@ -97,8 +98,9 @@ impl Worker {
         let host = self.dp.host();
         let name = host.name().to_owned();
         let result = host.run_async(async move || {
-            let r = mesh_dataplane::rtnl::Rtnl::connect(name)?;
-            r.replace_route(subnet, egress.addr(), &bridge).await
+            let r = rtnl::Rtnl::connect(name)?;
+            r.replace_route(rtnl::MAIN_TABLE, Some(subnet), egress.addr(), &bridge)
+                .await
         });
         match result.and_then(|r| r) {
             Ok(()) => {
@@ -270,8 +272,8 @@ impl Worker {
             let host = self.dp.host();
             let name = host.name().to_owned();
             let result = host.run_async(async move || {
-                mesh_dataplane::rtnl::Rtnl::connect(name)?
-                    .remove_route(subnet)
+                rtnl::Rtnl::connect(name)?
+                    .remove_route(rtnl::MAIN_TABLE, Some(subnet))
                     .await
             });
             if let Err(e) = result.and_then(|r| r) {
