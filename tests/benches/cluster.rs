@@ -19,21 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use mesh_proto::{GetJoinTokenRequest, ListNodesRequest, NodeRole, NodeStatus};
+use mesh_tests::bench::{env_usize, percentile};
 use mesh_tests::ops;
 use mesh_tests::{ClusterOptions, DEFAULT_CONFIG, Host, Lab, grpc, mesh_bin};
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
 
 struct Row {
     what: String,

@@ -17,17 +17,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use mesh_tests::bench::env_usize;
 use mesh_tests::{ClusterOptions, DEFAULT_CONFIG, Netns, cluster_with};
 use serde_json::Value;
 
 const BODY: usize = 1_000_000;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Reads one HTTP response (head and `Content-Length` body) from `s`.
 fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<()> {

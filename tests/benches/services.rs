@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use mesh_node::config::DaemonConfig;
+use mesh_tests::bench::{env_usize, percentile};
 use mesh_tests::services::{
     self, CONVERGE_BOUND, NetworkRow, TaskRow, cli_ok, create_network, create_service,
 };
@@ -50,19 +51,6 @@ const SETTLE: Duration = Duration::from_secs(60);
 /// p99 goals.
 const SCALE_GOAL: Duration = Duration::from_secs(2);
 const DEATH_GOAL: Duration = Duration::from_secs(3);
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
-    sorted[rank.min(sorted.len()) - 1]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1000.0)

@@ -28,6 +28,7 @@
 //!   the daemons' own namespaces.
 //! - [`traffic`]: real traffic from inside a task's namespace: HTTP to `mesh whoami` (one
 //!   request, bursts, a loop in the background, a long-lived stream), DNS, ping, TCP.
+//! - [`bench`]: what the benchmarks share (knobs, percentiles).
 //! - [`config`]: the daemon configs (fast test timings, product defaults).
 //! - [`mesh_binary`], [`standin_binary`], [`mesh_bin!`]: the binaries under test.
 //! - [`entry`]: the body of the `mesh-e2e` binary.
@@ -36,6 +37,7 @@
 //! multiplier), `MESH_LAB_DIR` (lab root, default /tmp/mesh-lab), `MESH_LAB_KEEP` (keep lab
 //! files after a run, until the next run removes them).
 
+pub mod bench;
 pub mod config;
 pub mod entry;
 pub mod grpc;
