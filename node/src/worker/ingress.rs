@@ -43,7 +43,10 @@ impl Worker {
     }
 
     /// Brings the routing mesh's kernel state to what the assignments and
-    /// records say. Cheap when nothing changed (comparisons only).
+    /// records say, writing only what differs from what was applied. The
+    /// actor calls it when one of its inputs may have changed (a converge,
+    /// or records of the ingress network); failures are retried with the
+    /// next converge.
     pub(super) fn sync_ingress(&mut self) {
         self.sync_ingress_sandbox();
         let pubs = self.wanted_publications();

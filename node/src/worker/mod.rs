@@ -230,6 +230,7 @@ pub fn start(
         dns,
         ingress: None,
         ingress_applied: ingress::IngressApplied::default(),
+        ingress_stale: false,
         draining: BTreeMap::new(),
         withdrawals: Vec::new(),
         flushes: Vec::new(),
@@ -282,6 +283,9 @@ struct Worker {
     ingress: Option<NetworkAttachment>,
     /// The routing mesh's kernel state as last applied.
     ingress_applied: ingress::IngressApplied,
+    /// Whether what the routing mesh derives from (assignments, sandboxes, ingress records)
+    /// may have changed since [`Worker::sync_ingress`] last ran.
+    ingress_stale: bool,
     /// Tasks withdrawn from load balancers and DNS, stopped once their drain ends.
     draining: BTreeMap<String, tokio::time::Instant>,
     /// Remote endpoints withdrawn by their owners: (when the drain ends, vni, address).
@@ -380,12 +384,14 @@ impl Worker {
                 },
                 _ = tick.tick() => self.converge().await,
                 _ = drained(self.next_deadline()) => {
-                    self.withdraw_due();
+                    self.run_due();
                     self.converge().await;
                 }
             }
             self.refresh_services();
-            self.sync_ingress();
+            if std::mem::take(&mut self.ingress_stale) {
+                self.sync_ingress();
+            }
             self.flush_reports().await;
         }
     }
@@ -597,6 +603,9 @@ impl Worker {
         if !self.have_full {
             return;
         }
+        // Tasks, sandboxes and networks may change here; the routing mesh follows (and
+        // whatever failed there last time is retried).
+        self.ingress_stale = true;
         let wanted = self.wanted();
         let wanted_ids: BTreeSet<&str> = wanted.iter().map(|t| t.id.as_str()).collect();
         *self.names.write().expect("task names lock poisoned") = wanted
@@ -1036,6 +1045,11 @@ impl Worker {
             return;
         }
         let dirty = std::mem::take(&mut self.dirty);
+        if let Some(a) = &self.ingress
+            && dirty.contains(&a.network_id)
+        {
+            self.ingress_stale = true;
+        }
         let table = self.dns.table();
         for network in &dirty {
             let entries = self.endpoints.dns_entries(network);
@@ -1199,7 +1213,7 @@ impl Worker {
                 // load balancers must still reach it, so its entries go after the drain.
                 let at = tokio::time::Instant::now() + self.cfg.drain;
                 self.withdrawals.push((at, vni, ip));
-                self.withdraw_due();
+                self.run_due();
             }
         }
     }
@@ -1207,7 +1221,7 @@ impl Worker {
     /// Work whose drain is over: conntrack flushes of removed backends, and
     /// the FDB and neighbor entries of withdrawn remote endpoints (unless a
     /// newer endpoint holds the address).
-    fn withdraw_due(&mut self) {
+    fn run_due(&mut self) {
         let now = tokio::time::Instant::now();
         let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes)
             .into_iter()
