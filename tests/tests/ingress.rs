@@ -331,3 +331,41 @@ fn a_restarted_agent_drops_the_ports_of_a_service_removed_while_it_was_down() ->
     assert!(r.client.starts_with(&format!("{client_ip}:")), "{r:?}");
     Ok(())
 }
+
+#[test]
+fn a_host_mode_task_whose_port_is_taken_on_its_node_is_rejected_with_the_reason() -> Result<()> {
+    let lab = cluster(1, 1)?;
+    let (manager, worker) = (lab.host(1), lab.host(2));
+    // A process of node2 (not mesh) already listens on 9191.
+    let _listener = worker.run(|| std::net::TcpListener::bind("0.0.0.0:9191"))??;
+    whoami(
+        manager,
+        "edge",
+        &[
+            "--mode",
+            "global",
+            "-d",
+            "--publish",
+            "published=9191,target=80,mode=host",
+        ],
+        "80",
+    )?;
+    let why = lab.wait_for("edge's task on node2 to be rejected", DEADLINE, || {
+        let out = manager
+            .cli(["service", "ps", "edge", "--format", "json"])?
+            .ok_stdout()?;
+        let rows: Vec<Value> = serde_json::from_str(&out)?;
+        Ok(rows
+            .iter()
+            .find(|r| r["node"] == worker.name() && r["state"] == "rejected")
+            .map(|r| r["error"].as_str().unwrap_or_default().to_string()))
+    })?;
+    assert_eq!(why, "host port 9191/tcp is already in use on this node");
+    // node1 has the port free: its task runs there.
+    lab.wait_for("edge to run on node1", DEADLINE, || {
+        Ok(running_tasks(manager, "edge")?
+            .values()
+            .any(|n| n == manager.name()))
+    })?;
+    Ok(())
+}

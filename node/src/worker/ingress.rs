@@ -220,49 +220,35 @@ impl Worker {
         if ports.is_empty() {
             return None;
         }
-        let taken = self
-            .ingress_applied
-            .publications
-            .clone()
+        let routed = self
+            .ingress
+            .as_ref()
+            .map(|a| self.endpoints.publications(&a.network_id))
             .unwrap_or_default();
-        let ours: Vec<(Protocol, u16)> = self
+        let ours: Vec<(Protocol, u32)> = self
             .tasks
             .values()
             .filter(|o| o.id != t.id && o.node_id == self.cfg.node_id)
             .filter(|o| o.desired_state() == TaskState::Running)
-            .flat_map(|o| host_ports(o).map(|p| (protocol_of(p), p.published_port as u16)))
+            .flat_map(|o| host_ports(o).map(|p| (protocol_of(p), p.published_port)))
             .collect();
         for p in ports {
             let proto = protocol_of(p);
             let port = u16::try_from(p.published_port).ok()?;
-            let name = match proto {
-                Protocol::Tcp => "tcp",
-                Protocol::Udp => "udp",
-            };
-            let mesh_owned = ours.contains(&(proto, port))
-                || taken.iter().any(|q| {
-                    q.protocol == proto && q.published == port && !self.is_host_publication(q)
-                });
+            let mesh_owned = ours.contains(&(proto, p.published_port))
+                || routed.contains_key(&(proto == Protocol::Udp, port));
             let bound = match proto {
                 Protocol::Tcp => TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_err(),
                 Protocol::Udp => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).is_err(),
             };
             if mesh_owned || bound {
                 return Some(format!(
-                    "host port {port}/{name} is already in use on this node"
+                    "host port {port}/{} is already in use on this node",
+                    proto.as_str()
                 ));
             }
         }
         None
-    }
-
-    /// Whether `p` is a host-mode publication (its target is on the gateway bridge).
-    fn is_host_publication(&self, p: &Publication) -> bool {
-        let gw = self.desired.gateway.address;
-        let mask = u32::MAX
-            .checked_shl(32 - u32::from(gw.prefix_len()))
-            .unwrap_or(0);
-        u32::from(*p.target.ip()) & mask == u32::from(gw.addr()) & mask
     }
 
     /// Leaving the cluster: the published ports and the route go.
