@@ -114,6 +114,14 @@ impl LbTable {
         self.services.get(&vip)
     }
 
+    /// Every backend address of every service.
+    pub fn backends(&self) -> BTreeSet<Ipv4Addr> {
+        self.services
+            .values()
+            .flat_map(|s| s.backends.iter().copied())
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.services.len()
     }

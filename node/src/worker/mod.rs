@@ -289,10 +289,10 @@ struct Worker {
     /// Tasks withdrawn from load balancers and DNS, stopped once their drain ends.
     draining: BTreeMap<String, tokio::time::Instant>,
     /// Remote endpoints withdrawn by their owners: (when the drain ends, vni, address).
-    withdrawals: Vec<(tokio::time::Instant, Vni, Ipv4Addr)>,
+    withdrawals: Vec<(tokio::time::Instant, (Vni, Ipv4Addr))>,
     /// Conntrack entries to flush once the drain ends: (when, task, backends gone from its
     /// load balancer).
-    flushes: Vec<(tokio::time::Instant, String, BTreeSet<Ipv4Addr>)>,
+    flushes: Vec<(tokio::time::Instant, (String, BTreeSet<Ipv4Addr>))>,
 }
 
 fn status(state: TaskState, message: impl Into<String>) -> TaskStatus {
@@ -383,9 +383,15 @@ impl Worker {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
                 _ = tick.tick() => self.converge().await,
-                _ = drained(self.next_deadline()) => {
+                _ = sleep_until(self.next_deadline()) => {
+                    // A task whose drain is over is stopped by a converge; the rest is
+                    // run_due's.
+                    let now = tokio::time::Instant::now();
+                    let drained = self.draining.values().any(|until| *until <= now);
                     self.run_due();
-                    self.converge().await;
+                    if drained {
+                        self.converge().await;
+                    }
                 }
             }
             self.refresh_services();
@@ -1112,26 +1118,15 @@ impl Worker {
         };
         match result {
             Ok(changes) => {
-                let before: BTreeSet<Ipv4Addr> = applied
-                    .map(|a| {
-                        a.services
-                            .values()
-                            .flat_map(|s| s.backends.iter().copied())
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                let after: BTreeSet<Ipv4Addr> = desired
-                    .services
-                    .values()
-                    .flat_map(|s| s.backends.iter().copied())
-                    .collect();
-                let gone: BTreeSet<Ipv4Addr> = before.difference(&after).copied().collect();
+                let before = applied.map(LbTable::backends).unwrap_or_default();
+                let gone: BTreeSet<Ipv4Addr> =
+                    before.difference(&desired.backends()).copied().collect();
                 if !gone.is_empty() {
                     // After the drain: connections opened just before the change (even
                     // half-open ones) must finish; flows left after it (UDP, a dead node's)
                     // must not stick to a backend that is gone.
                     let at = tokio::time::Instant::now() + self.cfg.drain;
-                    self.flushes.push((at, task_id.to_string(), gone));
+                    self.flushes.push((at, (task_id.to_string(), gone)));
                 }
                 if !changes.is_empty() {
                     debug!(
@@ -1212,8 +1207,7 @@ impl Worker {
                 // The task is draining: connections opened before its withdrawal reached our
                 // load balancers must still reach it, so its entries go after the drain.
                 let at = tokio::time::Instant::now() + self.cfg.drain;
-                self.withdrawals.push((at, vni, ip));
-                self.run_due();
+                self.withdrawals.push((at, (vni, ip)));
             }
         }
     }
@@ -1223,21 +1217,12 @@ impl Worker {
     /// newer endpoint holds the address).
     fn run_due(&mut self) {
         let now = tokio::time::Instant::now();
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes)
-            .into_iter()
-            .partition(|(at, _, _)| *at <= now);
-        self.flushes = later;
-        for (_, task_id, gone) in due {
+        for (task_id, gone) in take_due(&mut self.flushes, now) {
             // Backends that came back since are kept.
-            let current: BTreeSet<Ipv4Addr> = self
+            let current = self
                 .lb_applied
                 .get(&task_id)
-                .map(|t| {
-                    t.services
-                        .values()
-                        .flat_map(|s| s.backends.iter().copied())
-                        .collect()
-                })
+                .map(LbTable::backends)
                 .unwrap_or_default();
             let gone: BTreeSet<Ipv4Addr> = gone.difference(&current).copied().collect();
             let Ok(tid) = TaskId::new(task_id.clone()) else {
@@ -1252,11 +1237,7 @@ impl Worker {
                 warn!(task = %task_id, error = %e, "cannot flush conntrack of removed backends");
             }
         }
-        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.withdrawals)
-            .into_iter()
-            .partition(|(at, _, _)| *at <= now);
-        self.withdrawals = later;
-        for (_, vni, ip) in due {
+        for (vni, ip) in take_due(&mut self.withdrawals, now) {
             if self.remotes.values().any(|r| *r == (vni, ip)) {
                 debug!(%ip, "withdrawn address reused by a newer endpoint; kept");
                 continue;
@@ -1268,13 +1249,13 @@ impl Worker {
         }
     }
 
-    /// The next instant the actor has timed work for: a drain or a withdrawal ending.
+    /// The next instant the actor has timed work for: a drain ending, or work waiting for one.
     fn next_deadline(&self) -> Option<tokio::time::Instant> {
         self.draining
             .values()
             .copied()
-            .chain(self.withdrawals.iter().map(|(at, _, _)| *at))
-            .chain(self.flushes.iter().map(|(at, _, _)| *at))
+            .chain(self.withdrawals.iter().map(|(at, _)| *at))
+            .chain(self.flushes.iter().map(|(at, _)| *at))
             .min()
     }
 
@@ -1337,8 +1318,17 @@ fn parse_mac(text: &str) -> Option<Mac> {
     <[u8; 6]>::try_from(bytes).ok().map(Mac)
 }
 
-/// Resolves at the earliest drain deadline, if any task is draining.
-async fn drained(until: Option<tokio::time::Instant>) {
+/// The items of `queue` due at `now`, taken out of it in order.
+fn take_due<T>(queue: &mut Vec<(tokio::time::Instant, T)>, now: tokio::time::Instant) -> Vec<T> {
+    let (due, later): (Vec<_>, Vec<_>) = std::mem::take(queue)
+        .into_iter()
+        .partition(|(at, _)| *at <= now);
+    *queue = later;
+    due.into_iter().map(|(_, item)| item).collect()
+}
+
+/// Resolves at `until`; never if `None`.
+async fn sleep_until(until: Option<tokio::time::Instant>) {
     match until {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
