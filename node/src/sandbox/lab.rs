@@ -51,6 +51,26 @@ const HOST_IFNAME: &str = "eth0";
 /// Longest unix socket path the kernel takes (`sun_path` minus the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
+/// Connects `ns` to the switch's bridge: `eth0` in `ns` with `ip`/24, its peer `port` in the
+/// switch namespace; `lo` up in `ns`.
+fn plug(switch: &Netns, ns: &Netns, port: &IfName, ip: Ipv4Addr) -> Result<()> {
+    let bridge = IfName::new(BRIDGE)?;
+    let eth0 = IfName::new(HOST_IFNAME)?;
+    let lo = IfName::new("lo")?;
+    link::in_netns(switch, async |nl| {
+        nl.ensure_veth_pair(&eth0, ns, port, switch).await?;
+        nl.set_controller(port, &bridge).await?;
+        nl.set_up(port).await
+    })?;
+    let cidr = Ipv4Cidr::new(ip, SUBNET_PREFIX_LEN)?;
+    link::in_netns(ns, async |nl| {
+        nl.set_up(&lo).await?;
+        nl.ensure_address(&eth0, cidr).await?;
+        nl.set_up(&eth0).await
+    })?;
+    Ok(())
+}
+
 /// The underlay address of host `n` (1-based): node1 is 10.77.0.11.
 pub fn host_ip(n: usize) -> Ipv4Addr {
     assert!(
@@ -195,29 +215,16 @@ impl Lab {
             hosts.push(Host::create(&shared, n, &opts.daemon_config)?);
         }
         let bridge = IfName::new(BRIDGE)?;
-        let eth0 = IfName::new(HOST_IFNAME)?;
         let lo = IfName::new("lo")?;
         link::in_netns(&shared.switch, async |nl| {
             nl.set_up(&lo).await?;
             nl.ensure_bridge(&bridge).await?;
-            nl.set_up(&bridge).await?;
-            for host in &hosts {
-                nl.ensure_veth_pair(&eth0, &host.netns, &host.port, &shared.switch)
-                    .await?;
-                nl.set_controller(&host.port, &bridge).await?;
-                nl.set_up(&host.port).await?;
-            }
-            Ok(())
+            nl.set_up(&bridge).await
         })
-        .context("wire the switch")?;
+        .context("set up the switch")?;
         for host in &hosts {
-            let cidr = Ipv4Cidr::new(host.ip, SUBNET_PREFIX_LEN)?;
-            link::in_netns(&host.netns, async |nl| {
-                nl.set_up(&lo).await?;
-                nl.ensure_address(&eth0, cidr).await?;
-                nl.set_up(&eth0).await
-            })
-            .with_context(|| format!("configure {}", host.name))?;
+            plug(&shared.switch, &host.netns, &host.port, host.ip)
+                .with_context(|| format!("plug {} into the switch", host.name))?;
         }
         Ok(Lab { shared, hosts })
     }
@@ -272,23 +279,7 @@ impl Lab {
         let ip = Ipv4Addr::new(10, 77, 0, 250 + n);
         let netns = Netns::create(&format!("{}-client{n}", self.shared.prefix))?;
         let port = IfName::new(format!("c{n}"))?;
-        let bridge = IfName::new(BRIDGE)?;
-        let eth0 = IfName::new(HOST_IFNAME)?;
-        let lo = IfName::new("lo")?;
-        link::in_netns(&self.shared.switch, async |nl| {
-            nl.ensure_veth_pair(&eth0, &netns, &port, &self.shared.switch)
-                .await?;
-            nl.set_controller(&port, &bridge).await?;
-            nl.set_up(&port).await
-        })
-        .context("wire the client to the switch")?;
-        let cidr = Ipv4Cidr::new(ip, SUBNET_PREFIX_LEN)?;
-        link::in_netns(&netns, async |nl| {
-            nl.set_up(&lo).await?;
-            nl.ensure_address(&eth0, cidr).await?;
-            nl.set_up(&eth0).await
-        })
-        .context("configure the client")?;
+        plug(&self.shared.switch, &netns, &port, ip).context("plug the client into the switch")?;
         Ok((netns, ip))
     }
 
