@@ -651,6 +651,13 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
     Ok(())
 }
 
+/// `--replicas` as a count: parsed signed so that a negative one gets our one-line error
+/// rather than clap's usage text.
+fn replicas_arg(r: Option<i64>) -> anyhow::Result<Option<u64>> {
+    r.map(|n| u64::try_from(n).map_err(|_| anyhow::anyhow!("--replicas: {n} is not a number >= 0")))
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,11 +705,4 @@ mod tests {
         assert!(parse_network("alias=x").is_err());
         assert!(parse_network("name=a,bogus=1").is_err());
     }
-}
-
-/// `--replicas` as a count: parsed signed so that a negative one gets our one-line error
-/// rather than clap's usage text.
-fn replicas_arg(r: Option<i64>) -> anyhow::Result<Option<u64>> {
-    r.map(|n| u64::try_from(n).map_err(|_| anyhow::anyhow!("--replicas: {n} is not a number >= 0")))
-        .transpose()
 }

@@ -641,8 +641,7 @@ impl Worker {
             self.refresh_services();
             debug!(tasks = leaving.len(), drain = ?self.cfg.drain, "draining before stop");
         }
-        self.draining
-            .retain(|id, _| leaving.iter().any(|l| *l == id));
+        self.draining.retain(|id, _| leaving.contains(&id));
         for id in leaving {
             if self.draining.get(id).is_some_and(|until| *until > now) {
                 continue;
