@@ -102,7 +102,7 @@ fn cluster_spec(
     } else {
         req.data_path_port
     };
-    if data_path_port > 65535 || data_path_port < 1024 {
+    if !(1024..=65535).contains(&data_path_port) {
         return Err(Status::invalid_argument(format!(
             "--data-path-port: {data_path_port} is out of range (1024 to 65535)"
         )));
