@@ -10,6 +10,7 @@
 //! - [`spec`]: [`TaskSpec`], the launch spec written to `spec.json`.
 //! - [`state`]: [`TaskState`] in `state.json`, and [`TaskDir`], the files of a task dir.
 //! - [`exec`]: `mesh exec`: run a command in a task's namespaces.
+//! - [`logs`]: reading a task's output back (backlog, tail, follow), for `mesh service logs`.
 //! - [`proc`]: process identity (pid + start time) and pidfds, so pid reuse fools nothing.
 //! - [`error`]: the error type, [`RuntimeError`], naming the task, path or pid.
 //!
@@ -43,6 +44,7 @@
 
 pub mod error;
 pub mod exec;
+pub mod logs;
 pub mod proc;
 pub mod shim;
 pub mod spec;

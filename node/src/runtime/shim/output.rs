@@ -45,16 +45,22 @@ pub struct LogRecord<'a> {
     /// RFC 3339 time as written.
     pub time: &'a str,
     pub stream: Stream,
-    pub text: &'a str,
+    /// The text as the task wrote it (not necessarily UTF-8).
+    pub text: &'a [u8],
 }
 
 /// Parses one line of `output.log` (without its newline).
-pub fn parse_record(line: &str) -> Option<LogRecord<'_>> {
-    let (time, rest) = line.split_once(' ')?;
-    let (stream, text) = rest.split_once(' ').unwrap_or((rest, ""));
+pub fn parse_record(line: &[u8]) -> Option<LogRecord<'_>> {
+    let space = line.iter().position(|b| *b == b' ')?;
+    let time = std::str::from_utf8(&line[..space]).ok()?;
+    let rest = &line[space + 1..];
+    let (stream, text) = match rest.iter().position(|b| *b == b' ') {
+        Some(i) => (&rest[..i], &rest[i + 1..]),
+        None => (rest, &rest[rest.len()..]),
+    };
     let stream = match stream {
-        "stdout" => Stream::Stdout,
-        "stderr" => Stream::Stderr,
+        b"stdout" => Stream::Stdout,
+        b"stderr" => Stream::Stderr,
         _ => return None,
     };
     Some(LogRecord { time, stream, text })
@@ -181,7 +187,10 @@ mod tests {
         assert!(current.trim_end().ends_with("stdout line 99"), "{current}");
         let last_rotated = rotated.lines().last().unwrap();
         let first_current = current.lines().next().unwrap();
-        let n = |l: &str| -> u32 { parse_record(l).unwrap().text[5..].parse().unwrap() };
+        let n = |l: &str| -> u32 {
+            let text = parse_record(l.as_bytes()).unwrap().text;
+            std::str::from_utf8(&text[5..]).unwrap().parse().unwrap()
+        };
         assert_eq!(n(last_rotated) + 1, n(first_current));
     }
 
@@ -195,20 +204,28 @@ mod tests {
         input.extend_from_slice(b"\nlast without newline");
         pump(&input[..], Stream::Stderr, log).await;
         let text = fs::read_to_string(dir.output_log()).unwrap();
-        let records: Vec<_> = text.lines().map(|l| parse_record(l).unwrap()).collect();
+        let records: Vec<_> = text
+            .lines()
+            .map(|l| parse_record(l.as_bytes()).unwrap())
+            .collect();
         let texts: Vec<_> = records.iter().map(|r| r.text.len()).collect();
         assert_eq!(texts, [3, 3, MAX_RECORD, 10, 20]);
-        assert_eq!(records[0].text, "one");
-        assert_eq!(records[4].text, "last without newline");
+        assert_eq!(records[0].text, b"one");
+        assert_eq!(records[4].text, b"last without newline");
         assert!(records.iter().all(|r| r.stream == Stream::Stderr));
         assert!(records[0].time.ends_with('Z'));
     }
 
     #[test]
     fn runtime_parse_record_refuses_other_lines() {
-        assert!(parse_record("garbage").is_none());
-        assert!(parse_record("t stdin x").is_none());
-        let r = parse_record("t stdout ").unwrap();
-        assert_eq!(r.text, "");
+        assert!(parse_record(b"garbage").is_none());
+        assert!(parse_record(b"t stdin x").is_none());
+        assert_eq!(parse_record(b"t stdout ").unwrap().text, b"");
+        assert_eq!(parse_record(b"t stderr").unwrap().text, b"");
+        let r = parse_record(b"t stdout a b \xff").unwrap();
+        assert_eq!(
+            (r.time, r.stream, r.text),
+            ("t", Stream::Stdout, &b"a b \xff"[..])
+        );
     }
 }

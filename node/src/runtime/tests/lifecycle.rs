@@ -35,7 +35,10 @@ fn runtime_task_runs_in_its_netns_with_its_own_resolv_conf_and_hosts() {
     );
     // Records are `<time> <stream> <text>`.
     for line in out.lines() {
-        assert!(shim::output::parse_record(line).is_some(), "{line}");
+        assert!(
+            shim::output::parse_record(line.as_bytes()).is_some(),
+            "{line}"
+        );
     }
 
     // The host's files and mount table are untouched; the task has its own mount namespace.
