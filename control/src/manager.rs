@@ -15,6 +15,7 @@ use mesh_proto::{Node, NodeRole, NodeStatus, StoreOp, Transaction};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
+use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Server};
 use tracing::{debug, info, warn};
@@ -111,10 +112,12 @@ impl Manager {
     }
 
     /// Serves raft, CA, dispatcher and control API on `listener` with mTLS
-    /// until `shutdown` fires.
+    /// until `shutdown` fires, and with them `node`: the services every node
+    /// serves on its control port (task output), whatever its role.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
+        node: Routes,
         shutdown: CancellationToken,
     ) -> Result<(), ControlError> {
         let tls_config = self
@@ -138,6 +141,7 @@ impl Manager {
         );
         Server::builder()
             .tcp_nodelay(true)
+            .add_routes(node)
             .add_service(raft)
             .add_service(ca)
             .add_service(dispatcher)

@@ -11,6 +11,16 @@ use tonic::transport::{Channel, Endpoint};
 /// comes back.
 pub trait ChannelProvider: Send + Sync + 'static {
     fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error>;
+
+    /// A channel to the control port of any node, dialled as a node of
+    /// `role` (a worker presents a worker certificate).
+    fn node_channel(
+        &self,
+        addr: &str,
+        _role: mesh_proto::NodeRole,
+    ) -> Result<Channel, tonic::transport::Error> {
+        self.channel(addr)
+    }
 }
 
 /// Plain-text channels, for in-process tests of components that do not

@@ -162,6 +162,37 @@ impl Authenticator {
     }
 }
 
+/// The interceptor of services every node serves on its control port, also
+/// workers (task output): the caller must present a manager certificate of
+/// cluster `cluster_id`. It needs no store, so the certificate's role is
+/// trusted as issued: a demoted manager keeps this access until its agent
+/// renews into a worker certificate (within one renewal check).
+pub fn managers_by_certificate(
+    cluster_id: String,
+) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |req: Request<()>| {
+        let leaf = req
+            .peer_certs()
+            .and_then(|certs| certs.first().cloned())
+            .ok_or_else(|| Status::unauthenticated("a manager certificate is required"))?;
+        let id = ca::parse_cert_der(&leaf)
+            .map_err(|e| Status::unauthenticated(format!("unusable client certificate: {e}")))?;
+        if id.cluster_id != cluster_id {
+            return Err(Status::unauthenticated(format!(
+                "client certificate is for cluster {}, not {cluster_id}",
+                id.cluster_id
+            )));
+        }
+        if id.role != NodeRole::Manager {
+            return Err(Status::permission_denied(format!(
+                "node {} is not a manager",
+                id.node_id
+            )));
+        }
+        Ok(req)
+    }
+}
+
 /// The caller a handler was given by the interceptor.
 pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
     Caller::of(req)

@@ -29,7 +29,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::ca::{self, CertIdentity, MANAGER_SAN};
+use mesh_proto::NodeRole;
+
+use crate::ca::{self, CertIdentity, MANAGER_SAN, WORKER_SAN};
 use crate::net::ChannelProvider;
 
 /// How long a TLS handshake may take before the connection is dropped.
@@ -286,6 +288,16 @@ pub fn manager_channel(
     addr: &str,
     config: Arc<ClientConfig>,
 ) -> Result<Channel, tonic::transport::Error> {
+    node_channel(addr, config, MANAGER_SAN)
+}
+
+/// A lazily connected channel to the control port of any node; the server
+/// must present a certificate naming `san` (the role it is dialled as).
+fn node_channel(
+    addr: &str,
+    config: Arc<ClientConfig>,
+    san: &'static str,
+) -> Result<Channel, tonic::transport::Error> {
     let target = addr.to_string();
     let connector = tower::service_fn(move |_uri: Uri| {
         let config = config.clone();
@@ -300,7 +312,7 @@ pub fn manager_channel(
                     )
                 })??;
             tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(MANAGER_SAN).expect("static DNS name is valid");
+            let name = ServerName::try_from(san).expect("static DNS name is valid");
             let tls = TlsConnector::from(config).connect(name, tcp).await?;
             Ok::<_, io::Error>(TokioIo::new(tls))
         }
@@ -312,10 +324,10 @@ pub fn manager_channel(
         .connect_with_connector_lazy(connector))
 }
 
-/// mTLS channels to managers, one cached per address.
+/// mTLS channels to nodes, one cached per address and role.
 pub struct TlsChannels {
     config: Arc<ClientConfig>,
-    cache: Mutex<std::collections::HashMap<String, Channel>>,
+    cache: Mutex<std::collections::HashMap<(String, &'static str), Channel>>,
 }
 
 impl TlsChannels {
@@ -339,12 +351,22 @@ impl TlsChannels {
 
 impl ChannelProvider for TlsChannels {
     fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        self.node_channel(addr, NodeRole::Manager)
+    }
+
+    fn node_channel(&self, addr: &str, role: NodeRole) -> Result<Channel, tonic::transport::Error> {
+        let san = if role == NodeRole::Manager {
+            MANAGER_SAN
+        } else {
+            WORKER_SAN
+        };
         let mut cache = self.cache.lock().expect("channel cache lock poisoned");
-        if let Some(ch) = cache.get(addr) {
+        let key = (addr.to_string(), san);
+        if let Some(ch) = cache.get(&key) {
             return Ok(ch.clone());
         }
-        let ch = manager_channel(addr, self.config.clone())?;
-        cache.insert(addr.to_string(), ch.clone());
+        let ch = node_channel(addr, self.config.clone(), san)?;
+        cache.insert(key, ch.clone());
         Ok(ch)
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! The files are split by audience: `objects` (what the raft store holds),
 //! `raft` (between managers), `ca` (join handshake and certificate renewal),
-//! `dispatcher` (agent sessions), `control` (the CLI's API) and `local`
-//! (node-local calls on the unix socket). No logic lives here.
+//! `dispatcher` (agent sessions), `control` (the CLI's API), `logs` (task
+//! output, from a node to a manager) and `local` (node-local calls on the
+//! unix socket). No logic lives here.
 
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {

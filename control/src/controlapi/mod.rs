@@ -2,6 +2,7 @@
 //! (answer here on the leader, forward to the leader elsewhere) and the
 //! `Manager` methods in the submodules answer it on the leader.
 
+mod logs;
 mod networks;
 mod nodes;
 mod services;
@@ -18,8 +19,8 @@ use mesh_proto::{
     ListNodesResponse, ListServicesRequest, ListServicesResponse, ListTasksRequest,
     ListTasksResponse, NetworkView, Node, NodeView, RemoveNetworkRequest, RemoveNetworkResponse,
     RemoveNodeRequest, RemoveNodeResponse, RemoveServiceRequest, RemoveServiceResponse,
-    RotateGossipKeyRequest, RotateGossipKeyResponse, ServiceView, SetNodeRoleRequest,
-    UpdateServiceRequest,
+    RotateGossipKeyRequest, RotateGossipKeyResponse, ServiceLogsRequest, ServiceView,
+    SetNodeRoleRequest, UpdateServiceRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -289,6 +290,32 @@ impl<C: ControlContext> Control for ControlService<C> {
         req: Request<ListTasksRequest>,
     ) -> std::result::Result<Response<ListTasksResponse>, Status> {
         Ok(Response::new(route!(self, req, list_tasks)))
+    }
+
+    type ServiceLogsStream = logs::ServiceLogsStream;
+
+    /// Streams are not relayed by [`route!`]: the answer's first part comes
+    /// within the forwarding deadline, the rest as long as it flows.
+    async fn service_logs(
+        &self,
+        req: Request<ServiceLogsRequest>,
+    ) -> std::result::Result<Response<Self::ServiceLogsStream>, Status> {
+        let caller = caller(&req)?;
+        match self.ctx.route()? {
+            Route::Local(m) => {
+                check_deadline(&req)?;
+                Ok(Response::new(m.service_logs(&caller, req.into_inner())?))
+            }
+            Route::Forward(ch, target, deadline) => {
+                let mut client = ControlClient::new(ch);
+                let call = client.service_logs(forward(req, deadline, &caller)?);
+                let stream = match tokio::time::timeout(deadline, call).await {
+                    Ok(answer) => answer.map_err(|s| forward_failed(&target, s))?.into_inner(),
+                    Err(_elapsed) => return Err(forward_timed_out(&target, deadline)),
+                };
+                Ok(Response::new(Box::pin(stream)))
+            }
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! Failures print one line on stderr and exit non-zero.
 
 mod client;
+mod logs;
 mod network;
 mod node;
 mod output;

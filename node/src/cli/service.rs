@@ -38,6 +38,8 @@ pub enum ServiceCommand {
     /// Remove services.
     #[command(alias = "remove")]
     Rm(NamesArgs),
+    /// Print the output of a service's tasks, or of one task: `mesh service logs -f api`.
+    Logs(super::logs::LogsArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -639,6 +641,7 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
             })
             .await?;
         }
+        ServiceCommand::Logs(a) => super::logs::run(control, a).await?,
         ServiceCommand::Rm(a) => {
             for s in a.services {
                 control

@@ -9,6 +9,7 @@
 
 pub mod join;
 pub mod local;
+pub mod logs;
 pub mod state;
 
 use std::net::{IpAddr, SocketAddr};
@@ -79,6 +80,8 @@ struct Member {
     channels: Arc<TlsChannels>,
     membership: Membership,
     manager: Option<RunningManager>,
+    /// A worker's control port (a manager serves the same on its own).
+    node_port: Option<logs::NodePort>,
     agent: CancellationToken,
     upstream: watch::Receiver<Option<String>>,
     worker: WorkerHandle,
@@ -294,12 +297,25 @@ impl Daemon {
             },
             None => None,
         };
+        let node_port = match &running {
+            Some(_) => None,
+            None => match self.start_node_port(&state, &creds).await {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    membership.shutdown().await;
+                    return Err(e);
+                }
+            },
+        };
         let (upstream_tx, upstream_rx) = watch::channel(None);
         let worker = match self.start_worker(&state, &channels, &membership, &upstream_rx) {
             Ok(w) => w,
             Err(e) => {
                 if let Some(r) = running {
                     stop_manager(r).await;
+                }
+                if let Some(p) = node_port {
+                    p.stop().await;
                 }
                 membership.shutdown().await;
                 return Err(e);
@@ -327,6 +343,7 @@ impl Daemon {
             channels,
             membership,
             manager: running,
+            node_port,
             agent: agent_shutdown,
             upstream: upstream_rx,
             worker,
@@ -376,8 +393,13 @@ impl Daemon {
         let server = {
             let mgr = mgr.clone();
             let shutdown = shutdown.clone();
+            let node = logs::LogsService::routes(
+                self.dir.tasks_dir(),
+                &state.cluster_id,
+                shutdown.clone(),
+            );
             tokio::spawn(async move {
-                if let Err(e) = mgr.serve(listener, shutdown).await {
+                if let Err(e) = mgr.serve(listener, node, shutdown).await {
                     error!(error = %e, "control port server failed");
                 }
             })
@@ -425,6 +447,18 @@ impl Daemon {
         }
         info!(node = %state.node_id, "manager running");
         Ok(running)
+    }
+
+    /// A worker's control port, serving what every node serves.
+    async fn start_node_port(
+        &self,
+        state: &NodeState,
+        creds: &Arc<Credentials>,
+    ) -> anyhow::Result<logs::NodePort> {
+        let stop = CancellationToken::new();
+        let routes =
+            logs::LogsService::routes(self.dir.tasks_dir(), &state.cluster_id, stop.clone());
+        logs::NodePort::start(&state.listen_addr, creds, routes, stop).await
     }
 
     fn start_worker(
@@ -477,8 +511,20 @@ impl Daemon {
         if let Some(r) = m.manager {
             stop_manager(r).await;
         }
+        if let Some(p) = m.node_port {
+            p.stop().await;
+        }
         m.membership.shutdown().await;
         self.set_view(None);
+    }
+
+    /// Opens a worker's control port again (after a demotion, or a failed
+    /// promotion); without it managers cannot read this node's task output.
+    async fn restore_node_port(&self, m: &mut Member) {
+        match self.start_node_port(&m.state, &m.creds).await {
+            Ok(p) => m.node_port = Some(p),
+            Err(e) => error!(error = %format!("{e:#}"), "cannot open the control port as a worker"),
+        }
     }
 
     /// Acts on what the agent learned; see [`AgentEvent`].
@@ -495,6 +541,10 @@ impl Daemon {
                 }
                 AgentEvent::RoleChanged(NodeRole::Manager) if m.manager.is_none() => {
                     info!("promoted: starting the manager");
+                    // The manager takes over the control port.
+                    if let Some(p) = m.node_port.take() {
+                        p.stop().await;
+                    }
                     match self
                         .start_manager(
                             &m.state,
@@ -507,7 +557,8 @@ impl Daemon {
                     {
                         Ok(r) => m.manager = Some(r),
                         Err(e) => {
-                            error!(error = %format!("{e:#}"), "cannot start the manager after promotion")
+                            error!(error = %format!("{e:#}"), "cannot start the manager after promotion");
+                            self.restore_node_port(m).await;
                         }
                     }
                 }
@@ -518,6 +569,7 @@ impl Daemon {
                         if let Err(e) = std::fs::remove_dir_all(self.dir.raft_dir()) {
                             warn!(error = %e, "cannot remove the raft store of a demoted manager");
                         }
+                        self.restore_node_port(m).await;
                     }
                 }
                 AgentEvent::RoleChanged(_) => {}

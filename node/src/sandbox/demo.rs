@@ -264,6 +264,10 @@ pub fn up(opts: &SandboxOptions, out: &mut dyn Write) -> Result<()> {
             out,
             "Ask the service by name (VIP, balanced over its tasks): {cmd}"
         )?;
+        writeln!(
+            out,
+            "Its tasks' output, from every node: mesh sandbox exec node1 -- mesh service logs {DEMO_SERVICE}"
+        )?;
         if let (Some(first), Some(last)) = (state.nodes.first(), state.nodes.last()) {
             writeln!(
                 out,
