@@ -1,5 +1,5 @@
-//! Deleting conntrack entries of flows that went to removed backends, with the `conntrack`
-//! binary (conntrack-tools) run inside the namespace.
+//! Deleting conntrack entries of flows that went to removed backends (or to a DNAT target
+//! that moved), with the `conntrack` binary (conntrack-tools) run inside the namespace.
 //!
 //! After DNAT, an entry's *reply* source is the backend, whatever VIP the client dialled, so
 //! `conntrack -D --reply-src IP` finds exactly the flows served by that backend (TCP and UDP).
@@ -20,29 +20,7 @@ const CONNTRACK: &str = "conntrack";
 pub fn flush_backends(netns: &Netns, backends: &BTreeSet<Ipv4Addr>) -> Result<u64> {
     let mut deleted = 0;
     for ip in backends {
-        let ip = ip.to_string();
-        let args = ["-D", "-f", "ipv4", "--reply-src", ip.as_str()];
-        let mut cmd = Command::new(CONNTRACK);
-        cmd.args(args).stdin(Stdio::null());
-        netns.enter_on_exec(&mut cmd)?;
-        let out = cmd.output().map_err(|source| Error::Spawn {
-            program: CONNTRACK,
-            source,
-        })?;
-        // conntrack-tools prints "N flow entries have been deleted." on stderr and exits 1
-        // when N is 0: both are success here.
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        match deleted_count(&stderr) {
-            Some(n) => deleted += n,
-            None if out.status.success() => {}
-            None => {
-                return Err(Error::Command {
-                    program: CONNTRACK,
-                    args: format!("{} (in {})", args.join(" "), netns.name()),
-                    stderr: stderr.trim().to_owned(),
-                });
-            }
-        }
+        deleted += delete(netns, &["--reply-src", &ip.to_string()])?;
     }
     if deleted > 0 {
         tracing::debug!(
@@ -52,6 +30,38 @@ pub fn flush_backends(netns: &Netns, backends: &BTreeSet<Ipv4Addr>) -> Result<u6
         );
     }
     Ok(deleted)
+}
+
+/// Deletes, in `netns`, every conntrack entry of a flow sent to `dst` (as the client
+/// addressed it, before any DNAT): after the target of a DNAT changed, so that flows that
+/// keep sending are translated anew. Returns how many were deleted.
+pub fn flush_destination(netns: &Netns, dst: Ipv4Addr) -> Result<u64> {
+    delete(netns, &["--orig-dst", &dst.to_string()])
+}
+
+/// `conntrack -D -f ipv4 FILTER...` in `netns`: how many entries it deleted.
+fn delete(netns: &Netns, filter: &[&str]) -> Result<u64> {
+    let mut args = vec!["-D", "-f", "ipv4"];
+    args.extend_from_slice(filter);
+    let mut cmd = Command::new(CONNTRACK);
+    cmd.args(&args).stdin(Stdio::null());
+    netns.enter_on_exec(&mut cmd)?;
+    let out = cmd.output().map_err(|source| Error::Spawn {
+        program: CONNTRACK,
+        source,
+    })?;
+    // conntrack-tools prints "N flow entries have been deleted." on stderr and exits 1
+    // when N is 0: both are success here.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match deleted_count(&stderr) {
+        Some(n) => Ok(n),
+        None if out.status.success() => Ok(0),
+        None => Err(Error::Command {
+            program: CONNTRACK,
+            args: format!("{} (in {})", args.join(" "), netns.name()),
+            stderr: stderr.trim().to_owned(),
+        }),
+    }
 }
 
 /// N from conntrack's "N flow entries have been deleted." line.

@@ -207,7 +207,11 @@ impl DnsManager {
             .port();
         let redirect_ns = ns.clone();
         tokio::task::spawn_blocking(move || {
-            mesh_dataplane::nft::ensure_dns_redirect(&redirect_ns, DNS_IP, udp_port, tcp_port)
+            mesh_dataplane::nft::ensure_dns_redirect(&redirect_ns, DNS_IP, udp_port, tcp_port)?;
+            // Flows to 127.0.0.11 that conntrack still maps to a previous server's ports (this
+            // agent restarted; a resolver kept its socket) would be refused for as long as
+            // they keep sending: start them over on the new ports.
+            mesh_dataplane::lb::conntrack::flush_destination(&redirect_ns, DNS_IP)
         })
         .await
         .expect("the dns redirect does not panic")

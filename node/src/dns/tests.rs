@@ -616,6 +616,46 @@ fn attach_to_a_new_namespace_moves_the_server() {
     });
 }
 
+/// An agent restart gives the task's resolver new ports. A client that keeps one socket (a
+/// long-lived resolver) must reach the new server: its conntrack entry, which still maps it
+/// to the old port, is not left to keep it refused for as long as it keeps asking.
+#[test]
+fn a_client_keeping_its_socket_reaches_the_server_of_a_restarted_agent() {
+    let ns = task_ns("dns-restart");
+    runtime().block_on(async {
+        let client = Client::new(&ns);
+        let socket = client
+            .sockets
+            .bind_udp(&client.ns, "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        socket.connect(DNS_ADDR).await.unwrap();
+        let ask = async || {
+            let (id, bytes) = query_bytes("web", RecordType::A, false);
+            socket.send(&bytes).await?;
+            let mut buf = vec![0; 4096];
+            let n = timeout(PATIENCE, socket.recv(&mut buf))
+                .await
+                .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+            let m = Message::from_vec(&buf[..n]).expect("a parsable answer");
+            assert_eq!(m.metadata.id, id, "answer id");
+            Ok::<_, io::Error>(a_records(&m))
+        };
+        for _ in 0..2 {
+            let dns = DnsManager::new(DnsConfig::with_upstreams(vec![]));
+            fill(&dns.table());
+            dns.attach("t1", &path(&ns), nets(&["frontend"]))
+                .await
+                .unwrap();
+            assert_eq!(
+                ask().await.expect("an answer on the same socket"),
+                [ip(100)]
+            );
+            dns.shutdown().await;
+        }
+    });
+}
+
 #[test]
 fn attach_brings_lo_up_when_it_is_down() {
     let ns = TempNetns::new("dns-lo-down").unwrap();
