@@ -385,9 +385,14 @@ impl Bench<'_> {
     }
 
     /// Kills `victim` (daemon, then cable) with api at [`HIGH`] replicas; returns the time
-    /// until no surviving probe's load balancer, and DNS (`None` if it still named one 10 s
-    /// after the load balancers were right), holds one of its api tasks.
-    fn death(&self, victim: &Host, api: &[TaskRow]) -> Result<(Duration, Option<Duration>)> {
+    /// until no surviving probe's load balancer, and DNS, holds one of its api tasks. The DNS
+    /// time is an `Err` saying why when an answer still named one 10 s after the load
+    /// balancers were right, or when a query failed.
+    fn death(
+        &self,
+        victim: &Host,
+        api: &[TaskRow],
+    ) -> Result<(Duration, std::result::Result<Duration, String>)> {
         let gone: BTreeSet<Ipv4Addr> = api
             .iter()
             .filter(|t| t.node == victim.name())
@@ -416,22 +421,40 @@ impl Bench<'_> {
             SETTLE,
             || Ok(watch.all_now(|lb, _| holds_none(lb))),
         );
-        // DNS is reported too: wait for it a little longer, but do not fail on it.
+        // DNS is reported too: wait for it a little longer, but do not fail on it. Readings
+        // after the wait ended are not judged (a watcher finishes the reading it is in).
+        let mut settled = None;
         if waited.is_ok() {
-            let _ = mesh_tests::wait_for("DNS to drop them too", Duration::from_secs(10), || {
+            settled = mesh_tests::wait_for("DNS to drop them too", Duration::from_secs(10), || {
                 Ok(watch.all_now(|_, dns| resolves_none(dns)))
-            });
+            })
+            .ok()
+            .map(|()| Instant::now());
         }
         let histories = watch.stop()?;
         waited?;
         let mut lb = Duration::ZERO;
-        let mut dns = Some(Duration::ZERO);
+        let mut dns = Ok(Duration::ZERO);
         for (node, h) in &histories {
             let at = right_from(&h.lb, holds_none).with_context(|| format!("{node}: lb"))?;
             lb = lb.max(at.saturating_duration_since(t0));
-            dns = match (dns, right_from(&h.dns, resolves_none)) {
-                (Some(d), Some(at)) => Some(d.max(at.saturating_duration_since(t0))),
-                _ => None,
+            // A failed query (no answer within the client's timeout) is not an answer that
+            // names a dead task: it is counted apart.
+            let answers: Vec<(Instant, Dns)> = h
+                .dns
+                .iter()
+                .filter(|(at, v)| v.is_some() && settled.is_none_or(|end| *at <= end))
+                .cloned()
+                .collect();
+            let failed = h.dns.iter().filter(|(at, v)| *at >= t0 && v.is_none()).count();
+            dns = match (dns, right_from(&answers, resolves_none)) {
+                (Ok(d), Some(at)) if failed == 0 => Ok(d.max(at.saturating_duration_since(t0))),
+                (Ok(_), Some(_)) => Err(format!("{node}: {failed} DNS queries failed")),
+                (Ok(_), None) => Err(format!(
+                    "{node}: DNS still names one 10 s later: {:?}",
+                    answers.last().map(|(_, v)| v)
+                )),
+                (err, _) => err,
             };
         }
         Ok((lb, dns))
@@ -575,11 +598,10 @@ fn main() -> Result<()> {
             i + 1,
             victim.name(),
             ms(lb),
-            dns.map_or("still naming one after 10 s more".to_owned(), |d| ms(d)
-                + " ms")
+            dns.as_ref().map_or_else(|why| why.clone(), |d| ms(*d) + " ms")
         );
         death_lb.push(lb);
-        death_dns.extend(dns);
+        death_dns.extend(dns.ok());
         api = bench.revive(victim, HIGH)?;
         eprintln!("          back; api {}", spread(&api));
     }
