@@ -446,7 +446,11 @@ impl Bench<'_> {
                 .filter(|(at, v)| v.is_some() && settled.is_none_or(|end| *at <= end))
                 .cloned()
                 .collect();
-            let failed = h.dns.iter().filter(|(at, v)| *at >= t0 && v.is_none()).count();
+            let failed = h
+                .dns
+                .iter()
+                .filter(|(at, v)| *at >= t0 && v.is_none())
+                .count();
             dns = match (dns, right_from(&answers, resolves_none)) {
                 (Ok(d), Some(at)) if failed == 0 => Ok(d.max(at.saturating_duration_since(t0))),
                 (Ok(_), Some(_)) => Err(format!("{node}: {failed} DNS queries failed")),
@@ -598,7 +602,8 @@ fn main() -> Result<()> {
             i + 1,
             victim.name(),
             ms(lb),
-            dns.as_ref().map_or_else(|why| why.clone(), |d| ms(*d) + " ms")
+            dns.as_ref()
+                .map_or_else(|why| why.clone(), |d| ms(*d) + " ms")
         );
         death_lb.push(lb);
         death_dns.extend(dns.ok());

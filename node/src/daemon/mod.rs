@@ -299,13 +299,7 @@ impl Daemon {
         };
         let node_port = match &running {
             Some(_) => None,
-            None => match self.start_node_port(&state, &creds).await {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    membership.shutdown().await;
-                    return Err(e);
-                }
-            },
+            None => self.open_node_port(&state, &creds).await,
         };
         let (upstream_tx, upstream_rx) = watch::channel(None);
         let worker = match self.start_worker(&state, &channels, &membership, &upstream_rx) {
@@ -449,16 +443,23 @@ impl Daemon {
         Ok(running)
     }
 
-    /// A worker's control port, serving what every node serves.
-    async fn start_node_port(
+    /// A worker's control port, serving what every node serves. A failure is
+    /// logged, not fatal: the node still runs its tasks, and only their output
+    /// is out of the managers' reach.
+    async fn open_node_port(
         &self,
         state: &NodeState,
         creds: &Arc<Credentials>,
-    ) -> anyhow::Result<logs::NodePort> {
+    ) -> Option<logs::NodePort> {
         let stop = CancellationToken::new();
         let routes =
             logs::LogsService::routes(self.dir.tasks_dir(), &state.cluster_id, stop.clone());
-        logs::NodePort::start(&state.listen_addr, creds, routes, stop).await
+        logs::NodePort::start(&state.listen_addr, creds, routes, stop)
+            .await
+            .inspect_err(|e| {
+                error!(error = %format!("{e:#}"), "managers cannot read this node's task output")
+            })
+            .ok()
     }
 
     fn start_worker(
@@ -518,15 +519,6 @@ impl Daemon {
         self.set_view(None);
     }
 
-    /// Opens a worker's control port again (after a demotion, or a failed
-    /// promotion); without it managers cannot read this node's task output.
-    async fn restore_node_port(&self, m: &mut Member) {
-        match self.start_node_port(&m.state, &m.creds).await {
-            Ok(p) => m.node_port = Some(p),
-            Err(e) => error!(error = %format!("{e:#}"), "cannot open the control port as a worker"),
-        }
-    }
-
     /// Acts on what the agent learned; see [`AgentEvent`].
     async fn handle_events(self: Arc<Self>, mut rx: mpsc::Receiver<AgentEvent>) {
         while let Some(ev) = rx.recv().await {
@@ -558,7 +550,7 @@ impl Daemon {
                         Ok(r) => m.manager = Some(r),
                         Err(e) => {
                             error!(error = %format!("{e:#}"), "cannot start the manager after promotion");
-                            self.restore_node_port(m).await;
+                            m.node_port = self.open_node_port(&m.state, &m.creds).await;
                         }
                     }
                 }
@@ -569,7 +561,7 @@ impl Daemon {
                         if let Err(e) = std::fs::remove_dir_all(self.dir.raft_dir()) {
                             warn!(error = %e, "cannot remove the raft store of a demoted manager");
                         }
-                        self.restore_node_port(m).await;
+                        m.node_port = self.open_node_port(&m.state, &m.creds).await;
                     }
                 }
                 AgentEvent::RoleChanged(_) => {}
