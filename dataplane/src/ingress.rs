@@ -11,8 +11,8 @@
 //! 2. **Ingress sandbox** (a namespace with an address on the `ingress` overlay and one on the
 //!    gateway bridge): forwarding on, and the service load balancer (nftables or IPVS, the
 //!    same as in tasks) rewrites the VIP to one task's ingress address anywhere in the cluster.
-//! 3. **Task**: the packet arrives with the client's own source address (nothing was
-//!    source-NATed). Our table `ip mesh_reply` marks the connection by the MAC of the sandbox
+//! 3. **Task**: a TCP connection arrives with the client's own source address (nothing was
+//!    source-NATed); UDP arrives from the sandbox's address ([`udp_snat_script`] says why). Our table `ip mesh_reply` marks the connection by the MAC of the sandbox
 //!    it came from ([`reply_mark`]); `tcp_fwmark_accept` makes the accepted socket carry the
 //!    mark, and a route chain copies it onto every other reply packet. A policy rule per
 //!    sandbox sends marked replies to a routing table whose default route is that sandbox,
@@ -82,12 +82,11 @@ pub fn publish_script(table: &str, pubs: &[Publication]) -> String {
             target = p.target,
         );
     }
-    // The output chain serves clients on the node itself (not loopback: a DNAT of 127.0.0.1
-    // would need route_localnet).
-    let local: String = rules
-        .lines()
-        .map(|l| format!("\t\tip daddr != 127.0.0.0/8 {}\n", l.trim_start()))
-        .collect();
+    // The output chain serves clients on the node itself, 127.0.0.1 included. A connection
+    // from a loopback address leaves through the gateway bridge (route_localnet, set by
+    // `apply_publications`) masqueraded to the bridge's address, so its replies come back.
+    // The guard keeps route_localnet from opening the node's loopback services to anything
+    // on the bridge: only replies (and loopback itself) may reach 127.0.0.0/8 from outside.
     let body = format!(
         "\tchain prerouting {{\n\
          \t\ttype nat hook prerouting priority dstnat; policy accept;\n\
@@ -95,15 +94,34 @@ pub fn publish_script(table: &str, pubs: &[Publication]) -> String {
          \t}}\n\
          \tchain output {{\n\
          \t\ttype nat hook output priority -100; policy accept;\n\
-         {local}\
+         {rules}\
+         \t}}\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tip saddr 127.0.0.0/8 oifname != \"lo\" ct status dnat masquerade comment \"mesh-publish loopback\"\n\
+         \t}}\n\
+         \tchain guard {{\n\
+         \t\ttype filter hook prerouting priority filter; policy accept;\n\
+         \t\tiifname != \"lo\" ip daddr 127.0.0.0/8 ct state != {{ established, related }} drop comment \"mesh-publish loopback guard\"\n\
          \t}}\n"
     );
     nft::replace_table_script(table, &body)
 }
 
 /// Replaces the node's publication table `table` in `ns` by one holding exactly `pubs`.
-pub fn apply_publications(ns: &Netns, table: &str, pubs: &[Publication]) -> Result<()> {
+/// Published ports also answer on the node's loopback addresses: `bridge` (the gateway
+/// bridge, where every DNAT target is routed) gets `route_localnet` when a port is published.
+pub fn apply_publications(
+    ns: &Netns,
+    table: &str,
+    pubs: &[Publication],
+    bridge: &IfName,
+) -> Result<()> {
     nft::check_table_name(table)?;
+    if !pubs.is_empty() {
+        let path = format!("/proc/sys/net/ipv4/conf/{}/route_localnet", bridge.as_str());
+        write_sysctl(ns, &path, "1")?;
+    }
     nft::run_script(ns, &publish_script(table, pubs))
 }
 
@@ -184,6 +202,34 @@ pub fn ensure_reply_routing(
     })?
 }
 
+/// Our table in an ingress sandbox that source-NATs routed UDP.
+pub const SANDBOX_SNAT_TABLE: &str = "mesh_snat";
+
+/// The `nft -f` script of an ingress sandbox's UDP source NAT: UDP forwarded from the gateway
+/// bridge (`from`) onto the ingress overlay (`to`) leaves with the sandbox's address.
+///
+/// Why UDP only: a UDP server bound to the wildcard address picks the source of its reply by a
+/// route lookup that no mark has steered yet, so without this the reply would leave by the
+/// task's gateway with the wrong source, and a client checking where answers come from (every
+/// DNS client) would drop it. TCP keeps the client's address (see the module doc); UDP through
+/// the routing mesh shows the task the sandbox's address instead.
+pub fn udp_snat_script(from: &IfName, to: &IfName) -> String {
+    let body = format!(
+        "\tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+         \t\tiifname \"{from}\" oifname \"{to}\" meta l4proto udp masquerade comment \"mesh-ingress udp\"\n\
+         \t}}\n",
+        from = from.as_str(),
+        to = to.as_str(),
+    );
+    nft::replace_table_script(SANDBOX_SNAT_TABLE, &body)
+}
+
+/// Installs [`udp_snat_script`] in the ingress sandbox `ns`.
+pub fn ensure_udp_snat(ns: &Netns, from: &IfName, to: &IfName) -> Result<()> {
+    nft::run_script(ns, &udp_snat_script(from, to))
+}
+
 /// Turns the namespace `ns` into a router: forwarding on and no strict source validation
 /// (clients are routed in by the gateway bridge and answered the same way).
 pub fn ensure_router(ns: &Netns, ifaces: &[IfName]) -> Result<()> {
@@ -233,13 +279,30 @@ mod tests {
         assert!(s.contains(
             "\t\tfib daddr type local tcp dport 8080 dnat to 10.255.0.5:80 comment \"mesh-publish tcp/8080\"\n"
         ));
-        assert!(s.contains(
-            "\t\tip daddr != 127.0.0.0/8 fib daddr type local udp dport 5353 dnat to 172.30.0.9:53"
-        ));
+        // The same rules for the node's own clients, loopback included.
         assert_eq!(s.matches("dnat to").count(), 4, "{s}");
+        assert!(!s.contains("127.0.0.0/8 fib"), "{s}");
+        assert!(s.contains("ip saddr 127.0.0.0/8 oifname != \"lo\" ct status dnat masquerade"));
+        assert!(s.contains(
+            "iifname != \"lo\" ip daddr 127.0.0.0/8 ct state != { established, related } drop"
+        ));
         let empty = publish_script("mesh_ingress", &[]);
-        assert_eq!(empty.matches("dnat").count(), 0);
+        assert_eq!(empty.matches("dnat to").count(), 0);
         assert!(empty.contains("chain prerouting"));
+    }
+
+    #[test]
+    fn udp_snat_covers_udp_from_the_bridge_to_the_overlay_only() {
+        let s = udp_snat_script(&IfName::new("gw0").unwrap(), &IfName::new("eth0").unwrap());
+        assert!(
+            s.starts_with("table ip mesh_snat {}\ndelete table ip mesh_snat\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("iifname \"gw0\" oifname \"eth0\" meta l4proto udp masquerade"),
+            "{s}"
+        );
+        assert_eq!(s.matches("masquerade").count(), 1, "{s}");
     }
 
     #[test]

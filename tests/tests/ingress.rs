@@ -47,14 +47,16 @@ fn http_get(ns: &Netns, to: SocketAddr) -> Result<Reply> {
     .with_context(|| format!("GET http://{to}/"))
 }
 
-/// One UDP datagram and its reply, from inside `ns`.
+/// One UDP datagram and its reply, from inside `ns`. The socket is connected, so a reply
+/// from any other address than `to` is dropped, as DNS clients do.
 fn udp_ask(ns: &Netns, to: SocketAddr) -> Result<Reply> {
     ns.run(|| -> Result<Reply> {
         let s = UdpSocket::bind("0.0.0.0:0")?;
         s.set_read_timeout(Some(IO_TIMEOUT))?;
-        s.send_to(b"who?", to)?;
+        s.connect(to)?;
+        s.send(b"who?")?;
         let mut buf = [0u8; 4096];
-        let (n, _) = s.recv_from(&mut buf)?;
+        let n = s.recv(&mut buf)?;
         parse_reply(&String::from_utf8_lossy(&buf[..n]))
     })?
     .with_context(|| format!("udp {to}"))
@@ -136,8 +138,7 @@ fn wait_answers(lab: &Lab, client: &Netns, to: SocketAddr) -> Result<()> {
 }
 
 #[test]
-fn published_port_answers_on_every_node_with_the_client_address_and_goes_with_the_service()
--> Result<()> {
+fn published_port_answers_on_every_node_and_loopback_with_the_client_address() -> Result<()> {
     let lab = cluster(1, 2)?;
     let (client, client_ip) = lab.add_client(1)?;
     let manager = lab.host(1);
@@ -205,17 +206,32 @@ fn published_port_answers_on_every_node_with_the_client_address_and_goes_with_th
         );
     }
 
-    // UDP, from every node, with the client's address.
+    // UDP, from every node, answered from the address asked. The task sees the entry
+    // node's ingress sandbox (on the ingress subnet) as the client.
     for h in lab.hosts() {
         let to = addr(h.ip(), 5353);
         let r = lab.wait_for(&format!("udp {to} to answer"), DEADLINE, || {
             Ok(udp_ask(&client, to).ok())
         })?;
-        assert!(
-            r.client.starts_with(&format!("{client_ip}:")),
-            "{to}: {r:?}"
-        );
+        assert!(r.client.starts_with("10.255."), "{to}: {r:?}");
         assert!(r.task.starts_with("dns."), "{r:?}");
+    }
+
+    // On every node itself, the published ports answer on 127.0.0.1 and on its own address
+    // (TCP and UDP), also where no task runs.
+    for h in lab.hosts() {
+        for ip in [Ipv4Addr::LOCALHOST, h.ip()] {
+            let to = addr(ip, 8080);
+            let r = lab.wait_for(&format!("{to} on {}", h.name()), DEADLINE, || {
+                Ok(http_get(h.netns(), to).ok())
+            })?;
+            assert!(web.contains_key(&r.task), "{} {to}: {r:?}", h.name());
+            let to = addr(ip, 5353);
+            let r = lab.wait_for(&format!("udp {to} on {}", h.name()), DEADLINE, || {
+                Ok(udp_ask(h.netns(), to).ok())
+            })?;
+            assert!(r.task.starts_with("dns."), "{} {to}: {r:?}", h.name());
+        }
     }
 
     // Removing the service removes its port on every node; the other table is untouched.

@@ -52,7 +52,8 @@ impl Worker {
         let pubs = self.wanted_publications();
         if self.ingress_applied.publications.as_ref() != Some(&pubs) {
             let table = self.publish_table();
-            match ingress::apply_publications(self.dp.host(), &table, &pubs) {
+            let bridge = &self.desired.gateway.bridge;
+            match ingress::apply_publications(self.dp.host(), &table, &pubs, bridge) {
                 Ok(()) => {
                     info!(ports = ?pubs, "published ports updated");
                     self.ingress_applied.publications = Some(pubs);
@@ -81,7 +82,9 @@ impl Worker {
                 IfName::new("eth0").expect("short interface name"),
                 IfName::new(TASK_GATEWAY_IFNAME).expect("short interface name"),
             ];
-            match ingress::ensure_router(&ns, &ifaces) {
+            let routed = ingress::ensure_router(&ns, &ifaces)
+                .and_then(|()| ingress::ensure_udp_snat(&ns, &ifaces[1], &ifaces[0]));
+            match routed {
                 Ok(()) => self.ingress_applied.router = true,
                 Err(e) => warn!(error = %e, "cannot make the ingress sandbox a router"),
             }
