@@ -385,3 +385,52 @@ fn a_host_mode_task_whose_port_is_taken_on_its_node_is_rejected_with_the_reason(
     })?;
     Ok(())
 }
+
+#[test]
+fn a_task_cannot_reach_its_nodes_loopback_through_the_gateway_bridge() -> Result<()> {
+    let lab = cluster(1, 0)?;
+    let node = lab.host(1);
+    // A published port, so the node's gateway bridge has route_localnet.
+    whoami(
+        node,
+        "web",
+        &["--publish", "published=8080,target=80"],
+        "80",
+    )?;
+    let task = mesh_tests::services::tasks(node, "web")?
+        .into_iter()
+        .find(|t| t.is_running())
+        .context("a running web task")?;
+    let ns = task.netns(&lab)?;
+    // A service of the node listening on loopback only.
+    let _private = node.run(|| std::net::TcpListener::bind("127.0.0.53:7777"))??;
+    let gateway = node
+        .exec("ip", ["-n", ns.name(), "route", "show", "default"])?
+        .ok_stdout()?
+        .split_whitespace()
+        .skip_while(|w| *w != "via")
+        .nth(1)
+        .context("the task's default gateway")?
+        .to_owned();
+    // The task (root in its namespace) routes 127.0.0.53 to its gateway, as an attacker would.
+    // Its own loopback no longer claims 127.0.0.0/8, and its gateway may carry loopback.
+    let n = ns.name();
+    for cmd in [
+        format!("netns exec {n} sysctl -qw net.ipv4.conf.gw0.route_localnet=1"),
+        format!("-n {n} route del local 127.0.0.0/8 dev lo table local"),
+        format!("-n {n} route add 127.0.0.53/32 via {gateway} dev gw0"),
+    ] {
+        node.exec("ip", cmd.split_whitespace())?.ok_stdout()?;
+    }
+    // The routing mesh answers on the node's loopback, so route_localnet is on...
+    wait_answers(&lab, node.netns(), addr(Ipv4Addr::LOCALHOST, 8080))?;
+    // ...and yet the node's loopback service is out of the task's reach.
+    let to = addr(Ipv4Addr::new(127, 0, 0, 53), 7777);
+    let reached = ns.run(|| TcpStream::connect_timeout(&to, Duration::from_secs(2)))?;
+    assert!(
+        reached.is_err(),
+        "a task reached {to} on its node: {reached:?}\n{}",
+        lab.diagnostics()
+    );
+    Ok(())
+}
