@@ -143,6 +143,33 @@ async fn send(tx: &mpsc::Sender<Result<LogBatch, Status>>, records: Vec<Record>)
     }
 }
 
+/// How long a control port that is in use is retried: on a role change the server giving it
+/// up lets go of its listener a moment after it stopped.
+const HANDOVER: Duration = Duration::from_secs(5);
+
+/// Listens on `addr` for the control port, retrying while the address is in use for up to
+/// [`HANDOVER`].
+pub async fn bind_control_port(addr: &str) -> anyhow::Result<TcpListener> {
+    let deadline = tokio::time::Instant::now() + HANDOVER;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return Ok(l),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() + pause < deadline =>
+            {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("cannot listen on {addr} for the control port"));
+            }
+        }
+    }
+}
+
 /// A worker's control port: mTLS, serving only the node services. Managers serve these on
 /// their own control port instead, so a role change stops one and starts the other.
 pub struct NodePort {
@@ -158,9 +185,7 @@ impl NodePort {
         routes: Routes,
         shutdown: CancellationToken,
     ) -> anyhow::Result<NodePort> {
-        let listener = TcpListener::bind(listen_addr)
-            .await
-            .with_context(|| format!("cannot listen on {listen_addr} for the control port"))?;
+        let listener = bind_control_port(listen_addr).await?;
         let incoming = tls::tls_incoming(listener, creds.server_config()?);
         let stop = shutdown.clone();
         let server = tokio::spawn(async move {

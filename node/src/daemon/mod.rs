@@ -29,7 +29,7 @@ use mesh_proto::control_server::ControlServer;
 use mesh_proto::local_server::LocalServer;
 use mesh_proto::raft_client::RaftClient;
 use mesh_proto::{JoinRaftRequest, NodeRole, Transaction};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::UnixListener;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -354,14 +354,7 @@ impl Daemon {
         membership: &Membership,
         how: ManagerStart,
     ) -> anyhow::Result<RunningManager> {
-        let listener = TcpListener::bind(&state.listen_addr)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} for the control port",
-                    state.listen_addr
-                )
-            })?;
+        let listener = logs::bind_control_port(&state.listen_addr).await?;
         let raft_addr = format!("{}:{}", state.advertise_addr, state.control_port);
         let shared: SharedChannels = channels.clone();
         let store = Store::open(StoreOptions {
