@@ -1,7 +1,9 @@
 //! `mesh daemon`: one per host. It serves the CLI on a unix socket, and once
 //! the node is in a cluster it runs the agent (session with the leader,
 //! gossip membership) and, on managers, the raft store and the 2377
-//! services.
+//! services. Every node serves task output to managers on its control port
+//! ([`logs`]): a manager beside its own services, a worker on a port of its
+//! own that it hands over when promoted.
 //!
 //! Lifecycle changes (init, join, leave, promotion, demotion, removal) are
 //! serialized by the `member` mutex; request routing reads a cheap snapshot
