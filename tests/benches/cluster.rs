@@ -19,48 +19,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use mesh_proto::{GetJoinTokenRequest, ListNodesRequest, NodeRole, NodeStatus};
-use mesh_tests::bench::{env_usize, percentile};
+use mesh_tests::bench::{Row, env_usize, print_table};
 use mesh_tests::ops;
 use mesh_tests::{ClusterOptions, DEFAULT_CONFIG, Host, Lab, grpc, mesh_bin};
-
-struct Row {
-    what: String,
-    samples: Vec<Duration>,
-}
-
-impl Row {
-    fn new(what: impl Into<String>, mut samples: Vec<Duration>) -> Row {
-        samples.sort();
-        Row {
-            what: what.into(),
-            samples,
-        }
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2}", d.as_secs_f64() * 1000.0)
-}
-
-fn print_table(rows: &[Row]) {
-    println!();
-    println!(
-        "{:<58} {:>5} {:>10} {:>10} {:>10} {:>10}",
-        "measurement", "n", "p50 ms", "p99 ms", "min ms", "max ms"
-    );
-    for r in rows {
-        let s = &r.samples;
-        println!(
-            "{:<58} {:>5} {:>10} {:>10} {:>10} {:>10}",
-            r.what,
-            s.len(),
-            ms(percentile(s, 50.0)),
-            ms(percentile(s, 99.0)),
-            ms(s[0]),
-            ms(s[s.len() - 1])
-        );
-    }
-}
 
 /// `n` sequential join-token rotations over `host`'s socket, after a few unmeasured ones.
 async fn writes(host: &Host, n: usize) -> Result<Vec<Duration>> {
@@ -240,7 +201,7 @@ fn main() -> Result<()> {
         ));
         anyhow::Ok(())
     })?;
-    print_table(&rows);
+    print_table(&rows, 2);
 
     // Kills: alternate a worker and a manager follower (never the leader: a leader kill makes
     // every `node ls` wait for an election, which is not what this measures).
@@ -326,7 +287,7 @@ fn main() -> Result<()> {
             failovers,
         ));
     }
-    print_table(&rows);
+    print_table(&rows, 2);
     println!(
         "\ndefault timings: raft heartbeat 150 ms, election 750-1500 ms; gossip probe 500 ms (rtt 200 ms), suspect->down 1000 ms"
     );

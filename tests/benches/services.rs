@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use mesh_node::config::DaemonConfig;
-use mesh_tests::bench::{env_usize, percentile};
+use mesh_tests::bench::{self, Row, env_usize, print_table};
 use mesh_tests::services::{
     self, CONVERGE_BOUND, NetworkRow, TaskRow, cli_ok, create_network, create_service,
 };
@@ -53,55 +53,7 @@ const SCALE_GOAL: Duration = Duration::from_secs(2);
 const DEATH_GOAL: Duration = Duration::from_secs(3);
 
 fn ms(d: Duration) -> String {
-    format!("{:.0}", d.as_secs_f64() * 1000.0)
-}
-
-struct Row {
-    what: String,
-    samples: Vec<Duration>,
-    /// The p99 goal, if the row has one.
-    goal: Option<Duration>,
-}
-
-impl Row {
-    fn new(what: impl Into<String>, mut samples: Vec<Duration>, goal: Option<Duration>) -> Row {
-        samples.sort();
-        Row {
-            what: what.into(),
-            samples,
-            goal,
-        }
-    }
-}
-
-fn print_table(rows: &[Row]) {
-    println!();
-    println!(
-        "{:<62} {:>3} {:>8} {:>8} {:>8} {:>8}  goal",
-        "measurement", "n", "p50 ms", "p99 ms", "min ms", "max ms"
-    );
-    for r in rows {
-        let s = &r.samples;
-        if s.is_empty() {
-            println!("{:<62} {:>3}", r.what, 0);
-            continue;
-        }
-        let p99 = percentile(s, 99.0);
-        let goal = match r.goal {
-            Some(g) if p99 <= g => format!("p99 <= {} ms: met", ms(g)),
-            Some(g) => format!("p99 <= {} ms: MISSED", ms(g)),
-            None => "-".to_owned(),
-        };
-        println!(
-            "{:<62} {:>3} {:>8} {:>8} {:>8} {:>8}  {goal}",
-            r.what,
-            s.len(),
-            ms(percentile(s, 50.0)),
-            ms(p99),
-            ms(s[0]),
-            ms(s[s.len() - 1])
-        );
-    }
+    bench::ms(d, 0)
 }
 
 /// The backends of api's VIP in a probe's load balancer (`None`: the reading failed).
@@ -538,38 +490,35 @@ fn main() -> Result<()> {
         down_dns.push(dns);
         bench.settle(LOW)?;
     }
-    rows.push(Row::new(
-        format!("scale {LOW} -> {HIGH}: every LB and DNS hold all {HIGH}"),
-        up_both,
-        Some(SCALE_GOAL),
-    ));
+    rows.push(
+        Row::new(
+            format!("scale {LOW} -> {HIGH}: every LB and DNS hold all {HIGH}"),
+            up_both,
+        )
+        .with_goal(SCALE_GOAL),
+    );
     rows.push(Row::new(
         format!("scale {LOW} -> {HIGH}: every LB holds all {HIGH}"),
         up_lb,
-        None,
     ));
     rows.push(Row::new(
         format!("scale {LOW} -> {HIGH}: every DNS holds all {HIGH}"),
         up_dns,
-        None,
     ));
     rows.push(Row::new(
         format!("scale {LOW} -> {HIGH}: the CLI returned"),
         up_cli,
-        None,
     ));
     rows.push(Row::new(
         format!("scale {HIGH} -> {LOW}: every LB holds only the one kept"),
         down_lb,
-        None,
     ));
     rows.push(Row::new(
         format!("scale {HIGH} -> {LOW}: every DNS holds only the one kept"),
         down_dns,
-        None,
     ));
     if n_scales > 0 {
-        print_table(&rows);
+        print_table(&rows, 0);
     }
 
     // Node deaths, with api spread over every node.
@@ -610,17 +559,14 @@ fn main() -> Result<()> {
         api = bench.revive(victim, HIGH)?;
         eprintln!("          back; api {}", spread(&api));
     }
-    rows.push(Row::new(
-        "node death: no surviving LB holds its replicas",
-        death_lb,
-        Some(DEATH_GOAL),
-    ));
+    rows.push(
+        Row::new("node death: no surviving LB holds its replicas", death_lb).with_goal(DEATH_GOAL),
+    );
     rows.push(Row::new(
         "node death: no surviving DNS names its replicas",
         death_dns,
-        None,
     ));
-    print_table(&rows);
+    print_table(&rows, 0);
     println!(
         "\n5 nodes (3 managers, 2 workers), default timings: gossip probe {} ms (rtt {} ms), \
          suspect->down {} ms, gossip interval {} ms; raft heartbeat {} ms, election {}-{} ms; \
