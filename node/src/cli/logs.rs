@@ -106,22 +106,30 @@ pub async fn run(control: &mut ControlClient<Channel>, args: LogsArgs) -> anyhow
             continue;
         }
         if args.follow {
-            match print_all(&mut printer, std::slice::from_ref(&msg)) {
-                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-                r => r?,
+            if !printed(print_all(&mut printer, std::slice::from_ref(&msg)))? {
+                return Ok(());
             }
         } else {
             gathered.push(msg);
         }
     }
-    match print_all(&mut printer, &gathered) {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-        r => r?,
+    if !printed(print_all(&mut printer, &gathered))? {
+        return Ok(());
     }
     if missing > 0 {
         bail!("the output of {missing} task(s) could not be read (see the warnings above)");
     }
     Ok(())
+}
+
+/// Whether printing went through: `false` when whoever reads our output went away
+/// (`mesh service logs api | head`), which ends the command quietly.
+fn printed(result: io::Result<()>) -> io::Result<bool> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Prints the records of `messages` in time order (a stable sort: a task's own records stay
