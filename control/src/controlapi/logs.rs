@@ -106,14 +106,15 @@ impl Manager {
     async fn relay_logs(
         self: Arc<Self>,
         target: Target,
-        req: ServiceLogsRequest,
+        mut req: ServiceLogsRequest,
         tx: mpsc::Sender<std::result::Result<ServiceLogsMessage, Status>>,
     ) {
         let mut changes = self.store.subscribe();
         let mut started = HashSet::new();
         let mut readers = JoinSet::new();
-        let mut req = req;
         loop {
+            // Readers that ended (their task was removed) are reaped as the follow goes on.
+            while readers.try_join_next().is_some() {}
             for (task, node) in self.store.read(|s| target.tasks(s)) {
                 if started.insert(task.id.clone()) {
                     readers.spawn(self.clone().task_logs(task, node, req.clone(), tx.clone()));
