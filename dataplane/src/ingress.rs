@@ -12,8 +12,9 @@
 //!    gateway bridge): forwarding on, and the service load balancer (nftables or IPVS, the
 //!    same as in tasks) rewrites the VIP to one task's ingress address anywhere in the cluster.
 //! 3. **Task**: a TCP connection arrives with the client's own source address (nothing was
-//!    source-NATed); UDP arrives from the sandbox's address ([`udp_snat_script`] says why). Our table `ip mesh_reply` marks the connection by the MAC of the sandbox
-//!    it came from ([`reply_mark`]); `tcp_fwmark_accept` makes the accepted socket carry the
+//!    source-NATed); UDP arrives from the sandbox's address ([`udp_snat_script`] says why).
+//!    Our table `ip mesh_reply` marks the connection by the MAC of the sandbox it came from
+//!    ([`reply_mark`]); `tcp_fwmark_accept` makes the accepted socket carry the
 //!    mark, and a route chain copies it onto every other reply packet. A policy rule per
 //!    sandbox sends marked replies to a routing table whose default route is that sandbox,
 //!    so the reply goes back through the node that did the DNAT, where conntrack undoes both

@@ -186,7 +186,7 @@ impl DnsManager {
         // 127.0.0.11 is reachable only once lo is up, yet binding it works either way: so
         // check, rather than wait for a bind error that never comes.
         ensure_lo_up(task, ns).await?;
-        let any_port = SocketAddr::new(DNS_ADDR.ip(), 0);
+        let any_port = SocketAddr::from((DNS_IP, 0));
         let udp = self
             .sockets
             .bind_udp(ns, any_port)

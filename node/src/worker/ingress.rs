@@ -78,12 +78,10 @@ impl Worker {
             return;
         };
         if !self.ingress_applied.router {
-            let ifaces = [
-                IfName::new("eth0").expect("short interface name"),
-                IfName::new(TASK_GATEWAY_IFNAME).expect("short interface name"),
-            ];
-            let routed = ingress::ensure_router(&ns, &ifaces)
-                .and_then(|()| ingress::ensure_udp_snat(&ns, &ifaces[1], &ifaces[0]));
+            let overlay = IfName::new("eth0").expect("short interface name");
+            let gateway = IfName::new(TASK_GATEWAY_IFNAME).expect("short interface name");
+            let routed = ingress::ensure_router(&ns, &[overlay.clone(), gateway.clone()])
+                .and_then(|()| ingress::ensure_udp_snat(&ns, &gateway, &overlay));
             match routed {
                 Ok(()) => self.ingress_applied.router = true,
                 Err(e) => warn!(error = %e, "cannot make the ingress sandbox a router"),
