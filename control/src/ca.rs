@@ -1,36 +1,18 @@
-//! The cluster's certificate authority and join tokens.
-//!
-//! `mesh init` creates a self-signed root CA. Every node holds a key it
-//! generated itself and a certificate the CA signed from its CSR:
-//! CN = node id, OU = role, O = cluster id, and a DNS SAN naming the role
-//! (`mesh-manager` / `mesh-worker`) so that a client dialling a manager can
-//! insist on a manager certificate.
-//!
-//! A join token is `MESH-1-<digest>-<secret>`: the digest (SHA-256 of the CA
-//! certificate, base32) lets the joiner check the CA it fetched before
-//! trusting it; the secret decides the role.
+//! The cluster's certificate authority: the root CA `mesh init` creates and the node
+//! certificates it signs. What every node needs of certificates (its key, CSR, reading a
+//! certificate's identity, join tokens) is in [`mesh_common::pki`].
 
-use std::fmt;
-use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use data_encoding::BASE32_NOPAD;
+use mesh_common::ids::random_bytes;
+use mesh_common::pki::{MANAGER_SAN, PkiError, WORKER_SAN, ca_digest, pem_to_der, role_name};
+use mesh_common::time::unix_secs;
 use mesh_proto::NodeRole;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
-use ring::rand::{SecureRandom, SystemRandom};
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
 
-/// DNS name in every manager certificate; clients dial managers by it.
-pub const MANAGER_SAN: &str = "mesh-manager";
-/// DNS name in every worker certificate.
-pub const WORKER_SAN: &str = "mesh-worker";
-
-const TOKEN_PREFIX: &str = "MESH";
-const TOKEN_VERSION: &str = "1";
 /// Validity of the root CA.
 const CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
 /// Back-dating of `not_before`, for clocks that are a little behind.
@@ -38,8 +20,6 @@ const CLOCK_SKEW: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
-    #[error("invalid join token: {0}")]
-    InvalidToken(String),
     #[error("invalid certificate signing request: {0}")]
     InvalidCsr(#[source] rcgen::Error),
     #[error("cannot {op}: {source}")]
@@ -47,39 +27,14 @@ pub enum CaError {
         op: &'static str,
         source: rcgen::Error,
     },
-    #[error("invalid certificate: {0}")]
-    InvalidCert(String),
-    #[error("random number generator failed")]
-    Random,
+    #[error(transparent)]
+    Pki(#[from] PkiError),
 }
 
-fn random_bytes<const N: usize>() -> Result<[u8; N], CaError> {
-    let mut buf = [0u8; N];
-    SystemRandom::new()
-        .fill(&mut buf)
-        .map_err(|_unspecified| CaError::Random)?;
-    Ok(buf)
-}
-
-fn base32_lower(bytes: &[u8]) -> String {
-    BASE32_NOPAD.encode(bytes).to_ascii_lowercase()
-}
-
-/// A new node id: 25 lower-case base32 characters (125 random bits).
-pub fn new_node_id() -> Result<String, CaError> {
-    let mut id = base32_lower(&random_bytes::<16>()?);
-    id.truncate(25);
-    Ok(id)
-}
-
-/// A new cluster id, same shape as a node id.
-pub fn new_cluster_id() -> Result<String, CaError> {
-    new_node_id()
-}
-
-/// A new join-token secret: 26 lower-case base32 characters (128 bits).
-pub fn new_secret() -> Result<String, CaError> {
-    Ok(base32_lower(&random_bytes::<16>()?))
+impl From<mesh_common::ids::RandomError> for CaError {
+    fn from(e: mesh_common::ids::RandomError) -> CaError {
+        CaError::Pki(PkiError::Random(e))
+    }
 }
 
 /// 32 random bytes, for symmetric keys.
@@ -87,34 +42,8 @@ pub fn new_symmetric_key() -> Result<Vec<u8>, CaError> {
     Ok(random_bytes::<32>()?.to_vec())
 }
 
-fn pem_to_der(cert_pem: &str) -> Result<CertificateDer<'static>, CaError> {
-    CertificateDer::from_pem_slice(cert_pem.as_bytes())
-        .map_err(|e| CaError::InvalidCert(format!("not a PEM certificate: {e}")))
-}
-
-/// SHA-256 of the CA certificate (DER), base32, as it appears in join tokens.
-pub fn ca_digest(ca_cert_pem: &str) -> Result<String, CaError> {
-    let der = pem_to_der(ca_cert_pem)?;
-    Ok(base32_lower(
-        ring::digest::digest(&ring::digest::SHA256, &der).as_ref(),
-    ))
-}
-
-fn role_name(role: NodeRole) -> &'static str {
-    match role {
-        NodeRole::Manager => "manager",
-        _ => "worker",
-    }
-}
-
 fn system_now() -> SystemTime {
     SystemTime::now()
-}
-
-fn unix_secs(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 fn offset(t: SystemTime) -> time::OffsetDateTime {
@@ -182,7 +111,7 @@ impl RootCa {
     }
 
     pub fn digest(&self) -> Result<String, CaError> {
-        ca_digest(&self.cert_pem)
+        Ok(ca_digest(&self.cert_pem)?)
     }
 
     /// Signs a node's CSR. Only the CSR's public key is used: the subject is
@@ -242,185 +171,11 @@ impl RootCa {
     }
 }
 
-/// A node's own key pair; it never leaves the node.
-pub struct NodeKey {
-    key: KeyPair,
-}
-
-impl NodeKey {
-    pub fn generate() -> Result<NodeKey, CaError> {
-        let key = KeyPair::generate().map_err(|source| CaError::Rcgen {
-            op: "generate node key",
-            source,
-        })?;
-        Ok(NodeKey { key })
-    }
-
-    pub fn from_pem(pem: &str) -> Result<NodeKey, CaError> {
-        let key = KeyPair::from_pem(pem).map_err(|source| CaError::Rcgen {
-            op: "parse node key",
-            source,
-        })?;
-        Ok(NodeKey { key })
-    }
-
-    pub fn to_pem(&self) -> String {
-        self.key.serialize_pem()
-    }
-
-    /// A CSR carrying this key; the CA decides the subject.
-    pub fn csr_pem(&self) -> Result<String, CaError> {
-        let params = CertificateParams::default();
-        let csr = params
-            .serialize_request(&self.key)
-            .map_err(|source| CaError::Rcgen {
-                op: "create CSR",
-                source,
-            })?;
-        csr.pem().map_err(|source| CaError::Rcgen {
-            op: "encode CSR",
-            source,
-        })
-    }
-}
-
-/// What a node certificate says about its holder.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CertIdentity {
-    pub node_id: String,
-    pub role: NodeRole,
-    pub cluster_id: String,
-    /// Unix seconds.
-    pub not_before: i64,
-    pub not_after: i64,
-}
-
-impl CertIdentity {
-    /// True once `fraction` of the certificate's lifetime has passed.
-    pub fn needs_renewal(&self, now_unix: i64, fraction: f64) -> bool {
-        let life = (self.not_after - self.not_before).max(1) as f64;
-        (now_unix - self.not_before) as f64 >= life * fraction
-    }
-}
-
-/// Reads the identity out of a node certificate (DER).
-pub fn parse_cert_der(der: &[u8]) -> Result<CertIdentity, CaError> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| CaError::InvalidCert(e.to_string()))?;
-    let subject = cert.subject();
-    let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>| {
-        it.next().and_then(|a| a.as_str().ok()).map(str::to_string)
-    };
-    let node_id = first(&mut subject.iter_common_name())
-        .ok_or_else(|| CaError::InvalidCert("no common name (node id)".into()))?;
-    let role = match first(&mut subject.iter_organizational_unit()).as_deref() {
-        Some("manager") => NodeRole::Manager,
-        Some("worker") => NodeRole::Worker,
-        other => return Err(CaError::InvalidCert(format!("unknown role {other:?}"))),
-    };
-    let cluster_id = first(&mut subject.iter_organization())
-        .ok_or_else(|| CaError::InvalidCert("no organization (cluster id)".into()))?;
-    let validity = cert.validity();
-    Ok(CertIdentity {
-        node_id,
-        role,
-        cluster_id,
-        not_before: validity.not_before.timestamp(),
-        not_after: validity.not_after.timestamp(),
-    })
-}
-
-pub fn parse_cert_pem(pem: &str) -> Result<CertIdentity, CaError> {
-    parse_cert_der(&pem_to_der(pem)?)
-}
-
-/// `MESH-1-<ca digest>-<secret>`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    pub ca_digest: String,
-    pub secret: String,
-}
-
-impl fmt::Display for JoinToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{TOKEN_PREFIX}-{TOKEN_VERSION}-{}-{}",
-            self.ca_digest, self.secret
-        )
-    }
-}
-
-impl fmt::Debug for JoinToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // The secret is a credential: keep it out of logs.
-        write!(
-            f,
-            "JoinToken({TOKEN_PREFIX}-{TOKEN_VERSION}-{}-…)",
-            self.ca_digest
-        )
-    }
-}
-
-impl FromStr for JoinToken {
-    type Err = CaError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let parts: Vec<&str> = s.trim().split('-').collect();
-        let bad = |why: &str| CaError::InvalidToken(why.to_string());
-        match parts.as_slice() {
-            [prefix, version, digest, secret] => {
-                if *prefix != TOKEN_PREFIX {
-                    return Err(bad("it does not start with MESH-"));
-                }
-                if *version != TOKEN_VERSION {
-                    return Err(CaError::InvalidToken(format!(
-                        "unsupported token version {version}"
-                    )));
-                }
-                let ok = |p: &str, len: usize| {
-                    p.len() == len
-                        && p.bytes()
-                            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
-                };
-                if !ok(digest, 52) {
-                    return Err(bad("the CA digest part is malformed"));
-                }
-                if !ok(secret, 26) {
-                    return Err(bad("the secret part is malformed"));
-                }
-                Ok(JoinToken {
-                    ca_digest: digest.to_string(),
-                    secret: secret.to_string(),
-                })
-            }
-            _ => Err(bad("expected MESH-1-<digest>-<secret>")),
-        }
-    }
-}
-
-/// Constant-time comparison of two secrets.
-pub fn secrets_equal(a: &str, b: &str) -> bool {
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Unix time now in milliseconds.
-pub fn now_ms() -> i64 {
-    system_now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Unix time now in seconds.
-pub fn now_secs() -> i64 {
-    unix_secs(system_now())
-}
-
 #[cfg(test)]
 mod tests {
+    use mesh_common::pki::{JoinToken, NodeKey, new_secret, parse_cert_pem};
+    use mesh_common::time::now_secs;
+
     use super::*;
 
     #[test]
@@ -492,28 +247,5 @@ mod tests {
             Duration::from_secs(60),
         );
         assert!(err.is_err());
-    }
-
-    #[test]
-    fn renewal_due_after_fraction_of_lifetime() {
-        let id = CertIdentity {
-            node_id: "n".into(),
-            role: NodeRole::Worker,
-            cluster_id: "c".into(),
-            not_before: 1000,
-            not_after: 2000,
-        };
-        assert!(!id.needs_renewal(1500, 0.66));
-        assert!(id.needs_renewal(1700, 0.66));
-    }
-
-    #[test]
-    fn ids_and_secrets_have_expected_shape() {
-        let id = new_node_id().unwrap();
-        assert_eq!(id.len(), 25);
-        assert_ne!(id, new_node_id().unwrap());
-        assert!(secrets_equal("abc", "abc"));
-        assert!(!secrets_equal("abc", "abd"));
-        assert!(!secrets_equal("abc", "abcd"));
     }
 }

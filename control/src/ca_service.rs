@@ -15,20 +15,32 @@ use mesh_proto::{
 use tonic::{Request, Response, Status};
 use tracing::info;
 
-use crate::auth::Caller;
-use crate::ca::{self, JoinToken, RootCa, now_ms, secrets_equal};
-use crate::error::{ControlError, Result};
-use crate::manager::{Manager, desired_role};
-use crate::server::caller;
-use crate::store::{StoreState, txn};
+use mesh_common::Liveness;
+use mesh_common::auth::{Caller, caller};
+use mesh_common::ids::random_id;
+use mesh_common::pki::{self, JoinToken, secrets_equal};
+use mesh_common::time::now_ms;
 
+use crate::ca::RootCa;
+use crate::error::{ControlError, Result};
+use crate::objects::{desired_role, manager_addrs};
+use crate::store::{Store, StoreState, txn};
+
+/// The CA service needs the store, the cluster's CA certificate (served before the store
+/// may have it, on a manager that just joined) and this node's view of who is up.
 pub struct CaService {
-    mgr: Arc<Manager>,
+    store: Store,
+    ca_pem: String,
+    liveness: Arc<dyn Liveness>,
 }
 
 impl CaService {
-    pub fn new(mgr: Arc<Manager>) -> Self {
-        CaService { mgr }
+    pub fn new(store: Store, ca_pem: String, liveness: Arc<dyn Liveness>) -> Self {
+        CaService {
+            store,
+            ca_pem,
+            liveness,
+        }
     }
 }
 
@@ -39,7 +51,7 @@ impl Ca for CaService {
         _req: Request<GetRootCaRequest>,
     ) -> std::result::Result<Response<GetRootCaResponse>, Status> {
         Ok(Response::new(GetRootCaResponse {
-            ca_cert_pem: self.mgr.creds.ca_pem().to_string(),
+            ca_cert_pem: self.ca_pem.clone(),
         }))
     }
 
@@ -47,7 +59,7 @@ impl Ca for CaService {
         &self,
         req: Request<IssueNodeCertificateRequest>,
     ) -> std::result::Result<Response<IssueNodeCertificateResponse>, Status> {
-        Ok(Response::new(self.mgr.issue(req.into_inner()).await?))
+        Ok(Response::new(self.issue(req.into_inner()).await?))
     }
 
     async fn renew_node_certificate(
@@ -55,9 +67,7 @@ impl Ca for CaService {
         req: Request<RenewNodeCertificateRequest>,
     ) -> std::result::Result<Response<RenewNodeCertificateResponse>, Status> {
         let caller = caller(&req)?;
-        Ok(Response::new(
-            self.mgr.renew(&caller, req.into_inner()).await?,
-        ))
+        Ok(Response::new(self.renew(&caller, req.into_inner()).await?))
     }
 }
 
@@ -77,12 +87,12 @@ fn validity(c: &mesh_proto::Cluster) -> Duration {
     )
 }
 
-impl Manager {
-    pub(crate) async fn issue(
-        &self,
-        r: IssueNodeCertificateRequest,
-    ) -> Result<IssueNodeCertificateResponse> {
-        let token: JoinToken = r.token.parse()?;
+impl CaService {
+    async fn issue(&self, r: IssueNodeCertificateRequest) -> Result<IssueNodeCertificateResponse> {
+        let token: JoinToken = r
+            .token
+            .parse()
+            .map_err(|e: pki::PkiError| ControlError::InvalidArgument(e.to_string()))?;
         if r.addr.parse::<IpAddr>().is_err() {
             return Err(ControlError::InvalidArgument(format!(
                 "advertise address {:?} is not an IP address",
@@ -99,12 +109,12 @@ impl Manager {
                 "control and gossip ports must not be 0".into(),
             ));
         }
-        let node_id = ca::new_node_id()?;
+        let node_id = random_id().map_err(|e| ControlError::Internal(e.to_string()))?;
         let mut issued: Option<(String, NodeRole, u64, String)> = None;
         self.store
             .update(|s| {
                 let cluster = cluster_of(s)?;
-                if token.ca_digest != ca::ca_digest(&cluster.ca_cert_pem)? {
+                if token.ca_digest != pki::ca_digest(&cluster.ca_cert_pem).map_err(|e| ControlError::Internal(e.to_string()))? {
                     return Err(ControlError::PermissionDenied(
                         "join token is for another cluster: its CA digest does not match this cluster's CA".into(),
                     ));
@@ -162,7 +172,7 @@ impl Manager {
             .await?;
         let (cert_pem, role, raft_id, cluster_id) =
             issued.ok_or_else(|| ControlError::Internal("certificate was not issued".into()))?;
-        let managers = self.store.read(Manager::manager_addrs);
+        let managers = self.store.read(manager_addrs);
         info!(node = %node_id, hostname = %r.hostname, addr = %r.addr, role = ?role, "node joined");
         Ok(IssueNodeCertificateResponse {
             node_id,
@@ -177,7 +187,7 @@ impl Manager {
     /// A fresh certificate for the calling node. Its role follows the
     /// store: manager when the node is to be a manager or is still a raft
     /// voter (a demotion completes only once raft let it go).
-    pub(crate) async fn renew(
+    async fn renew(
         &self,
         caller: &Caller,
         r: RenewNodeCertificateRequest,

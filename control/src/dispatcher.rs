@@ -6,49 +6,54 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use futures::Stream;
 use mesh_proto::dispatcher_server::Dispatcher;
 use mesh_proto::{
     Assignments, LeaveClusterRequest, LeaveClusterResponse, Network, Peer, SessionMessage,
-    SessionRequest, StoreOp, Task, Transaction, UpdateTaskStatusRequest, UpdateTaskStatusResponse,
-    store_op::Op,
+    SessionRequest, StoreOp, Task, TaskState, Transaction, UpdateTaskStatusRequest,
+    UpdateTaskStatusResponse, store_op::Op,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tracing::{debug, info};
 
-use crate::error::ControlError;
-use crate::manager::Manager;
-use crate::server::caller;
-use crate::store::{StoreError, StoreState, txn};
+use mesh_common::auth::caller;
+use mesh_common::task::observed_state;
+use mesh_common::time::now_ms;
 
+use crate::error::ControlError;
+use crate::objects::manager_addrs;
+use crate::store::{Store, StoreError, StoreState, txn};
+
+/// The dispatcher needs the store only.
 pub struct DispatcherService {
-    mgr: Arc<Manager>,
+    store: Store,
 }
 
 impl DispatcherService {
-    pub fn new(mgr: Arc<Manager>) -> Self {
-        DispatcherService { mgr }
+    pub fn new(store: Store) -> Self {
+        DispatcherService { store }
     }
 }
 
-fn not_leader(mgr: &Manager) -> Status {
+fn not_leader(store: &Store) -> Status {
     ControlError::Store(StoreError::NotLeader {
-        leader: mgr.store.leader(),
+        leader: store.leader(),
     })
     .into()
 }
 
 /// Tasks assigned to `node_id` (whatever their desired state: the agent
-/// must see a shutdown to act on it) and the networks they use.
+/// must see a shutdown to act on it) and the networks they use. A task
+/// placed on the node before it has its addresses (global services) is
+/// held back until the allocator gave them.
 fn assigned(s: &StoreState, node_id: &str) -> (BTreeMap<String, Task>, BTreeMap<String, Network>) {
     let tasks: BTreeMap<String, Task> = s
         .tasks
         .values()
-        .filter(|t| t.node_id == node_id)
+        .filter(|t| t.node_id == node_id && observed_state(t) != TaskState::New)
         .map(|t| (t.id.clone(), t.clone()))
         .collect();
     // Every node has its ingress sandbox on the ingress network.
@@ -141,7 +146,7 @@ pub fn session_message(s: &StoreState, node_id: &str) -> Option<SessionMessage> 
     Some(SessionMessage {
         node: Some(node),
         cluster_id: cluster.id.clone(),
-        managers: Manager::manager_addrs(s),
+        managers: manager_addrs(s),
         gossip_keys: cluster.gossip_keys.clone(),
         peers,
         data_path_port: cluster
@@ -172,31 +177,31 @@ impl Dispatcher for DispatcherService {
         req: Request<SessionRequest>,
     ) -> Result<Response<SessionStream>, Status> {
         let node_id = node_caller(&req, "open sessions")?;
-        if !self.mgr.store.is_leader() {
-            return Err(not_leader(&self.mgr));
+        if !self.store.is_leader() {
+            return Err(not_leader(&self.store));
         }
         let (tx, rx) = mpsc::channel(4);
-        let mgr = self.mgr.clone();
+        let store = self.store.clone();
         debug!(node = %node_id, "agent session opened");
         // The task owns the only sender: it ends when the agent hangs up
         // (send fails / closed), when the node is removed, or when this
         // manager stops leading (the agent then reconnects to the leader).
         tokio::spawn(async move {
-            let mut changes = mgr.store.subscribe();
-            let mut leader = mgr.store.watch_leader();
+            let mut changes = store.subscribe();
+            let mut leader = store.watch_leader();
             let mut last: Option<SessionMessage> = None;
             let mut sent = Sent::default();
             loop {
-                if !mgr.store.is_leader() {
-                    let _ = tx.send(Err(not_leader(&mgr))).await;
+                if !store.is_leader() {
+                    let _ = tx.send(Err(not_leader(&store))).await;
                     break;
                 }
-                let (msg, tasks, networks) = mgr.store.read(|s| {
+                let (msg, tasks, networks) = store.read(|s| {
                     let (tasks, networks) = assigned(s, &node_id);
                     (session_message(s, &node_id), tasks, networks)
                 });
                 let Some(msg) = msg else {
-                    let removed = mgr.store.read(|s| {
+                    let removed = store.read(|s| {
                         s.cluster
                             .as_ref()
                             .is_some_and(|c| c.removed_nodes.contains(&node_id))
@@ -240,9 +245,8 @@ impl Dispatcher for DispatcherService {
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
         let node_id = node_caller(&req, "report task status")?;
         let updates = req.into_inner().updates;
-        let now = crate::ca::now_ms();
-        self.mgr
-            .store
+        let now = now_ms();
+        self.store
             .update(|s| {
                 let ops = updates
                     .iter()
@@ -281,21 +285,19 @@ impl Dispatcher for DispatcherService {
     ) -> Result<Response<LeaveClusterResponse>, Status> {
         let node_id = node_caller(&req, "leave")?;
         let node = self
-            .mgr
             .store
             .read(|s| s.nodes.get(&node_id).cloned())
             .ok_or_else(|| {
                 Status::not_found(format!("node {node_id} is not a member of this cluster"))
             })?;
-        let voters = self.mgr.store.status().voters;
+        let voters = self.store.status().voters;
         let is_voter = voters.iter().any(|(id, _)| *id == node.raft_id);
         if is_voter && voters.len() <= 1 {
             return Err(Status::failed_precondition(
                 "the last manager cannot leave through the cluster",
             ));
         }
-        self.mgr
-            .store
+        self.store
             .update(|s| {
                 let Some(n) = s.nodes.get(&node_id) else {
                     return Ok::<_, ControlError>(Transaction { ops: vec![] });
@@ -318,7 +320,7 @@ impl Dispatcher for DispatcherService {
             .await?;
         if is_voter {
             // The roles loop would do it too; doing it now makes leave prompt.
-            if let Err(e) = self.mgr.store.remove_voter(node.raft_id).await {
+            if let Err(e) = self.store.remove_voter(node.raft_id).await {
                 debug!(error = %e, "leaving manager's vote will be removed by the roles loop");
             }
         }

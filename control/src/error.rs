@@ -1,7 +1,7 @@
 //! Errors of the manager's RPC handlers, and the one place they become a
 //! `tonic::Status` (the CLI prints the status message as one line).
 
-use mesh_proto::LEADER_METADATA_KEY;
+use mesh_common::pki::PkiError;
 use tonic::Status;
 
 use crate::ca::CaError;
@@ -41,7 +41,7 @@ impl From<ControlError> for Status {
             ControlError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ControlError::PermissionDenied(_) => Status::permission_denied(msg),
             ControlError::Unauthenticated(_) => Status::unauthenticated(msg),
-            ControlError::Ca(CaError::InvalidToken(_) | CaError::InvalidCsr(_)) => {
+            ControlError::Ca(CaError::InvalidCsr(_) | CaError::Pki(PkiError::InvalidToken(_))) => {
                 Status::invalid_argument(msg)
             }
             ControlError::Ca(_) | ControlError::Internal(_) => Status::internal(msg),
@@ -50,13 +50,10 @@ impl From<ControlError> for Status {
     }
 }
 
-/// The leader's address a status redirects to, if any.
-pub fn leader_hint(status: &Status) -> Option<String> {
-    status
-        .metadata()
-        .get(LEADER_METADATA_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+impl From<PkiError> for ControlError {
+    fn from(e: PkiError) -> ControlError {
+        ControlError::Ca(CaError::Pki(e))
+    }
 }
 
 pub type Result<T, E = ControlError> = std::result::Result<T, E>;

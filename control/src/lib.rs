@@ -4,28 +4,37 @@
 //! # Layout
 //! - [`store`]: the raft store (openraft over tonic, log and snapshots in redb)
 //!   and the typed state machine every other component reads and writes.
-//! - [`manager`]: a manager node: the services it serves on 2377 and the
-//!   loops only the leader runs (raft membership follows desired roles).
-//! - [`controlapi`]: the CLI's API; followers forward to the leader.
-//! - [`ca_service`] and [`ca`]: the join handshake, node certificates, tokens.
+//! - [`manager`]: builds a manager node's services and components and runs them.
+//! - [`component`]: how the leader's components run: each its own loop over
+//!   store changes, committing with preconditions on what it read.
+//! - [`allocator`]: every allocation (subnets, VNIs, addresses, VIPs, published
+//!   ports) and the allocator component that addresses new tasks and nodes.
+//! - [`orchestrator`]: the replicated and global orchestrators, rolling updates
+//!   and the task reaper.
+//! - [`scheduler`]: places allocated tasks on ready nodes.
+//! - [`roles`]: makes raft membership follow the nodes' desired roles.
+//! - [`controlapi`]: the CLI's API, one handler per area; followers forward to
+//!   the leader.
 //! - [`dispatcher`]: agent sessions streaming each node its view.
-//! - [`server`] and [`auth`]: who is calling, and what they may call.
-//! - [`tls`]: rustls configurations for 2377 with swappable certificates.
-//! - [`net`]: cached gRPC channels to other nodes.
+//! - [`ca_service`] and [`ca`]: the join handshake, node certificates, tokens.
+//! - [`bootstrap`]: what `mesh init` writes first.
+//! - [`server`]: who is calling on the control port, checked against the store.
+//! - [`objects`]: what the stored objects say (names, roles, addresses).
 //! - [`config`]: timing knobs; [`error`]: errors and their gRPC status.
 
 pub mod allocator;
-pub mod auth;
+pub mod bootstrap;
 pub mod ca;
 pub mod ca_service;
+pub mod component;
 pub mod config;
 pub mod controlapi;
 pub mod dispatcher;
 pub mod error;
 pub mod manager;
-pub mod net;
+pub mod objects;
 pub mod orchestrator;
+pub mod roles;
 pub mod scheduler;
 pub mod server;
 pub mod store;
-pub mod tls;

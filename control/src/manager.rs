@@ -1,47 +1,42 @@
-//! A manager: the raft store plus the services it answers on 2377 (raft,
-//! CA, dispatcher, control API) and the loops only the leader runs.
+//! A manager: builds the components of a manager node and runs them. It serves raft, the
+//! CA, the dispatcher and the control API on the control port, each with the narrow context
+//! it needs, and starts the leader's components (allocator, orchestrators, scheduler, task
+//! reaper, role reconciler), which idle on followers.
 //!
-//! Requests a follower cannot answer are forwarded to the leader
-//! ([`Route::Forward`]); the leader answers them itself ([`Route::Local`]).
+//! Requests a follower cannot answer are forwarded to the leader ([`Route::Forward`]); the
+//! leader answers them itself ([`Route::Local`]).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mesh_common::Liveness;
+use mesh_common::channels::SharedChannels;
+use mesh_common::tls::{self, Credentials};
 use mesh_proto::ca_server::CaServer;
 use mesh_proto::control_server::ControlServer;
 use mesh_proto::dispatcher_server::DispatcherServer;
-use mesh_proto::{Node, NodeRole, NodeStatus, StoreOp, Transaction};
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Server};
-use tracing::{debug, info, warn};
+use tonic::transport::Server;
 
-use crate::ca::{self, now_ms};
+use crate::allocator::Allocator;
+use crate::ca_service::CaService;
+use crate::component;
 use crate::config::ManagerConfig;
-use crate::controlapi::ControlService;
+use crate::controlapi::{
+    ApiContext, ControlApi, ControlContext, ControlService, Route, forward_deadline,
+};
+use crate::dispatcher::DispatcherService;
 use crate::error::ControlError;
-use crate::net::SharedChannels;
+use crate::orchestrator::{GlobalOrchestrator, ReplicatedOrchestrator, TaskReaper};
+use crate::roles::RoleReconciler;
+use crate::scheduler::Scheduler;
 use crate::server::{Authenticator, Policy};
-use crate::store::{Store, StoreError, StoreState, txn};
-use crate::tls::{self, Credentials};
-use crate::{orchestrator, scheduler};
-
-/// Liveness of nodes as this node's SWIM view sees them.
-pub trait Liveness: Send + Sync + 'static {
-    fn status(&self, node_id: &str) -> NodeStatus;
-}
-
-/// Where a control request is answered.
-pub enum Route {
-    Local(Arc<Manager>),
-    /// A channel to the node to forward to, and its address (for errors).
-    /// and how long to wait for its answer.
-    Forward(Channel, String, Duration),
-}
+use crate::store::{Store, StoreError};
 
 pub struct ManagerOptions {
     pub node_id: String,
@@ -54,19 +49,25 @@ pub struct ManagerOptions {
 }
 
 pub struct Manager {
-    pub(crate) node_id: String,
-    pub(crate) cluster_id: String,
-    pub(crate) store: Store,
-    pub(crate) creds: Arc<Credentials>,
-    pub(crate) channels: SharedChannels,
-    pub(crate) config: ManagerConfig,
-    pub(crate) liveness: Arc<dyn Liveness>,
-    /// When this leader first saw each node down (see `failed_nodes`).
-    down_since: std::sync::Mutex<std::collections::HashMap<String, tokio::time::Instant>>,
+    node_id: String,
+    cluster_id: String,
+    store: Store,
+    creds: Arc<Credentials>,
+    channels: SharedChannels,
+    config: ManagerConfig,
+    liveness: Arc<dyn Liveness>,
+    api: Arc<ControlApi>,
 }
 
 impl Manager {
     pub fn new(opts: ManagerOptions) -> Arc<Manager> {
+        let api = ControlApi::new(ApiContext {
+            node_id: opts.node_id.clone(),
+            store: opts.store.clone(),
+            liveness: opts.liveness.clone(),
+            channels: opts.channels.clone(),
+            config: opts.config.clone(),
+        });
         Arc::new(Manager {
             node_id: opts.node_id,
             cluster_id: opts.cluster_id,
@@ -75,7 +76,7 @@ impl Manager {
             channels: opts.channels,
             config: opts.config,
             liveness: opts.liveness,
-            down_since: Default::default(),
+            api,
         })
     }
 
@@ -83,18 +84,10 @@ impl Manager {
         &self.store
     }
 
-    pub fn node_id(&self) -> &str {
-        &self.node_id
-    }
-
-    pub fn liveness(&self) -> &Arc<dyn Liveness> {
-        &self.liveness
-    }
-
     /// Answer here when leader, else forward to the leader.
-    pub fn route(self: &Arc<Self>) -> Result<Route, Status> {
+    pub fn route(&self) -> Result<Route, Status> {
         if self.store.is_leader() {
-            return Ok(Route::Local(self.clone()));
+            return Ok(Route::Local(self.api.clone()));
         }
         match self.store.leader() {
             Some(leader) if leader.raft_id != self.store.raft_id() => {
@@ -128,11 +121,15 @@ impl Manager {
         let auth = Authenticator::new(self.store.clone(), self.cluster_id.clone());
         let raft = InterceptedService::new(self.store.service(), auth.interceptor(Policy::Manager));
         let ca = CaServer::with_interceptor(
-            crate::ca_service::CaService::new(self.clone()),
+            CaService::new(
+                self.store.clone(),
+                self.creds.ca_pem().to_string(),
+                self.liveness.clone(),
+            ),
             auth.interceptor(Policy::Open),
         );
         let dispatcher = DispatcherServer::with_interceptor(
-            crate::dispatcher::DispatcherService::new(self.clone()),
+            DispatcherService::new(self.store.clone()),
             auth.interceptor(Policy::Member),
         );
         let control = ControlServer::with_interceptor(
@@ -151,182 +148,40 @@ impl Manager {
             .map_err(|e| ControlError::Internal(format!("control server: {e}")))
     }
 
-    /// Starts the loops only the leader acts in. They idle on followers.
-    pub fn spawn_reconcilers(
-        self: &Arc<Self>,
-        shutdown: CancellationToken,
-    ) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut changes = me.store.subscribe();
-            let mut tick = tokio::time::interval(Duration::from_millis(
-                me.config.raft.heartbeat_ms.max(100) * 4,
-            ));
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    _ = tick.tick() => {}
-                    r = changes.changed() => if r.is_err() { return },
-                }
-                if !me.store.is_leader() {
-                    continue;
-                }
-                if let Err(e) = me.reconcile_roles().await {
-                    warn!(error = %e, "role reconciliation failed; retrying");
-                }
-                if let Err(e) = me.reconcile_tasks().await {
-                    warn!(error = %e, "task reconciliation failed; retrying");
-                }
-            }
-        })
-    }
-
-    /// Makes raft membership follow the nodes' desired roles: voters whose
-    /// node was demoted (or removed) leave the voter set, then the node's
-    /// role is recorded as worker so that its agent renews into a worker
-    /// certificate. Promotions are driven by the promoted node itself
-    /// (`Raft.JoinRaft`), since it must run raft before it can vote.
-    async fn reconcile_roles(&self) -> Result<(), ControlError> {
-        let status = self.store.status();
-        let voters: BTreeSet<u64> = status.voters.iter().map(|(id, _)| *id).collect();
-        let leaving: Vec<u64> = self.store.read(|s| {
-            voters
-                .iter()
-                .copied()
-                .filter(
-                    |raft_id| match s.nodes.values().find(|n| n.raft_id == *raft_id) {
-                        Some(n) => desired_role(n) == NodeRole::Worker,
-                        None => s.cluster.is_some(),
-                    },
-                )
-                .collect()
-        });
-        for raft_id in leaving {
-            if voters.len() <= 1 {
-                break;
-            }
-            info!(raft_id, "removing demoted manager from the raft voters");
-            self.store.remove_voter(raft_id).await?;
-        }
-        let voters: BTreeSet<u64> = self
-            .store
-            .status()
-            .voters
-            .iter()
-            .map(|(id, _)| *id)
-            .collect();
-        let demoted = |s: &StoreState| -> Vec<StoreOp> {
-            s.nodes
-                .values()
-                .filter(|n| n.role() == NodeRole::Manager && desired_role(n) == NodeRole::Worker)
-                .filter(|n| !voters.contains(&n.raft_id))
-                .map(|n| {
-                    let mut n = n.clone();
-                    n.set_role(NodeRole::Worker);
-                    n.updated_at_ms = now_ms();
-                    txn::put_if_unchanged(n)
-                })
-                .collect()
+    /// Starts the leader's components; they idle on followers and end with `shutdown`.
+    pub fn spawn_components(&self, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
+        let store = &self.store;
+        let runner = component::Runner {
+            store: store.clone(),
+            // What depends on time (grace periods, update delays) is looked at this often.
+            tick: Duration::from_millis(self.config.raft.heartbeat_ms.max(100) * 4),
+            shutdown: shutdown.clone(),
         };
-        if self.store.read(|s| demoted(s).is_empty()) {
-            return Ok(());
-        }
-        self.store
-            .update(|s: &StoreState| Ok::<_, ControlError>(Transaction { ops: demoted(s) }))
-            .await?;
-        debug!("roles reconciled");
-        Ok(())
-    }
-
-    /// Nodes this leader has seen down for longer than the grace period.
-    /// The clock starts when this leader first sees a node down, so a new
-    /// leader waits a full grace period again: never earlier than intended.
-    fn failed_nodes(&self) -> BTreeSet<String> {
         let grace = Duration::from_millis(self.config.orchestrator.node_down_grace_ms);
-        let now = tokio::time::Instant::now();
-        let nodes: Vec<String> = self.store.read(|s| s.nodes.keys().cloned().collect());
-        let mut since = self.down_since.lock().expect("down_since lock poisoned");
-        since.retain(|id, _| nodes.contains(id));
-        nodes
-            .into_iter()
-            .filter(|id| {
-                if *id == self.node_id || self.liveness.status(id) != NodeStatus::Down {
-                    since.remove(id);
-                    return false;
-                }
-                let first = *since.entry(id.clone()).or_insert(now);
-                now.duration_since(first) >= grace
-            })
-            .collect()
-    }
-
-    /// Brings tasks in line with services, then places them, then deletes
-    /// the finished ones; each step commits on its own, with preconditions
-    /// on the versions it planned from.
-    async fn reconcile_tasks(&self) -> Result<(), ControlError> {
-        let mut new_id = || ca::new_node_id().unwrap_or_else(|_| format!("t{}", now_ms()));
-        self.store
-            .update(|s| {
-                let ops = orchestrator::plan_node_attachments(s)
-                    .map_err(|e| ControlError::FailedPrecondition(e.to_string()))?;
-                Ok::<_, ControlError>(Transaction { ops })
-            })
-            .await?;
-        let failed = self.failed_nodes();
-        let node_failed = |id: &str| failed.contains(id);
-        self.store
-            .update(|s| {
-                let mut ctx = orchestrator::Context {
-                    now_ms: now_ms(),
-                    new_id: &mut new_id,
-                    node_failed: &node_failed,
-                };
-                let ops = orchestrator::plan(s, &mut ctx)
-                    .map_err(|e| ControlError::FailedPrecondition(e.to_string()))?;
-                Ok::<_, ControlError>(Transaction { ops })
-            })
-            .await?;
-        let ready = |id: &str| id == self.node_id || self.liveness.status(id) == NodeStatus::Ready;
-        self.store
-            .update(|s| {
-                Ok::<_, ControlError>(Transaction {
-                    ops: scheduler::plan(s, &ready, now_ms()),
-                })
-            })
-            .await?;
-        self.store
-            .update(|s| {
-                Ok::<_, ControlError>(Transaction {
-                    ops: orchestrator::plan_reap(s),
-                })
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Control addresses (`ip:port`) of the managers, from the store.
-    pub(crate) fn manager_addrs(s: &StoreState) -> Vec<String> {
-        s.nodes
-            .values()
-            .filter(|n| n.role() == NodeRole::Manager)
-            .map(control_addr)
-            .collect()
+        let (me, live) = (&self.node_id, &self.liveness);
+        vec![
+            runner.run(RoleReconciler::new(store.clone())),
+            runner.run(ReplicatedOrchestrator::new(
+                store.clone(),
+                me.clone(),
+                live.clone(),
+                grace,
+            )),
+            runner.run(GlobalOrchestrator::new(
+                store.clone(),
+                me.clone(),
+                live.clone(),
+                grace,
+            )),
+            runner.run(Allocator::new(store.clone())),
+            runner.run(Scheduler::new(store.clone(), me.clone(), live.clone())),
+            runner.run(TaskReaper::new(store.clone())),
+        ]
     }
 }
 
-/// How long a forwarded call may take: the leader's own write timeout plus
-/// a margin, so its no-quorum answer arrives before this gives up.
-pub fn forward_deadline(raft: &crate::config::RaftConfig) -> Duration {
-    raft.write_timeout() + Duration::from_secs(1)
-}
-
-pub(crate) fn desired_role(n: &Node) -> NodeRole {
-    n.spec
-        .as_ref()
-        .map(|s| s.desired_role())
-        .unwrap_or(n.role())
-}
-
-pub(crate) fn control_addr(n: &Node) -> String {
-    format!("{}:{}", n.addr, n.control_port)
+impl ControlContext for Manager {
+    fn route(self: &Arc<Self>) -> Result<Route, Status> {
+        Manager::route(self)
+    }
 }

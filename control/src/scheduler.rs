@@ -1,13 +1,19 @@
-//! The scheduler: places unassigned tasks on ready nodes, spreading each
+//! The scheduler: places allocated, unassigned tasks on ready nodes, spreading each
 //! service across nodes (fewest tasks of that service first, then fewest
 //! tasks overall, then node id, so the choice is deterministic).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use mesh_proto::{PublishMode, StoreOp, Task, TaskState, TaskStatus};
+use mesh_common::Liveness;
+use mesh_common::task::{is_terminal, observed_state};
+use mesh_common::time::now_ms;
+use mesh_proto::{NodeStatus, PublishMode, StoreOp, Task, TaskState, TaskStatus, Transaction};
 
-use crate::orchestrator::is_terminal;
-use crate::store::{StoreState, txn};
+use crate::allocator::tasks::is_allocated;
+use crate::component::Component;
+use crate::error::ControlError;
+use crate::store::{Store, StoreState, txn};
 
 /// The (port, protocol) pairs a task publishes in host mode.
 fn host_ports_of(t: &Task) -> Vec<(u32, i32)> {
@@ -33,12 +39,7 @@ pub fn plan(state: &StoreState, ready: &dyn Fn(&str) -> bool, now_ms: i64) -> Ve
     // Host-mode ports taken per node: two tasks cannot bind the same one.
     let mut host_ports: BTreeSet<(String, u32, i32)> = BTreeSet::new();
     for t in state.tasks.values().filter(|t| !t.node_id.is_empty()) {
-        let observed = t
-            .status
-            .as_ref()
-            .map(|s| s.state())
-            .unwrap_or(TaskState::New);
-        if t.desired_state() != TaskState::Running || is_terminal(observed) {
+        if t.desired_state() != TaskState::Running || is_terminal(observed_state(t)) {
             continue;
         }
         if let Some(n) = total.get_mut(t.node_id.as_str()) {
@@ -56,6 +57,8 @@ pub fn plan(state: &StoreState, ready: &dyn Fn(&str) -> bool, now_ms: i64) -> Ve
         .tasks
         .values()
         .filter(|t| t.node_id.is_empty() && t.desired_state() == TaskState::Running)
+        // Addresses first: the allocator moves a task on from `New` once it has them.
+        .filter(|t| observed_state(t) != TaskState::New && is_allocated(t))
         .collect();
     unplaced.sort_by(|a, b| (&a.service_id, a.slot).cmp(&(&b.service_id, b.slot)));
     for task in unplaced {
@@ -98,20 +101,21 @@ pub fn plan(state: &StoreState, ready: &dyn Fn(&str) -> bool, now_ms: i64) -> Ve
                 });
             }
             None => {
+                let message = if wanted.is_empty() {
+                    "no node is ready to run it"
+                } else {
+                    "no ready node has its host-mode port(s) free"
+                };
                 if task
                     .status
                     .as_ref()
-                    .is_some_and(|s| s.state() == TaskState::Pending)
+                    .is_some_and(|s| s.state() == TaskState::Pending && s.message == message)
                 {
                     continue;
                 }
                 t.status = Some(TaskStatus {
                     state: TaskState::Pending as i32,
-                    message: if wanted.is_empty() {
-                        "no node is ready to run it".into()
-                    } else {
-                        "no ready node has its host-mode port(s) free".into()
-                    },
+                    message: message.into(),
                     timestamp_ms: now_ms,
                     ..Default::default()
                 });
@@ -120,6 +124,41 @@ pub fn plan(state: &StoreState, ready: &dyn Fn(&str) -> bool, now_ms: i64) -> Ve
         ops.push(txn::put_if_unchanged(t));
     }
     ops
+}
+
+/// The scheduler as a leader component; nodes are ready when this leader's gossip says so.
+pub struct Scheduler {
+    store: Store,
+    self_id: String,
+    liveness: Arc<dyn Liveness>,
+}
+
+impl Scheduler {
+    pub fn new(store: Store, self_id: String, liveness: Arc<dyn Liveness>) -> Scheduler {
+        Scheduler {
+            store,
+            self_id,
+            liveness,
+        }
+    }
+}
+
+impl Component for Scheduler {
+    fn name(&self) -> &'static str {
+        "scheduler"
+    }
+
+    async fn reconcile(&mut self) -> Result<(), ControlError> {
+        let ready = |id: &str| id == self.self_id || self.liveness.status(id) == NodeStatus::Ready;
+        self.store
+            .update(|s| {
+                Ok::<_, ControlError>(Transaction {
+                    ops: plan(s, &ready, now_ms()),
+                })
+            })
+            .await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]

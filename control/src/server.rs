@@ -5,9 +5,9 @@
 use mesh_proto::NodeRole;
 use tonic::{Request, Status};
 
-use crate::auth::Caller;
-use crate::ca;
 use crate::store::Store;
+use mesh_common::auth::Caller;
+use mesh_common::pki;
 
 /// Metadata naming the node a manager relays a control request for.
 pub const ON_BEHALF_OF_KEY: &str = "mesh-on-behalf-of";
@@ -96,7 +96,7 @@ impl Authenticator {
         let Some(leaf) = certs.first() else {
             return Ok(None);
         };
-        let id = ca::parse_cert_der(leaf)
+        let id = pki::parse_cert_der(leaf)
             .map_err(|e| Status::unauthenticated(format!("unusable client certificate: {e}")))?;
         if id.cluster_id != self.cluster_id {
             return Err(Status::unauthenticated(format!(
@@ -160,53 +160,4 @@ impl Authenticator {
             cluster_id: id.cluster_id,
         }))
     }
-}
-
-/// The interceptor of services every node serves on its control port, also
-/// workers (task output): the caller must present a manager certificate of
-/// cluster `cluster_id`. It needs no store, so the certificate's role is
-/// trusted as issued: a demoted manager keeps this access until its agent
-/// renews into a worker certificate (within one renewal check).
-pub fn managers_by_certificate(
-    cluster_id: String,
-) -> impl Fn(Request<()>) -> Result<Request<()>, Status> + Clone {
-    move |req: Request<()>| {
-        let leaf = req
-            .peer_certs()
-            .and_then(|certs| certs.first().cloned())
-            .ok_or_else(|| Status::unauthenticated("a manager certificate is required"))?;
-        let id = ca::parse_cert_der(&leaf)
-            .map_err(|e| Status::unauthenticated(format!("unusable client certificate: {e}")))?;
-        if id.cluster_id != cluster_id {
-            return Err(Status::unauthenticated(format!(
-                "client certificate is for cluster {}, not {cluster_id}",
-                id.cluster_id
-            )));
-        }
-        if id.role != NodeRole::Manager {
-            return Err(Status::permission_denied(format!(
-                "node {} is not a manager",
-                id.node_id
-            )));
-        }
-        Ok(req)
-    }
-}
-
-/// The caller a handler was given by the interceptor.
-pub fn caller<T>(req: &Request<T>) -> Result<Caller, Status> {
-    Caller::of(req)
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("a client certificate of this cluster is required"))
-}
-
-/// Refuses callers that are not managers (or the local administrator).
-pub fn require_manager(caller: &Caller) -> Result<(), Status> {
-    if caller.is_manager() {
-        return Ok(());
-    }
-    let who = caller.node_id().unwrap_or("caller");
-    Err(Status::permission_denied(format!(
-        "node {who} is a worker: run this command on a manager node"
-    )))
 }

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use mesh_control::auth::Caller;
+use mesh_common::auth::Caller;
+use mesh_common::channels::{ChannelProvider, PlainChannels};
 use mesh_control::config::RaftConfig;
-use mesh_control::net::{ChannelProvider, PlainChannels};
 use mesh_control::store::txn::{create, expect, of, put_cluster, put_node};
 use mesh_control::store::{RaftStatus, ServerState, Store, StoreError, StoreOptions};
 use mesh_proto::raft_client::RaftClient;

@@ -23,5 +23,6 @@ pub mod gossip;
 pub mod membership;
 pub mod runtime;
 pub mod sandbox;
+pub mod state_dir;
 pub mod whoami;
 pub mod worker;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
-use mesh_control::manager::Liveness as LivenessView;
+use mesh_common::Liveness as LivenessView;
 use mesh_proto::{GossipKey, NodeStatus};
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{info, warn};

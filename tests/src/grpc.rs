@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use hyper_util::rt::TokioIo;
-use mesh_control::tls::{self, Credentials};
+use mesh_common::tls::{self, Credentials};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -70,13 +70,13 @@ pub fn credentials(host: &Host) -> Result<Arc<Credentials>> {
 /// client certificate. Connects lazily: call from inside a host namespace.
 pub fn manager_channel_without_cert(ca_pem: &str, addr: &str) -> Result<Channel> {
     let cfg = tls::bootstrap_client_config(ca_pem)?;
-    Ok(tls::manager_channel(addr, cfg)?)
+    Ok(mesh_common::channels::manager_channel(addr, cfg)?)
 }
 
 /// A TLS channel to the manager at `addr` presenting `creds` (a node's certificate).
 pub fn manager_channel_as(creds: &Arc<Credentials>, addr: &str) -> Result<Channel> {
     let cfg = creds.client_config()?;
-    Ok(tls::manager_channel(addr, cfg)?)
+    Ok(mesh_common::channels::manager_channel(addr, cfg)?)
 }
 
 /// Runs the async `f` on a fresh runtime on a thread inside `host`'s namespace.

@@ -10,8 +10,8 @@ use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mesh_control::net::ChannelProvider;
-use mesh_control::tls::TlsChannels;
+use mesh_common::channels::ChannelProvider;
+use mesh_common::channels::TlsChannels;
 use mesh_proto::NodeRole;
 use mesh_proto::TaskLogsRequest;
 use mesh_proto::logs_client::LogsClient;

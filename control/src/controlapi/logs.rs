@@ -18,10 +18,12 @@ use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
-use super::services::resolve_service;
-use crate::auth::Caller;
+use mesh_common::auth::Caller;
+
+use super::context::ApiContext;
+use super::resolve::resolve_service;
 use crate::error::{ControlError, Result};
-use crate::manager::{Manager, control_addr};
+use crate::objects::control_addr;
 use crate::store::StoreState;
 
 /// The stream a `ServiceLogs` call answers with.
@@ -89,33 +91,48 @@ impl Target {
     }
 }
 
-impl Manager {
-    pub(crate) fn service_logs(
-        self: &Arc<Self>,
+/// `mesh service logs`, on the leader.
+pub struct LogsApi {
+    ctx: Arc<ApiContext>,
+}
+
+impl LogsApi {
+    pub fn new(ctx: Arc<ApiContext>) -> LogsApi {
+        LogsApi { ctx }
+    }
+
+    pub fn service_logs(
+        &self,
         _caller: &Caller,
         req: ServiceLogsRequest,
     ) -> Result<ServiceLogsStream> {
-        let target = self.store.read(|s| Target::resolve(s, &req.target))?;
+        let target = self.ctx.store.read(|s| Target::resolve(s, &req.target))?;
         let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(self.clone().relay_logs(target, req, tx));
+        tokio::spawn(Relay(self.ctx.clone()).relay_logs(target, req, tx));
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
+}
 
+/// One `service logs` call being relayed.
+#[derive(Clone)]
+struct Relay(Arc<ApiContext>);
+
+impl Relay {
     /// Starts one reader per task of `target` (and, when following, per task scheduled
     /// later) and ends when they all have (or, following, when the caller goes away).
     async fn relay_logs(
-        self: Arc<Self>,
+        self,
         target: Target,
         mut req: ServiceLogsRequest,
         tx: mpsc::Sender<std::result::Result<ServiceLogsMessage, Status>>,
     ) {
-        let mut changes = self.store.subscribe();
+        let mut changes = self.0.store.subscribe();
         let mut started = HashSet::new();
         let mut readers = JoinSet::new();
         loop {
             // Readers that ended (their task was removed) are reaped as the follow goes on.
             while readers.try_join_next().is_some() {}
-            for (task, node) in self.store.read(|s| target.tasks(s)) {
+            for (task, node) in self.0.store.read(|s| target.tasks(s)) {
                 if started.insert(task.id.clone()) {
                     readers.spawn(self.clone().task_logs(task, node, req.clone(), tx.clone()));
                 }
@@ -136,7 +153,7 @@ impl Manager {
 
     /// Relays the output of one task; a failure is sent as the task's `error`.
     async fn task_logs(
-        self: Arc<Self>,
+        self,
         task: Task,
         node: Option<Node>,
         req: ServiceLogsRequest,
@@ -154,11 +171,12 @@ impl Manager {
         };
         let relayed = async {
             let node = node.ok_or_else(|| "its node is no longer in the cluster".to_string())?;
-            if self.liveness.status(&node.id) == NodeStatus::Down {
+            if self.0.liveness.status(&node.id) == NodeStatus::Down {
                 return Err(format!("node {} is down", node.hostname));
             }
             let addr = control_addr(&node);
             let channel = self
+                .0
                 .channels
                 .node_channel(&addr, node.role())
                 .map_err(|e| format!("cannot reach node {} at {addr}: {e}", node.hostname))?;

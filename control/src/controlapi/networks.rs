@@ -1,7 +1,12 @@
 //! Network calls of the control API.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
+use mesh_common::auth::Caller;
+use mesh_common::ids::random_id;
+use mesh_common::task::{is_terminal, observed_state};
+use mesh_common::time::now_ms;
 use mesh_proto::{
     CreateNetworkRequest, GetNetworkRequest, ListNetworksRequest, ListNetworksResponse, Network,
     NetworkSpec, NetworkView, RemoveNetworkRequest, RemoveNetworkResponse, Task, TaskState,
@@ -9,57 +14,19 @@ use mesh_proto::{
 };
 use tracing::info;
 
-use super::{manager_check, resolve};
-use crate::allocator::{self, AllocError};
-use crate::auth::Caller;
-use crate::ca::{self, now_ms};
+use super::context::{ApiContext, manager_check};
+use super::resolve::{check_name, resolve_network};
+use crate::allocator;
 use crate::error::{ControlError, Result};
-use crate::manager::Manager;
-use crate::orchestrator::is_terminal;
+use crate::objects::{network_name, service_networks};
 use crate::store::{StoreState, txn};
 
 /// Overlay MTU bounds accepted from `--opt mtu`.
 const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9000;
 
-pub(crate) fn alloc_error(e: AllocError) -> ControlError {
-    match e {
-        AllocError::Invalid(m) => ControlError::InvalidArgument(m),
-        AllocError::Exhausted(m) => ControlError::FailedPrecondition(m),
-    }
-}
-
-/// Names of networks, services: what DNS and humans can use.
-pub(crate) fn check_name(flag: &str, kind: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
-        return Ok(());
-    }
-    Err(ControlError::InvalidArgument(format!(
-        "{flag}: {name:?} is not a valid {kind} name (letters, digits, '-', '_' and '.', starting with a letter or digit, at most 63)"
-    )))
-}
-
 /// A task still holding an address on some network.
 fn holds_address(t: &Task) -> bool {
-    let observed = t
-        .status
-        .as_ref()
-        .map(|s| s.state())
-        .unwrap_or(TaskState::New);
-    !(t.desired_state() != TaskState::Running && is_terminal(observed))
-}
-
-pub(crate) fn network_name(n: &Network) -> &str {
-    n.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")
-}
-
-pub(crate) fn resolve_network<'a>(s: &'a StoreState, reference: &str) -> Result<&'a Network> {
-    resolve(&s.networks, "network", reference, network_name)
+    !(t.desired_state() != TaskState::Running && is_terminal(observed_state(t)))
 }
 
 fn view(s: &StoreState, n: &Network) -> NetworkView {
@@ -104,8 +71,16 @@ fn validate(spec: &NetworkSpec) -> Result<()> {
     Ok(())
 }
 
-impl Manager {
-    pub(crate) async fn create_network(
+pub struct NetworkApi {
+    ctx: Arc<ApiContext>,
+}
+
+impl NetworkApi {
+    pub fn new(ctx: Arc<ApiContext>) -> NetworkApi {
+        NetworkApi { ctx }
+    }
+
+    pub async fn create_network(
         &self,
         caller: &Caller,
         req: CreateNetworkRequest,
@@ -118,9 +93,10 @@ impl Manager {
             spec.driver = "overlay".into();
         }
         validate(&spec)?;
-        let id = ca::new_node_id()?;
+        let id = random_id().map_err(|e| ControlError::Internal(e.to_string()))?;
         let mut created = None;
-        self.store
+        self.ctx
+            .store
             .update(|s| {
                 if let Some(other) = s.networks.values().find(|n| network_name(n) == spec.name) {
                     return Err(ControlError::AlreadyExists(format!(
@@ -134,8 +110,7 @@ impl Manager {
                     .and_then(|c| c.spec.clone())
                     .unwrap_or_default();
                 let existing: Vec<&Network> = s.networks.values().collect();
-                let alloc =
-                    allocator::allocate_network(&spec, &existing, &cluster).map_err(alloc_error)?;
+                let alloc = allocator::allocate_network(&spec, &existing, &cluster)?;
                 let now = now_ms();
                 let network = Network {
                     id: id.clone(),
@@ -156,39 +131,41 @@ impl Manager {
         let network =
             created.ok_or_else(|| ControlError::Internal("network was not created".into()))?;
         info!(network = %network.id, name = %spec.name, subnet = %network.subnet, vni = network.vni, "network created");
-        Ok(self.store.read(|s| view(s, &network)))
+        Ok(self.ctx.store.read(|s| view(s, &network)))
     }
 
-    pub(crate) async fn list_networks(
+    pub async fn list_networks(
         &self,
         _caller: &Caller,
         _req: ListNetworksRequest,
     ) -> Result<ListNetworksResponse> {
         let networks = self
+            .ctx
             .store
             .read_consistent(|s| s.networks.values().map(|n| view(s, n)).collect())
             .await?;
         Ok(ListNetworksResponse { networks })
     }
 
-    pub(crate) async fn get_network(
+    pub async fn get_network(
         &self,
         _caller: &Caller,
         req: GetNetworkRequest,
     ) -> Result<NetworkView> {
-        self.store
+        self.ctx
+            .store
             .read_consistent(|s| resolve_network(s, &req.network).map(|n| view(s, n)))
             .await?
     }
 
-    pub(crate) async fn remove_network(
+    pub async fn remove_network(
         &self,
         caller: &Caller,
         req: RemoveNetworkRequest,
     ) -> Result<RemoveNetworkResponse> {
         manager_check(caller)?;
         let mut removed = String::new();
-        self.store
+        self.ctx.store
             .update(|s| {
                 let n = resolve_network(s, &req.network)?;
                 let name = network_name(n);
@@ -198,7 +175,7 @@ impl Manager {
                 let users: Vec<&str> = s
                     .services
                     .values()
-                    .filter(|v| v.spec.as_ref().is_some_and(|sp| sp.networks.iter().any(|a| a.target == n.id)))
+                    .filter(|v| service_networks(v).iter().any(|a| a.target == n.id))
                     .map(|v| v.spec.as_ref().map(|sp| sp.name.as_str()).unwrap_or(""))
                     .collect();
                 if !users.is_empty() {

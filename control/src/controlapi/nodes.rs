@@ -1,37 +1,45 @@
-//! Node, token and cluster-wide calls of the control API.
+//! Node calls of the control API: list, inspect, promote/demote, remove.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
+use mesh_common::auth::Caller;
+use mesh_common::pki::role_name;
+use mesh_common::time::now_ms;
 use mesh_proto::{
-    ClusterInfo, GetClusterInfoRequest, GetJoinTokenRequest, GetJoinTokenResponse, GetNodeRequest,
-    GossipKey, ListNodesRequest, ListNodesResponse, Node, NodeRole, NodeSpec, NodeStatus, NodeView,
-    RemoveNodeRequest, RemoveNodeResponse, RotateGossipKeyRequest, RotateGossipKeyResponse,
-    SetNodeRoleRequest, StoreOp, Transaction, store_op::Op,
+    GetNodeRequest, ListNodesRequest, ListNodesResponse, Node, NodeRole, NodeSpec, NodeStatus,
+    NodeView, RemoveNodeRequest, RemoveNodeResponse, SetNodeRoleRequest, StoreOp, Transaction,
+    store_op::Op,
 };
 use tracing::info;
 
-use super::{manager_check, resolve_node};
-use crate::auth::Caller;
-use crate::ca::{self, JoinToken, now_ms};
+use super::context::{ApiContext, manager_check};
+use super::resolve::resolve_node;
 use crate::error::{ControlError, Result};
-use crate::manager::{Manager, control_addr, desired_role};
+use crate::objects::desired_role;
 use crate::store::{StoreState, txn};
 
-/// Keys kept in the gossip keyring: the new one and the one before it, so
-/// nodes that have not heard of the rotation yet still authenticate.
-const GOSSIP_KEYS_KEPT: usize = 2;
-
-fn role_name(role: NodeRole) -> &'static str {
-    if role == NodeRole::Manager {
-        "manager"
-    } else {
-        "worker"
-    }
+pub struct NodeApi {
+    ctx: Arc<ApiContext>,
 }
 
-impl Manager {
+impl NodeApi {
+    pub fn new(ctx: Arc<ApiContext>) -> NodeApi {
+        NodeApi { ctx }
+    }
+
+    /// A node's status as this manager sees it (itself: ready).
+    fn status(&self, n: &Node) -> NodeStatus {
+        if n.id == self.ctx.node_id {
+            NodeStatus::Ready
+        } else {
+            self.ctx.liveness.status(&n.id)
+        }
+    }
+
     fn voters(&self) -> BTreeSet<u64> {
-        self.store
+        self.ctx
+            .store
             .status()
             .voters
             .iter()
@@ -40,11 +48,7 @@ impl Manager {
     }
 
     fn view(&self, n: &Node, leader: Option<u64>, voters: &BTreeSet<u64>) -> NodeView {
-        let status = if n.id == self.node_id {
-            NodeStatus::Ready
-        } else {
-            self.liveness.status(&n.id)
-        };
+        let status = self.status(n);
         let manager_status = if !voters.contains(&n.raft_id) {
             ""
         } else if leader == Some(n.raft_id) {
@@ -74,7 +78,7 @@ impl Manager {
     }
 
     fn views(&self, nodes: &[Node]) -> Vec<NodeView> {
-        let leader = self.store.leader().map(|l| l.raft_id);
+        let leader = self.ctx.store.leader().map(|l| l.raft_id);
         let voters = self.voters();
         nodes
             .iter()
@@ -82,12 +86,13 @@ impl Manager {
             .collect()
     }
 
-    pub(crate) async fn list_nodes(
+    pub async fn list_nodes(
         &self,
         _caller: &Caller,
         _req: ListNodesRequest,
     ) -> Result<ListNodesResponse> {
         let nodes = self
+            .ctx
             .store
             .read_consistent(|s| s.nodes.values().cloned().collect::<Vec<_>>())
             .await?;
@@ -96,15 +101,16 @@ impl Manager {
         })
     }
 
-    pub(crate) async fn get_node(&self, _caller: &Caller, req: GetNodeRequest) -> Result<NodeView> {
+    pub async fn get_node(&self, _caller: &Caller, req: GetNodeRequest) -> Result<NodeView> {
         let node = self
+            .ctx
             .store
             .read_consistent(|s| resolve_node(s, &req.node).cloned())
             .await??;
         Ok(self.views(std::slice::from_ref(&node)).remove(0))
     }
 
-    pub(crate) async fn set_node_role(
+    pub async fn set_node_role(
         &self,
         caller: &Caller,
         req: SetNodeRoleRequest,
@@ -124,13 +130,7 @@ impl Manager {
             if desired_role(node) == role {
                 return Ok(None);
             }
-            let status = |n: &Node| {
-                if n.id == self.node_id {
-                    NodeStatus::Ready
-                } else {
-                    self.liveness.status(&n.id)
-                }
-            };
+            let status = |n: &Node| self.status(n);
             if role == NodeRole::Manager && status(node) != NodeStatus::Ready {
                 return Err(ControlError::FailedPrecondition(format!(
                     "node {} is down: it can only be promoted while it is up",
@@ -168,11 +168,15 @@ impl Manager {
             next.updated_at_ms = now_ms();
             Ok(Some(next))
         };
-        let target = match self.store.read_consistent(|s| plan(s)).await?? {
-            None => self.store.read(|s| resolve_node(s, &req.node).cloned())?,
+        let target = match self.ctx.store.read_consistent(|s| plan(s)).await?? {
+            None => self
+                .ctx
+                .store
+                .read(|s| resolve_node(s, &req.node).cloned())?,
             Some(_) => {
                 let mut id = String::new();
-                self.store
+                self.ctx
+                    .store
                     .update(|s| {
                         let ops = match plan(s)? {
                             Some(n) => {
@@ -185,20 +189,23 @@ impl Manager {
                     })
                     .await?;
                 info!(node = %id, role = role_name(role), "node role change requested");
-                self.store.read(|s| resolve_node(s, &req.node).cloned())?
+                self.ctx
+                    .store
+                    .read(|s| resolve_node(s, &req.node).cloned())?
             }
         };
         Ok(self.views(std::slice::from_ref(&target)).remove(0))
     }
 
-    pub(crate) async fn remove_node(
+    pub async fn remove_node(
         &self,
         caller: &Caller,
         req: RemoveNodeRequest,
     ) -> Result<RemoveNodeResponse> {
         manager_check(caller)?;
         let mut removed = String::new();
-        self.store
+        self.ctx
+            .store
             .update(|s| {
                 let node = resolve_node(s, &req.node)?;
                 if node.role() == NodeRole::Manager || desired_role(node) == NodeRole::Manager {
@@ -207,7 +214,7 @@ impl Manager {
                         node.hostname, node.hostname
                     )));
                 }
-                if !req.force && self.liveness.status(&node.id) == NodeStatus::Ready {
+                if !req.force && self.ctx.liveness.status(&node.id) == NodeStatus::Ready {
                     return Err(ControlError::FailedPrecondition(format!(
                         "node {} is ready: stop it or run `mesh leave` on it first, or use --force",
                         node.hostname
@@ -232,138 +239,5 @@ impl Manager {
             .await?;
         info!(node = %removed, "node removed");
         Ok(RemoveNodeResponse {})
-    }
-
-    pub(crate) async fn get_join_token(
-        &self,
-        caller: &Caller,
-        req: GetJoinTokenRequest,
-    ) -> Result<GetJoinTokenResponse> {
-        manager_check(caller)?;
-        let role = match req.role() {
-            r @ (NodeRole::Manager | NodeRole::Worker) => r,
-            NodeRole::Unspecified => {
-                return Err(ControlError::InvalidArgument(
-                    "role: must be manager or worker".into(),
-                ));
-            }
-        };
-        if req.rotate {
-            let secret = ca::new_secret()?;
-            self.store
-                .update(|s| {
-                    let mut c = s
-                        .cluster
-                        .clone()
-                        .ok_or_else(|| ControlError::Internal("cluster object missing".into()))?;
-                    if role == NodeRole::Manager {
-                        c.manager_secret = secret.clone();
-                    } else {
-                        c.worker_secret = secret.clone();
-                    }
-                    Ok::<_, ControlError>(Transaction {
-                        ops: vec![txn::put_if_unchanged(c)],
-                    })
-                })
-                .await?;
-            info!(role = role_name(role), "join token rotated");
-        }
-        let (cluster, managers) = self
-            .store
-            .read_consistent(|s| (s.cluster.clone(), Manager::manager_addrs(s)))
-            .await?;
-        let cluster =
-            cluster.ok_or_else(|| ControlError::Internal("cluster object missing".into()))?;
-        let secret = if role == NodeRole::Manager {
-            cluster.manager_secret
-        } else {
-            cluster.worker_secret
-        };
-        let token = JoinToken {
-            ca_digest: ca::ca_digest(&cluster.ca_cert_pem)?,
-            secret,
-        };
-        Ok(GetJoinTokenResponse {
-            token: token.to_string(),
-            managers,
-        })
-    }
-
-    pub(crate) async fn get_cluster_info(
-        &self,
-        _caller: &Caller,
-        _req: GetClusterInfoRequest,
-    ) -> Result<ClusterInfo> {
-        let (cluster, managers, leader_node) = self
-            .store
-            .read_consistent(|s| {
-                let leader = self.store.leader().map(|l| l.raft_id);
-                let leader_node = s
-                    .nodes
-                    .values()
-                    .find(|n| Some(n.raft_id) == leader)
-                    .cloned();
-                (s.cluster.clone(), Manager::manager_addrs(s), leader_node)
-            })
-            .await?;
-        let cluster =
-            cluster.ok_or_else(|| ControlError::Internal("cluster object missing".into()))?;
-        let st = self.store.status();
-        Ok(ClusterInfo {
-            cluster_id: cluster.id.clone(),
-            leader_id: leader_node
-                .as_ref()
-                .map(|n| n.id.clone())
-                .unwrap_or_default(),
-            leader_addr: leader_node.as_ref().map(control_addr).unwrap_or_default(),
-            term: st.term,
-            commit_index: st.committed.unwrap_or(0),
-            applied_index: st.applied.unwrap_or(0),
-            managers,
-            data_path_port: cluster
-                .spec
-                .as_ref()
-                .map(|s| s.data_path_port)
-                .unwrap_or_default(),
-            gossip_key_id: cluster
-                .gossip_keys
-                .first()
-                .map(|k| k.id)
-                .unwrap_or_default(),
-            created_at_ms: cluster.created_at_ms,
-        })
-    }
-
-    pub(crate) async fn rotate_gossip_key(
-        &self,
-        caller: &Caller,
-        _req: RotateGossipKeyRequest,
-    ) -> Result<RotateGossipKeyResponse> {
-        manager_check(caller)?;
-        let key = ca::new_symmetric_key()?;
-        let mut key_id = 0;
-        self.store
-            .update(|s| {
-                let mut c = s
-                    .cluster
-                    .clone()
-                    .ok_or_else(|| ControlError::Internal("cluster object missing".into()))?;
-                key_id = c.gossip_keys.iter().map(|k| k.id).max().unwrap_or(0) + 1;
-                c.gossip_keys.insert(
-                    0,
-                    GossipKey {
-                        id: key_id,
-                        key: key.clone(),
-                        created_at_ms: now_ms(),
-                    },
-                );
-                c.gossip_keys.truncate(GOSSIP_KEYS_KEPT);
-                Ok::<_, ControlError>(Transaction {
-                    ops: vec![txn::put_if_unchanged(c)],
-                })
-            })
-            .await?;
-        info!(key_id, "gossip key rotated");
-        Ok(RotateGossipKeyResponse { key_id })
     }
 }

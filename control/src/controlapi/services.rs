@@ -1,48 +1,42 @@
 //! Service and task calls of the control API.
+//!
+//! A stored service keeps its spec exactly as the user gave it; what the system resolved
+//! lives beside it: the networks by id ([`mesh_proto::Service::networks`]), the VIPs and the
+//! published ports as allocated.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
+use mesh_common::auth::Caller;
+use mesh_common::ids::random_id;
+use mesh_common::time::now_ms;
 use mesh_proto::{
     CreateServiceRequest, EndpointMode, GetServiceRequest, ListServicesRequest,
-    ListServicesResponse, ListTasksRequest, ListTasksResponse, PortConfig, PortProtocol,
+    ListServicesResponse, ListTasksRequest, ListTasksResponse, NetworkAttachmentConfig,
     PublishMode, RemoveServiceRequest, RemoveServiceResponse, Service, ServiceMode, ServiceSpec,
-    ServiceView, TaskState, TaskView, Transaction, UpdateServiceRequest, VirtualIp,
+    ServiceView, TaskState, TaskView, Transaction, UpdateServiceRequest,
 };
 use tracing::info;
 
-use super::networks::{alloc_error, check_name, resolve_network};
-use super::{manager_check, resolve, resolve_node};
-use crate::allocator;
-use crate::auth::Caller;
-use crate::ca::{self, now_ms};
+use super::context::{ApiContext, manager_check};
+use super::resolve::{check_name, resolve_network, resolve_node, resolve_service};
+use crate::allocator::{self, service::protocol_name};
 use crate::error::{ControlError, Result};
-use crate::manager::Manager;
+use crate::objects::service_name;
 use crate::orchestrator::shut_down;
 use crate::store::{StoreState, txn};
-
-/// Ports handed out when a service publishes one without a number.
-pub const DYNAMIC_PORTS: std::ops::RangeInclusive<u32> = 30000..=32767;
 
 fn invalid(msg: impl Into<String>) -> ControlError {
     ControlError::InvalidArgument(msg.into())
 }
 
-pub(crate) fn service_name(v: &Service) -> &str {
-    v.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")
-}
-
-pub(crate) fn resolve_service<'a>(s: &'a StoreState, reference: &str) -> Result<&'a Service> {
-    resolve(&s.services, "service", reference, service_name)
-}
-
-fn proto_name(p: PortProtocol) -> &'static str {
-    if p == PortProtocol::Udp { "udp" } else { "tcp" }
-}
-
-/// Checks a spec and rewrites its network references to ids. `id` is the
-/// service being updated (its own name and ports do not conflict).
-fn validate(s: &StoreState, spec: &mut ServiceSpec, id: Option<&str>) -> Result<()> {
+/// Checks a spec against the store and resolves its networks to ids. `id` is the service
+/// being updated (its own name and ports do not conflict). The spec is not changed.
+fn validate(
+    s: &StoreState,
+    spec: &ServiceSpec,
+    id: Option<&str>,
+) -> Result<Vec<NetworkAttachmentConfig>> {
     check_name("--name", "service", &spec.name)?;
     if let Some(other) = s
         .services
@@ -54,7 +48,7 @@ fn validate(s: &StoreState, spec: &mut ServiceSpec, id: Option<&str>) -> Result<
             spec.name, other.id
         )));
     }
-    let task = spec.task.get_or_insert_with(Default::default);
+    let task = spec.task.clone().unwrap_or_default();
     if task.command.is_empty() || task.command[0].is_empty() {
         return Err(invalid(
             "a command is required: mesh service create --name NAME [OPTIONS] -- COMMAND [ARGS...]",
@@ -71,7 +65,8 @@ fn validate(s: &StoreState, spec: &mut ServiceSpec, id: Option<&str>) -> Result<
         return Err(invalid("--replicas: cannot be used with --mode global"));
     }
     let mut seen = BTreeSet::new();
-    for attach in &mut spec.networks {
+    let mut resolved = Vec::new();
+    for attach in &spec.networks {
         let network = resolve_network(s, &attach.target)?;
         let name = network
             .spec
@@ -89,9 +84,12 @@ fn validate(s: &StoreState, spec: &mut ServiceSpec, id: Option<&str>) -> Result<
         for alias in &attach.aliases {
             check_name("--network alias", "alias", alias)?;
         }
-        attach.target = network.id.clone();
+        resolved.push(NetworkAttachmentConfig {
+            target: network.id.clone(),
+            aliases: attach.aliases.clone(),
+        });
     }
-    let endpoint = spec.endpoint.get_or_insert_with(Default::default);
+    let endpoint = spec.endpoint.clone().unwrap_or_default();
     let mut published = BTreeSet::new();
     for p in &endpoint.ports {
         if p.target_port == 0 || p.target_port > 65535 {
@@ -118,110 +116,29 @@ fn validate(s: &StoreState, spec: &mut ServiceSpec, id: Option<&str>) -> Result<
             return Err(invalid(format!(
                 "--publish: port {}/{} is given twice",
                 p.published_port,
-                proto_name(p.protocol())
+                protocol_name(p.protocol())
             )));
         }
     }
+    Ok(resolved)
+}
+
+/// Resolves and allocates what `spec` needs, onto `service` (keeping VIPs it already had).
+fn resolve_and_allocate(s: &StoreState, spec: &ServiceSpec, service: &mut Service) -> Result<()> {
+    let id = (!service.id.is_empty()).then_some(service.id.as_str());
+    let networks = validate(s, spec, id)?;
+    let endpoint = spec.endpoint.clone().unwrap_or_default();
+    let ports = allocator::allocate_ports(s, &endpoint.ports, id)?;
+    service.vips = allocator::allocate_vips(
+        s,
+        &networks,
+        endpoint.mode() == EndpointMode::Dnsrr,
+        &ports,
+        &service.vips,
+    )?;
+    service.ports = ports;
+    service.networks = networks;
     Ok(())
-}
-
-/// Published ports of the service as allocated: ingress ports without a
-/// number get one from [`DYNAMIC_PORTS`]; a number another service already
-/// publishes through the routing mesh is refused.
-fn allocate_ports(s: &StoreState, spec: &ServiceSpec, id: Option<&str>) -> Result<Vec<PortConfig>> {
-    let taken: BTreeMap<(u32, i32), &str> = s
-        .services
-        .values()
-        .filter(|v| Some(v.id.as_str()) != id)
-        .flat_map(|v| {
-            v.ports
-                .iter()
-                .filter(|p| p.publish_mode() == PublishMode::Ingress)
-                .map(move |p| ((p.published_port, p.protocol), service_name(v)))
-        })
-        .collect();
-    let mut mine: BTreeSet<(u32, i32)> = BTreeSet::new();
-    let mut out = Vec::new();
-    for p in spec
-        .endpoint
-        .as_ref()
-        .map(|e| e.ports.as_slice())
-        .unwrap_or_default()
-    {
-        let mut p = *p;
-        if p.publish_mode() == PublishMode::Ingress {
-            if p.published_port == 0 {
-                p.published_port = DYNAMIC_PORTS
-                    .clone()
-                    .find(|n| {
-                        !taken.contains_key(&(*n, p.protocol)) && !mine.contains(&(*n, p.protocol))
-                    })
-                    .ok_or_else(|| {
-                        ControlError::FailedPrecondition(
-                            "no published port left in 30000-32767".into(),
-                        )
-                    })?;
-            } else if let Some(other) = taken.get(&(p.published_port, p.protocol)) {
-                return Err(ControlError::FailedPrecondition(format!(
-                    "port {}/{} is already published by service {other}",
-                    p.published_port,
-                    proto_name(p.protocol())
-                )));
-            }
-            mine.insert((p.published_port, p.protocol));
-        }
-        out.push(p);
-    }
-    Ok(out)
-}
-
-/// VIPs for the service's networks (endpoint mode vip): kept for networks
-/// it already had, allocated for new ones.
-fn allocate_vips(
-    s: &StoreState,
-    spec: &ServiceSpec,
-    current: &[VirtualIp],
-) -> Result<Vec<VirtualIp>> {
-    if spec
-        .endpoint
-        .as_ref()
-        .is_some_and(|e| e.mode() == EndpointMode::Dnsrr)
-    {
-        return Ok(Vec::new());
-    }
-    let mut out = Vec::new();
-    let mut targets: Vec<&str> = spec.networks.iter().map(|a| a.target.as_str()).collect();
-    let ports = spec
-        .endpoint
-        .as_ref()
-        .map(|e| e.ports.as_slice())
-        .unwrap_or_default();
-    let ingress = allocator::ingress_network(s);
-    if allocator::publishes_ingress(ports) {
-        let ingress = ingress.ok_or_else(|| {
-            ControlError::FailedPrecondition(
-                "this cluster has no ingress network to publish ports on".into(),
-            )
-        })?;
-        targets.push(&ingress.id);
-    }
-    for target in targets {
-        if let Some(v) = current.iter().find(|v| v.network_id == target) {
-            out.push(v.clone());
-            continue;
-        }
-        let network = s
-            .networks
-            .get(target)
-            .ok_or_else(|| ControlError::NotFound(format!("network {target} not found")))?;
-        let mut used: BTreeSet<Ipv4Addr> = allocator::addresses_in_use(s, &network.id);
-        let addr = allocator::allocate_address(network, &mut used).map_err(alloc_error)?;
-        out.push(VirtualIp {
-            network_id: network.id.clone(),
-            addr,
-        });
-    }
-    Ok(out)
 }
 
 fn view(s: &StoreState, v: &Service) -> ServiceView {
@@ -252,31 +169,40 @@ fn view(s: &StoreState, v: &Service) -> ServiceView {
     }
 }
 
-impl Manager {
-    pub(crate) async fn create_service(
+pub struct ServiceApi {
+    ctx: Arc<ApiContext>,
+}
+
+impl ServiceApi {
+    pub fn new(ctx: Arc<ApiContext>) -> ServiceApi {
+        ServiceApi { ctx }
+    }
+
+    pub async fn create_service(
         &self,
         caller: &Caller,
         req: CreateServiceRequest,
     ) -> Result<ServiceView> {
         manager_check(caller)?;
         let spec = req.spec.ok_or_else(|| invalid("spec: required"))?;
-        let id = ca::new_node_id()?;
+        let id = random_id().map_err(|e| ControlError::Internal(e.to_string()))?;
         let mut created = None;
-        self.store
+        self.ctx
+            .store
             .update(|s| {
-                let mut spec = spec.clone();
-                validate(s, &mut spec, None)?;
                 let now = now_ms();
-                let service = Service {
+                let mut service = Service {
                     id: id.clone(),
-                    vips: allocate_vips(s, &spec, &[])?,
-                    ports: allocate_ports(s, &spec, None)?,
-                    spec: Some(spec),
                     created_at_ms: now,
                     updated_at_ms: now,
                     spec_version: 1,
                     ..Default::default()
                 };
+                // Its own id does not exist yet: nothing of it can conflict.
+                service.id.clear();
+                resolve_and_allocate(s, &spec, &mut service)?;
+                service.id = id.clone();
+                service.spec = Some(spec.clone());
                 created = Some(service.clone());
                 Ok::<_, ControlError>(Transaction {
                     ops: vec![txn::put_if_unchanged(service)],
@@ -286,32 +212,34 @@ impl Manager {
         let service =
             created.ok_or_else(|| ControlError::Internal("service was not created".into()))?;
         info!(service = %service.id, name = service_name(&service), "service created");
-        Ok(self.store.read(|s| view(s, &service)))
+        Ok(self.ctx.store.read(|s| view(s, &service)))
     }
 
-    pub(crate) async fn list_services(
+    pub async fn list_services(
         &self,
         _caller: &Caller,
         _req: ListServicesRequest,
     ) -> Result<ListServicesResponse> {
         let services = self
+            .ctx
             .store
             .read_consistent(|s| s.services.values().map(|v| view(s, v)).collect())
             .await?;
         Ok(ListServicesResponse { services })
     }
 
-    pub(crate) async fn get_service(
+    pub async fn get_service(
         &self,
         _caller: &Caller,
         req: GetServiceRequest,
     ) -> Result<ServiceView> {
-        self.store
+        self.ctx
+            .store
             .read_consistent(|s| resolve_service(s, &req.service).map(|v| view(s, v)))
             .await?
     }
 
-    pub(crate) async fn update_service(
+    pub async fn update_service(
         &self,
         caller: &Caller,
         req: UpdateServiceRequest,
@@ -319,7 +247,8 @@ impl Manager {
         manager_check(caller)?;
         let spec = req.spec.ok_or_else(|| invalid("spec: required"))?;
         let mut updated = None;
-        self.store
+        self.ctx
+            .store
             .update(|s| {
                 let current = resolve_service(s, &req.service)?;
                 if req.version != 0 && req.version != current.version {
@@ -330,7 +259,6 @@ impl Manager {
                         current.version
                     )));
                 }
-                let mut spec = spec.clone();
                 if spec.name != service_name(current) {
                     return Err(invalid("--name: a service cannot be renamed"));
                 }
@@ -338,41 +266,45 @@ impl Manager {
                 if spec.mode() != old.mode() {
                     return Err(invalid("--mode: a service's mode cannot change"));
                 }
-                validate(s, &mut spec, Some(&current.id))?;
                 let mut next = current.clone();
-                next.vips = allocate_vips(s, &spec, &current.vips)?;
-                next.ports = allocate_ports(s, &spec, Some(&current.id))?;
+                resolve_and_allocate(s, &spec, &mut next)?;
+                // Tasks carry their networks, endpoint mode and published ports: a change of
+                // any of them replaces the tasks.
                 let mode = |s: &ServiceSpec| s.endpoint.as_ref().map(|e| e.mode()).unwrap_or_default();
-                // Tasks carry their networks, endpoint mode and published
-                // ports: a change of any of them replaces the tasks.
-                let ports = |s: &ServiceSpec| s.endpoint.as_ref().map(|e| e.ports.clone()).unwrap_or_default();
-                if spec.task != old.task
-                    || spec.networks != old.networks
+                let ports = |s: &ServiceSpec| {
+                    s.endpoint.as_ref().map(|e| e.ports.clone()).unwrap_or_default()
+                };
+                let task = |s: &ServiceSpec| s.task.clone().unwrap_or_default();
+                if task(&spec) != task(&old)
+                    || next.networks != crate::objects::service_networks(current)
                     || mode(&spec) != mode(&old)
                     || ports(&spec) != ports(&old)
                 {
                     next.spec_version += 1;
                 }
-                next.spec = Some(spec);
+                next.spec = Some(spec.clone());
                 next.updated_at_ms = now_ms();
                 updated = Some(next.clone());
-                Ok(Transaction { ops: vec![txn::put_if_unchanged(next)] })
+                Ok(Transaction {
+                    ops: vec![txn::put_if_unchanged(next)],
+                })
             })
             .await?;
         let service =
             updated.ok_or_else(|| ControlError::Internal("service was not updated".into()))?;
         info!(service = %service.id, name = service_name(&service), "service updated");
-        Ok(self.store.read(|s| view(s, &service)))
+        Ok(self.ctx.store.read(|s| view(s, &service)))
     }
 
-    pub(crate) async fn remove_service(
+    pub async fn remove_service(
         &self,
         caller: &Caller,
         req: RemoveServiceRequest,
     ) -> Result<RemoveServiceResponse> {
         manager_check(caller)?;
         let mut removed = String::new();
-        self.store
+        self.ctx
+            .store
             .update(|s| {
                 let v = resolve_service(s, &req.service)?;
                 removed = v.id.clone();
@@ -391,12 +323,13 @@ impl Manager {
         Ok(RemoveServiceResponse {})
     }
 
-    pub(crate) async fn list_tasks(
+    pub async fn list_tasks(
         &self,
         _caller: &Caller,
         req: ListTasksRequest,
     ) -> Result<ListTasksResponse> {
-        self.store
+        self.ctx
+            .store
             .read_consistent(|s| {
                 let service = if req.service.is_empty() {
                     None

@@ -6,7 +6,7 @@
 //!   semantics: pure, unit tested.
 //! - `types`: openraft type config and the postcard codec for openraft's own types.
 //! - `disk`, `log_store`, `state_machine`: openraft's v2 storage traits on redb.
-//! - `network`: openraft's network over gRPC ([`crate::net::ChannelProvider`]).
+//! - `network`: openraft's network over gRPC ([`mesh_common::channels::ChannelProvider`]).
 //! - `service`: the `mesh.v1.Raft` gRPC service ([`RaftService`]).
 //! - [`error`]: [`StoreError`] and its mapping to `tonic::Status`.
 //!
@@ -66,9 +66,9 @@ pub use service::RaftService;
 pub use state::{StoreState, StoredObject, txn};
 
 use crate::config::RaftConfig;
-use crate::net::ChannelProvider;
 use disk::Disk;
 use log_store::LogStore;
+use mesh_common::channels::ChannelProvider;
 use network::NetworkFactory;
 use state_machine::{Shared, StateMachine};
 use types::{Raft, StoreRequest};
@@ -574,7 +574,7 @@ impl Store {
     }
 
     /// The `mesh.v1.Raft` gRPC service of this store, to mount on 2377
-    /// behind the interceptor that sets [`crate::auth::Caller`].
+    /// behind the interceptor that sets [`mesh_common::auth::Caller`].
     pub fn service(&self) -> RaftServer<RaftService> {
         RaftServer::new(RaftService::new(self.clone()))
             .max_decoding_message_size(MAX_RAFT_MESSAGE)

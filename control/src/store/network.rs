@@ -32,7 +32,7 @@ use serde::de::DeserializeOwned;
 use tonic::Code;
 
 use super::types::{TypeConfig, decode, encode};
-use crate::net::ChannelProvider;
+use mesh_common::channels::ChannelProvider;
 
 pub(crate) struct NetworkFactory {
     pub(crate) channels: Arc<dyn ChannelProvider>,

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use super::types::{decode, encode};
 use super::{Store, StoreError};
-use crate::auth::Caller;
+use mesh_common::auth::Caller;
 
 pub struct RaftService {
     store: Store,

@@ -10,10 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use mesh_control::ca::{self, NodeKey};
-use mesh_control::error::leader_hint;
-use mesh_control::net::ChannelProvider;
-use mesh_control::tls::{Credentials, TlsChannels};
+use mesh_common::channels::{ChannelProvider, TlsChannels};
+use mesh_common::leader::leader_hint;
+use mesh_common::pki::NodeKey;
+use mesh_common::time::now_secs;
+use mesh_common::tls::Credentials;
 use mesh_proto::ca_client::CaClient;
 use mesh_proto::dispatcher_client::DispatcherClient;
 use mesh_proto::{NodeRole, RenewNodeCertificateRequest, SessionMessage, SessionRequest};
@@ -23,8 +24,8 @@ use tonic::{Code, Status};
 use tracing::{debug, info, warn};
 
 use crate::config::AgentConfig;
-use crate::daemon::state::{Certs, StateDir};
 use crate::membership::Membership;
+use crate::state_dir::{Certs, StateDir};
 use crate::worker::WorkerHandle;
 
 /// What the agent asks the daemon to do.
@@ -152,7 +153,7 @@ impl Agent {
                 },
                 _ = renew.tick() => {
                     let id = self.creds.identity();
-                    if id.needs_renewal(ca::now_secs(), self.config.renew_at_fraction) {
+                    if id.needs_renewal(now_secs(), self.config.renew_at_fraction) {
                         self.renew(target).await?;
                     }
                 }
@@ -182,7 +183,7 @@ impl Agent {
             .map(|s| s.desired_role())
             .unwrap_or(node.role());
         let id = self.creds.identity();
-        let expiring = id.needs_renewal(ca::now_secs(), self.config.renew_at_fraction);
+        let expiring = id.needs_renewal(now_secs(), self.config.renew_at_fraction);
         if desired != id.role || node.role() != id.role || expiring {
             self.renew(target).await?;
         }

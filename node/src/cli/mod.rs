@@ -24,8 +24,8 @@ use mesh_proto::{
 };
 use tonic::transport::Channel;
 
-use crate::daemon::local::DEFAULT_INGRESS_SUBNET;
 pub use client::DEFAULT_HOST;
+use mesh_control::bootstrap::DEFAULT_INGRESS_SUBNET;
 
 #[derive(Parser, Debug)]
 #[command(

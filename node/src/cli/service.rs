@@ -364,7 +364,8 @@ pub fn service_json(v: &ServiceView) -> Value {
             "delay_ms": restart.delay_ms,
             "max_attempts": restart.max_attempts,
         },
-        "networks": spec.networks.iter().map(|n| json!({"network": n.target, "aliases": n.aliases})).collect::<Vec<_>>(),
+        // The networks as resolved to ids (the spec keeps what the user typed).
+        "networks": if s.networks.is_empty() { &spec.networks } else { &s.networks }.iter().map(|n| json!({"network": n.target, "aliases": n.aliases})).collect::<Vec<_>>(),
         "endpoint_mode": if endpoint.mode() == EndpointMode::Dnsrr { "dnsrr" } else { "vip" },
         "vips": s.vips.iter().map(|v| json!({"network": v.network_id, "addr": v.addr})).collect::<Vec<_>>(),
         "ports": s.ports.iter().map(port).collect::<Vec<_>>(),
@@ -614,7 +615,7 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                 if a.force {
                     task.env.retain(|e| !e.starts_with("MESH_FORCE_UPDATE="));
                     task.env
-                        .push(format!("MESH_FORCE_UPDATE={}", mesh_control::ca::now_ms()));
+                        .push(format!("MESH_FORCE_UPDATE={}", mesh_common::time::now_ms()));
                 }
                 let update = spec.update.get_or_insert_with(Default::default);
                 if let Some(p) = a.update_parallelism {

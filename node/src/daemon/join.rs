@@ -9,14 +9,14 @@
 
 use std::time::Duration;
 
-use mesh_control::ca::{self, JoinToken, NodeKey};
-use mesh_control::error::leader_hint;
-use mesh_control::tls;
+use mesh_common::leader::leader_hint;
+use mesh_common::pki::{self, JoinToken, NodeKey};
+use mesh_common::{channels, tls};
 use mesh_proto::ca_client::CaClient;
 use mesh_proto::{GetRootCaRequest, IssueNodeCertificateRequest, IssueNodeCertificateResponse};
 use tonic::{Code, Status};
 
-use super::state::Certs;
+use crate::state_dir::Certs;
 
 pub struct Joined {
     pub resp: IssueNodeCertificateResponse,
@@ -54,7 +54,7 @@ fn internal(e: impl std::fmt::Display) -> Status {
 
 pub async fn handshake(p: JoinParams<'_>) -> Result<Joined, Status> {
     let insecure = tls::bootstrap_insecure_client_config().map_err(internal)?;
-    let ch = tls::manager_channel(p.remote, insecure).map_err(internal)?;
+    let ch = channels::manager_channel(p.remote, insecure).map_err(internal)?;
     let mut req = tonic::Request::new(GetRootCaRequest {});
     req.set_timeout(p.timeout);
     let ca_pem = CaClient::new(ch)
@@ -63,7 +63,7 @@ pub async fn handshake(p: JoinParams<'_>) -> Result<Joined, Status> {
         .map_err(|s| unreachable(p.remote, &s))?
         .into_inner()
         .ca_cert_pem;
-    let digest = ca::ca_digest(&ca_pem).map_err(|e| {
+    let digest = pki::ca_digest(&ca_pem).map_err(|e| {
         Status::permission_denied(format!("manager at {} sent an unusable CA: {e}", p.remote))
     })?;
     if digest != p.token.ca_digest {
@@ -85,7 +85,7 @@ pub async fn handshake(p: JoinParams<'_>) -> Result<Joined, Status> {
     };
     let mut target = p.remote.to_string();
     for _ in 0..3 {
-        let ch = tls::manager_channel(&target, pinned.clone()).map_err(internal)?;
+        let ch = channels::manager_channel(&target, pinned.clone()).map_err(internal)?;
         let mut req = tonic::Request::new(issue.clone());
         req.set_timeout(p.timeout);
         match CaClient::new(ch).issue_node_certificate(req).await {

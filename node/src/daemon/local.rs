@@ -3,31 +3,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnet::Ipv4Net;
-use mesh_control::ca::{self, JoinToken, NodeKey, RootCa, now_ms};
-use mesh_control::net::ChannelProvider;
+use mesh_common::channels::ChannelProvider;
+use mesh_common::pki::{JoinToken, PkiError};
+use mesh_control::bootstrap::{self, FirstNode};
 use mesh_proto::dispatcher_client::DispatcherClient;
 use mesh_proto::local_server::Local;
 use mesh_proto::{
-    Cluster, ClusterSpec, GossipKey, InfoRequest, InfoResponse, InitRequest, InitResponse,
-    JoinRequest, JoinResponse, LeaveClusterRequest, LeaveRequest, LeaveResponse, Network,
-    NetworkSpec, Node, NodeRole, NodeSpec, StoreOp, TaskExecRequest, TaskExecResponse, Transaction,
-    store_op::Op,
+    InfoRequest, InfoResponse, InitRequest, InitResponse, JoinRequest, JoinResponse,
+    LeaveClusterRequest, LeaveRequest, LeaveResponse, NodeRole, TaskExecRequest, TaskExecResponse,
 };
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
 use super::join::{self, JoinParams};
-use super::state::{Certs, NodeState};
 use super::{Daemon, ManagerStart, not_in_cluster, parse_advertise, parse_socket_addr};
+use crate::state_dir::{Certs, NodeState};
 
 pub const DEFAULT_CONTROL_PORT: u16 = 2377;
-pub const DEFAULT_DATA_PATH_PORT: u32 = 4789;
-pub const DEFAULT_ADDR_POOL: &str = "10.0.0.0/8";
-pub const DEFAULT_ADDR_POOL_MASK: u32 = 24;
-pub const DEFAULT_INGRESS_SUBNET: &str = "10.255.0.0/16";
-/// Name of the routing-mesh network `mesh init` creates.
-pub const INGRESS_NETWORK: &str = "ingress";
 
 pub struct LocalService {
     daemon: Arc<Daemon>,
@@ -50,115 +42,6 @@ fn already_member(state: &NodeState) -> Status {
     ))
 }
 
-/// Validates the cluster-wide settings `mesh init` takes.
-fn cluster_spec(
-    req: &InitRequest,
-    cert_validity_secs: u64,
-    control_port: u16,
-    gossip_port: u16,
-) -> Result<ClusterSpec, Status> {
-    let pools = if req.default_addr_pool.is_empty() {
-        vec![DEFAULT_ADDR_POOL.to_string()]
-    } else {
-        req.default_addr_pool.clone()
-    };
-    let mask = if req.default_addr_pool_mask_length == 0 {
-        DEFAULT_ADDR_POOL_MASK
-    } else {
-        req.default_addr_pool_mask_length
-    };
-    let mut nets: Vec<Ipv4Net> = Vec::new();
-    for p in &pools {
-        let net: Ipv4Net = p.parse().map_err(|_| {
-            Status::invalid_argument(format!(
-                "--default-addr-pool: {p:?} is not an IPv4 CIDR (like 10.0.0.0/8)"
-            ))
-        })?;
-        if net.network() != net.addr() {
-            return Err(Status::invalid_argument(format!(
-                "--default-addr-pool: {p} has host bits set; did you mean {}?",
-                net.trunc()
-            )));
-        }
-        if let Some(other) = nets.iter().find(|o| o.contains(&net) || net.contains(*o)) {
-            return Err(Status::invalid_argument(format!(
-                "--default-addr-pool: {p} overlaps {other}"
-            )));
-        }
-        if mask < u32::from(net.prefix_len()) {
-            return Err(Status::invalid_argument(format!(
-                "--default-addr-pool-mask-length: /{mask} is larger than the pool {p}"
-            )));
-        }
-        nets.push(net);
-    }
-    if !(16..=29).contains(&mask) {
-        return Err(Status::invalid_argument(format!(
-            "--default-addr-pool-mask-length: {mask} is out of range (16 to 29)"
-        )));
-    }
-    let data_path_port = if req.data_path_port == 0 {
-        DEFAULT_DATA_PATH_PORT
-    } else {
-        req.data_path_port
-    };
-    if !(1024..=65535).contains(&data_path_port) {
-        return Err(Status::invalid_argument(format!(
-            "--data-path-port: {data_path_port} is out of range (1024 to 65535)"
-        )));
-    }
-    if data_path_port == u32::from(control_port) || data_path_port == u32::from(gossip_port) {
-        return Err(Status::invalid_argument(format!(
-            "--data-path-port: {data_path_port} is already the control or gossip port"
-        )));
-    }
-    let cert_validity_secs = if req.cert_validity_secs == 0 {
-        cert_validity_secs
-    } else {
-        req.cert_validity_secs
-    };
-    if cert_validity_secs < 3600 {
-        return Err(Status::invalid_argument(
-            "--cert-expiry: must be at least 1h",
-        ));
-    }
-    Ok(ClusterSpec {
-        default_addr_pool: nets.iter().map(ToString::to_string).collect(),
-        default_addr_pool_mask_length: mask,
-        data_path_port,
-        cert_validity_secs,
-    })
-}
-
-/// The routing-mesh network of a new cluster.
-fn ingress_network(req: &InitRequest, cluster: &ClusterSpec, now: i64) -> Result<Network, Status> {
-    let subnet = if req.ingress_subnet.is_empty() {
-        DEFAULT_INGRESS_SUBNET
-    } else {
-        req.ingress_subnet.as_str()
-    };
-    let spec = NetworkSpec {
-        name: INGRESS_NETWORK.into(),
-        driver: "overlay".into(),
-        subnet: subnet.into(),
-        ingress: true,
-        ..Default::default()
-    };
-    let alloc = mesh_control::allocator::allocate_network(&spec, &[], cluster).map_err(|e| {
-        Status::invalid_argument(e.to_string().replace("--subnet", "--ingress-subnet"))
-    })?;
-    Ok(Network {
-        id: ca::new_node_id().map_err(|e| Status::internal(e.to_string()))?,
-        spec: Some(spec),
-        subnet: alloc.subnet.to_string(),
-        gateway: alloc.gateway.to_string(),
-        vni: alloc.vni,
-        created_at_ms: now,
-        updated_at_ms: now,
-        ..Default::default()
-    })
-}
-
 impl Daemon {
     async fn init(self: &Arc<Self>, req: InitRequest) -> Result<InitResponse, Status> {
         let mut member = self.member.lock().await;
@@ -173,60 +56,18 @@ impl Daemon {
         };
         let listen = parse_socket_addr("--listen-addr", &listen_text, DEFAULT_CONTROL_PORT)?;
         let gossip_port = self.config.agent.gossip_port;
-        let spec = cluster_spec(
+        let new = bootstrap::new_cluster(
             &req,
+            FirstNode {
+                hostname: self.hostname.clone(),
+                addr: advertise,
+                control_port: listen.port(),
+                gossip_port,
+            },
             self.config.ca.cert_validity_secs,
-            listen.port(),
-            gossip_port,
-        )?;
-        let validity = Duration::from_secs(spec.cert_validity_secs);
-
-        let err = |e: ca::CaError| Status::internal(e.to_string());
-        let cluster_id = ca::new_cluster_id().map_err(err)?;
-        let node_id = ca::new_node_id().map_err(err)?;
-        let root = RootCa::generate(&cluster_id).map_err(err)?;
-        let key = NodeKey::generate().map_err(err)?;
-        let cert_pem = root
-            .sign_csr(
-                &key.csr_pem().map_err(err)?,
-                &node_id,
-                NodeRole::Manager,
-                &cluster_id,
-                validity,
-            )
-            .map_err(err)?;
-        let now = now_ms();
-        let cluster = Cluster {
-            id: cluster_id.clone(),
-            spec: Some(spec),
-            ca_cert_pem: root.cert_pem().to_string(),
-            ca_key_pem: root.key_pem(),
-            worker_secret: ca::new_secret().map_err(err)?,
-            manager_secret: ca::new_secret().map_err(err)?,
-            gossip_keys: vec![GossipKey {
-                id: 1,
-                key: ca::new_symmetric_key().map_err(err)?,
-                created_at_ms: now,
-            }],
-            created_at_ms: now,
-            last_raft_id: 1,
-            ..Default::default()
-        };
-        let mut node = Node {
-            id: node_id.clone(),
-            spec: Some(NodeSpec {
-                desired_role: NodeRole::Manager as i32,
-            }),
-            hostname: self.hostname.clone(),
-            addr: advertise.to_string(),
-            control_port: u32::from(listen.port()),
-            gossip_port: u32::from(gossip_port),
-            raft_id: 1,
-            created_at_ms: now,
-            updated_at_ms: now,
-            ..Default::default()
-        };
-        node.set_role(NodeRole::Manager);
+        )
+        .map_err(Status::from)?;
+        let (node_id, cluster_id) = (new.node_id.clone(), new.cluster_id.clone());
         let manager_addr = format!("{advertise}:{}", listen.port());
         let state = NodeState {
             node_id: node_id.clone(),
@@ -240,40 +81,12 @@ impl Daemon {
             managers: vec![manager_addr.clone()],
         };
         let certs = Certs {
-            ca_pem: root.cert_pem().to_string(),
-            cert_pem,
-            key_pem: key.to_pem(),
+            ca_pem: new.ca_pem,
+            cert_pem: new.cert_pem,
+            key_pem: new.key_pem,
         };
-        let digest = root.digest().map_err(err)?;
-        let tokens = (
-            JoinToken {
-                ca_digest: digest.clone(),
-                secret: cluster.worker_secret.clone(),
-            }
-            .to_string(),
-            JoinToken {
-                ca_digest: digest,
-                secret: cluster.manager_secret.clone(),
-            }
-            .to_string(),
-        );
-        let ingress = ingress_network(&req, cluster.spec.as_ref().expect("spec set above"), now)?;
-        let txn = Transaction {
-            ops: vec![
-                StoreOp {
-                    op: Some(Op::PutCluster(cluster)),
-                    expect_version: Some(0),
-                },
-                StoreOp {
-                    op: Some(Op::PutNetwork(ingress)),
-                    expect_version: Some(0),
-                },
-                StoreOp {
-                    op: Some(Op::PutNode(node)),
-                    expect_version: Some(0),
-                },
-            ],
-        };
+        let tokens = (new.worker_token, new.manager_token);
+        let txn = new.txn;
         self.dir.wipe().map_err(internal)?;
         self.dir.save_certs(&certs).map_err(internal)?;
         let started = self
@@ -307,7 +120,7 @@ impl Daemon {
         let token: JoinToken = req
             .token
             .parse()
-            .map_err(|e: ca::CaError| Status::invalid_argument(format!("--token: {e}")))?;
+            .map_err(|e: PkiError| Status::invalid_argument(format!("--token: {e}")))?;
         let remote = parse_socket_addr("manager address", &req.remote_addr, DEFAULT_CONTROL_PORT)?;
         let advertise = if req.advertise_addr.is_empty() {
             // The address this host uses to reach the manager.

@@ -1,6 +1,6 @@
 //! What every node serves on its control port whatever its role: the `Logs` service, the
 //! output of the tasks it runs, for managers answering `mesh service logs`. A manager serves
-//! it beside its own services ([`mesh_control::manager::Manager::serve`]); a worker runs
+//! it beside its own services (`mesh_control::manager::Manager::serve`); a worker runs
 //! [`NodePort`], a control port with only this.
 
 use std::path::PathBuf;
@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mesh_control::server::managers_by_certificate;
-use mesh_control::tls::{self, Credentials};
+use mesh_common::auth::managers_by_certificate;
+use mesh_common::tls::{self, Credentials};
 use mesh_proto::logs_server::{Logs, LogsServer};
 use mesh_proto::{LogBatch, LogRecord, TaskLogsRequest};
 use tokio::net::TcpListener;

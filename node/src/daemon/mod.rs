@@ -12,7 +12,6 @@
 pub mod join;
 pub mod local;
 pub mod logs;
-pub mod state;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -20,13 +19,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use mesh_control::auth::Caller;
-use mesh_control::controlapi::{ControlContext, ControlService};
-use mesh_control::error::leader_hint;
-use mesh_control::manager::{Liveness, Manager, ManagerOptions, Route};
-use mesh_control::net::{ChannelProvider, SharedChannels};
+use mesh_common::Liveness;
+use mesh_common::auth::Caller;
+use mesh_common::channels::{ChannelProvider, SharedChannels, TlsChannels};
+use mesh_common::leader::leader_hint;
+use mesh_common::tls::Credentials;
+use mesh_control::controlapi::{ControlContext, ControlService, Route, forward_deadline};
+use mesh_control::manager::{Manager, ManagerOptions};
 use mesh_control::store::{Store, StoreOptions};
-use mesh_control::tls::{Credentials, TlsChannels};
 use mesh_proto::control_server::ControlServer;
 use mesh_proto::local_server::LocalServer;
 use mesh_proto::raft_client::RaftClient;
@@ -41,8 +41,8 @@ use tracing::{error, info, warn};
 use crate::agent::{Agent, AgentEvent};
 use crate::config::DaemonConfig;
 use crate::membership::Membership;
+use crate::state_dir::{Certs, NodeState, StateDir};
 use crate::worker::{Reporter, WorkerConfig, WorkerHandle};
-use state::{Certs, NodeState, StateDir};
 
 pub struct DaemonOptions {
     pub state_dir: PathBuf,
@@ -131,7 +131,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     if let Some((state, certs)) = dir.load()? {
         info!(node = %state.node_id, cluster = %state.cluster_id, "resuming cluster membership");
         let mut member = daemon.member.lock().await;
-        let role = mesh_control::ca::parse_cert_pem(&certs.cert_pem)
+        let role = mesh_common::pki::parse_cert_pem(&certs.cert_pem)
             .context("stored node certificate is unusable")?
             .role;
         let start = if role == NodeRole::Manager {
@@ -393,7 +393,7 @@ impl Daemon {
                 }
             })
         };
-        mgr.spawn_reconcilers(shutdown.clone());
+        mgr.spawn_components(&shutdown);
         let running = RunningManager {
             mgr,
             store: store.clone(),
@@ -677,7 +677,7 @@ impl ControlContext for Daemon {
         Ok(Route::Forward(
             ch,
             target,
-            mesh_control::manager::forward_deadline(&self.config.raft),
+            forward_deadline(&self.config.raft),
         ))
     }
 

@@ -29,9 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use mesh_control::error::leader_hint;
-use mesh_control::net::ChannelProvider;
-use mesh_control::tls::TlsChannels;
+use mesh_common::channels::{ChannelProvider, TlsChannels};
+use mesh_common::leader::leader_hint;
 use mesh_dataplane::link::{IfName, Ipv4Cidr};
 use mesh_dataplane::netns::Netns;
 use mesh_dataplane::overlay::{
@@ -299,7 +298,7 @@ fn status(state: TaskState, message: impl Into<String>) -> TaskStatus {
     TaskStatus {
         state: state as i32,
         message: message.into(),
-        timestamp_ms: mesh_control::ca::now_ms(),
+        timestamp_ms: mesh_common::time::now_ms(),
         ..Default::default()
     }
 }
@@ -1298,7 +1297,7 @@ fn ingress_ports(t: &Task) -> Vec<record::PublishedPort> {
 }
 
 pub(crate) fn is_final(s: TaskState) -> bool {
-    mesh_control::orchestrator::is_terminal(s)
+    mesh_common::task::is_terminal(s)
 }
 
 fn prefix_len(subnet: &str) -> u8 {

@@ -7,15 +7,14 @@
 //! `Ca.IssueNodeCertificate`) has no certificate yet. Which RPCs need one is
 //! decided per call from the peer certificate (see `crate::server`).
 //!
-//! Client side: managers are dialled by the name `mesh-manager`, so a node
-//! only talks to peers whose CA-signed certificate says manager.
+//! Client side: see [`crate::channels`]: managers are dialled by the name `mesh-manager`,
+//! so a node only talks to peers whose CA-signed certificate says manager.
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use rustls::client::ResolvesClientCert;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -25,18 +24,13 @@ use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, S
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint, Uri};
 
-use mesh_proto::NodeRole;
-
-use crate::ca::{self, CertIdentity, MANAGER_SAN, WORKER_SAN};
-use crate::net::ChannelProvider;
+use crate::pki::{self, CertIdentity};
 
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -47,7 +41,7 @@ pub enum TlsError {
     #[error("cannot build client certificate verifier: {0}")]
     Verifier(String),
     #[error(transparent)]
-    Ca(#[from] ca::CaError),
+    Pki(#[from] pki::PkiError),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -96,7 +90,7 @@ impl Credentials {
 
     fn load(cert_pem: &str, key_pem: &str) -> Result<Current, TlsError> {
         let cert = parse_cert(cert_pem, "node certificate")?;
-        let identity = ca::parse_cert_der(&cert)?;
+        let identity = pki::parse_cert_der(&cert)?;
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| TlsError::Pem {
             what: "node key",
             reason: e.to_string(),
@@ -279,95 +273,6 @@ impl ServerCertVerifier for AcceptAnyServerCert {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// A lazily connected channel to a manager at `addr` (`host:port`) through
-/// rustls with `config`; the server must present a manager certificate.
-pub fn manager_channel(
-    addr: &str,
-    config: Arc<ClientConfig>,
-) -> Result<Channel, tonic::transport::Error> {
-    node_channel(addr, config, MANAGER_SAN)
-}
-
-/// A lazily connected channel to the control port of any node; the server
-/// must present a certificate naming `san` (the role it is dialled as).
-fn node_channel(
-    addr: &str,
-    config: Arc<ClientConfig>,
-    san: &'static str,
-) -> Result<Channel, tonic::transport::Error> {
-    let target = addr.to_string();
-    let connector = tower::service_fn(move |_uri: Uri| {
-        let config = config.clone();
-        let target = target.clone();
-        async move {
-            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target))
-                .await
-                .map_err(|_elapsed| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connect to {target} timed out"),
-                    )
-                })??;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(san).expect("static DNS name is valid");
-            let tls = TlsConnector::from(config).connect(name, tcp).await?;
-            Ok::<_, io::Error>(TokioIo::new(tls))
-        }
-    });
-    Ok(Endpoint::from_shared(format!("http://{addr}"))?
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_with_connector_lazy(connector))
-}
-
-/// mTLS channels to nodes, one cached per address and role.
-pub struct TlsChannels {
-    config: Arc<ClientConfig>,
-    cache: Mutex<std::collections::HashMap<(String, &'static str), Channel>>,
-}
-
-impl TlsChannels {
-    pub fn new(creds: &Arc<Credentials>) -> Result<Arc<TlsChannels>, TlsError> {
-        Ok(Arc::new(TlsChannels {
-            config: creds.client_config()?,
-            cache: Mutex::default(),
-        }))
-    }
-
-    /// Forgets every cached channel. Call it after the node's certificate
-    /// changed: an open connection keeps presenting the certificate it was
-    /// made with, so a promoted node would still be a worker on it.
-    pub fn reset(&self) {
-        self.cache
-            .lock()
-            .expect("channel cache lock poisoned")
-            .clear();
-    }
-}
-
-impl ChannelProvider for TlsChannels {
-    fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        self.node_channel(addr, NodeRole::Manager)
-    }
-
-    fn node_channel(&self, addr: &str, role: NodeRole) -> Result<Channel, tonic::transport::Error> {
-        let san = if role == NodeRole::Manager {
-            MANAGER_SAN
-        } else {
-            WORKER_SAN
-        };
-        let mut cache = self.cache.lock().expect("channel cache lock poisoned");
-        let key = (addr.to_string(), san);
-        if let Some(ch) = cache.get(&key) {
-            return Ok(ch.clone());
-        }
-        let ch = node_channel(addr, self.config.clone(), san)?;
-        cache.insert(key, ch.clone());
-        Ok(ch)
     }
 }
 

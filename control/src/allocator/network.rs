@@ -1,12 +1,4 @@
-//! Address and identifier allocation, as pure functions of the store state:
-//! subnets (from the cluster's default pools when none is asked for),
-//! gateways, VNIs (from 4096 up), task addresses and service VIPs.
-//!
-//! Nothing is kept beside the store: what is in use is read from the
-//! objects themselves (networks' subnets and VNIs, tasks' attachments,
-//! services' VIPs), so an allocation made by one leader is seen by the next
-//! and two allocations can never hand out the same thing (the transaction
-//! that stores them is conditional on the versions they were computed from).
+//! Subnets, gateways and VNIs of a new network.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -14,26 +6,12 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use mesh_proto::{ClusterSpec, Network, NetworkSpec};
 
-use crate::store::StoreState;
+use super::{AllocError, invalid};
 
 /// First VNI handed out (lower ones are left to hand-made VXLANs).
 pub const FIRST_VNI: u32 = 4096;
 /// Largest VNI (24 bits).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum AllocError {
-    /// An input is malformed or inconsistent; the message names the flag.
-    #[error("{0}")]
-    Invalid(String),
-    /// A pool is used up.
-    #[error("{0}")]
-    Exhausted(String),
-}
-
-fn invalid(msg: impl Into<String>) -> AllocError {
-    AllocError::Invalid(msg.into())
-}
 
 /// Parses a CIDR whose host bits are clear.
 pub fn parse_subnet(flag: &str, text: &str) -> Result<Ipv4Net, AllocError> {
@@ -84,25 +62,36 @@ pub fn allocate_network(
     existing: &[&Network],
     cluster: &ClusterSpec,
 ) -> Result<NetworkAlloc, AllocError> {
+    allocate_network_as("--subnet", spec, existing, cluster)
+}
+
+/// [`allocate_network`], with errors about the subnet naming `subnet_flag` (the flag the
+/// user gave it with: `--subnet`, or `--ingress-subnet` at init).
+pub fn allocate_network_as(
+    subnet_flag: &str,
+    spec: &NetworkSpec,
+    existing: &[&Network],
+    cluster: &ClusterSpec,
+) -> Result<NetworkAlloc, AllocError> {
     let used = subnets_in_use(existing);
     let subnet = if spec.subnet.is_empty() {
         if !spec.gateway.is_empty() {
-            return Err(invalid("--gateway: needs --subnet"));
+            return Err(invalid(format!("--gateway: needs {subnet_flag}")));
         }
         if !spec.ip_range.is_empty() {
-            return Err(invalid("--ip-range: needs --subnet"));
+            return Err(invalid(format!("--ip-range: needs {subnet_flag}")));
         }
         subnet_from_pools(&used, cluster)?
     } else {
-        let subnet = parse_subnet("--subnet", &spec.subnet)?;
+        let subnet = parse_subnet(subnet_flag, &spec.subnet)?;
         if subnet.prefix_len() > 29 {
             return Err(invalid(format!(
-                "--subnet: {subnet} is too small (at most /29)"
+                "{subnet_flag}: {subnet} is too small (at most /29)"
             )));
         }
         if let Some((other, name)) = used.iter().find(|(u, _)| overlaps(u, &subnet)) {
             return Err(invalid(format!(
-                "--subnet: {subnet} overlaps network {name} ({other})"
+                "{subnet_flag}: {subnet} overlaps network {name} ({other})"
             )));
         }
         subnet
@@ -142,7 +131,8 @@ pub fn allocate_network(
     })
 }
 
-fn first_host(net: &Ipv4Net) -> Ipv4Addr {
+/// The subnet's first host address (the default gateway).
+pub fn first_host(net: &Ipv4Net) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(net.network()) + 1)
 }
 
@@ -177,100 +167,10 @@ fn subnet_from_pools(
     )))
 }
 
-/// Addresses of `network_id` held by tasks (any state), service VIPs and
-/// nodes' ingress sandboxes.
-pub fn addresses_in_use(state: &StoreState, network_id: &str) -> BTreeSet<Ipv4Addr> {
-    let tasks = state
-        .tasks
-        .values()
-        .flat_map(|t| t.networks.iter())
-        .filter(|a| a.network_id == network_id)
-        .map(|a| a.addr.as_str());
-    let vips = state
-        .services
-        .values()
-        .flat_map(|s| s.vips.iter())
-        .filter(|v| v.network_id == network_id)
-        .map(|v| v.addr.as_str());
-    let nodes = state
-        .nodes
-        .values()
-        .filter_map(|n| n.ingress.as_ref())
-        .filter(|a| a.network_id == network_id)
-        .map(|a| a.addr.as_str());
-    tasks
-        .chain(vips)
-        .chain(nodes)
-        .filter_map(|a| a.parse::<Ipv4Net>().ok().map(|n| n.addr()))
-        .collect()
-}
-
-/// The lowest free address of `network` (inside its `--ip-range` if any),
-/// as CIDR text with the subnet's prefix; `used` gains it.
-pub fn allocate_address(
-    network: &Network,
-    used: &mut BTreeSet<Ipv4Addr>,
-) -> Result<String, AllocError> {
-    let subnet: Ipv4Net = network
-        .subnet
-        .parse()
-        .map_err(|_| invalid(format!("network {} has no subnet", network.id)))?;
-    let range = network
-        .spec
-        .as_ref()
-        .filter(|s| !s.ip_range.is_empty())
-        .and_then(|s| s.ip_range.parse::<Ipv4Net>().ok())
-        .unwrap_or(subnet);
-    let gateway: Option<Ipv4Addr> = network.gateway.parse().ok();
-    let found = range.hosts().find(|ip| {
-        *ip != subnet.network()
-            && *ip != subnet.broadcast()
-            && Some(*ip) != gateway
-            && !used.contains(ip)
-    });
-    let name = network
-        .spec
-        .as_ref()
-        .map(|s| s.name.as_str())
-        .unwrap_or(&network.id);
-    let ip = found.ok_or_else(|| {
-        AllocError::Exhausted(format!(
-            "network {name} has no free address left in {range}"
-        ))
-    })?;
-    used.insert(ip);
-    Ok(format!("{ip}/{}", subnet.prefix_len()))
-}
-
-/// The routing-mesh network, if the cluster has one.
-pub fn ingress_network(state: &StoreState) -> Option<&Network> {
-    state
-        .networks
-        .values()
-        .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
-}
-
-/// True when the ports include one published through the routing mesh.
-pub fn publishes_ingress(ports: &[mesh_proto::PortConfig]) -> bool {
-    ports
-        .iter()
-        .any(|p| p.publish_mode() == mesh_proto::PublishMode::Ingress)
-}
-
-/// The MAC of an overlay address: `02:42:` followed by the four IP bytes,
-/// so it never needs to be looked up or stored.
-pub fn mac_for(addr_cidr: &str) -> String {
-    let ip = addr_cidr
-        .parse::<Ipv4Net>()
-        .map(|n| n.addr())
-        .unwrap_or(Ipv4Addr::UNSPECIFIED);
-    let o = ip.octets();
-    format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::allocator::test_network as net;
 
     fn cluster(pools: &[&str], mask: u32) -> ClusterSpec {
         ClusterSpec {
@@ -286,20 +186,6 @@ mod tests {
             subnet: subnet.into(),
             gateway: gateway.into(),
             ip_range: ip_range.into(),
-            ..Default::default()
-        }
-    }
-
-    fn net(name: &str, subnet: &str, vni: u32) -> Network {
-        Network {
-            id: format!("id-{name}"),
-            spec: Some(NetworkSpec {
-                name: name.into(),
-                ..Default::default()
-            }),
-            subnet: subnet.into(),
-            gateway: first_host(&subnet.parse().unwrap()).to_string(),
-            vni,
             ..Default::default()
         }
     }
@@ -397,39 +283,5 @@ mod tests {
                 .vni,
             4097
         );
-    }
-
-    #[test]
-    fn addresses_skip_network_gateway_broadcast_and_used() {
-        let n = net("a", "10.9.0.0/29", 4096);
-        let mut used = BTreeSet::new();
-        let got: Vec<String> = (0..5)
-            .map(|_| allocate_address(&n, &mut used).unwrap())
-            .collect();
-        assert_eq!(
-            got,
-            [
-                "10.9.0.2/29",
-                "10.9.0.3/29",
-                "10.9.0.4/29",
-                "10.9.0.5/29",
-                "10.9.0.6/29"
-            ]
-        );
-        let err = allocate_address(&n, &mut used).unwrap_err();
-        assert!(matches!(err, AllocError::Exhausted(_)), "{err}");
-    }
-
-    #[test]
-    fn addresses_come_from_the_ip_range() {
-        let mut n = net("a", "10.9.0.0/24", 4096);
-        n.spec.as_mut().unwrap().ip_range = "10.9.0.128/25".into();
-        let mut used = BTreeSet::new();
-        assert_eq!(allocate_address(&n, &mut used).unwrap(), "10.9.0.129/24");
-    }
-
-    #[test]
-    fn mac_is_derived_from_the_address() {
-        assert_eq!(mac_for("10.20.0.5/24"), "02:42:0a:14:00:05");
     }
 }

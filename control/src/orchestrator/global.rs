@@ -1,0 +1,108 @@
+//! The global orchestrator: one task of every global service on every node.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_common::Liveness;
+use mesh_common::time::now_ms;
+use mesh_proto::{ServiceMode, StoreOp, Transaction};
+
+use super::update::next_batch;
+use super::{Context, NodeFailures, TasksByService, fresh_task_id, new_task, shut_down, staying};
+use crate::component::Component;
+use crate::error::ControlError;
+use crate::store::{Store, StoreState, txn};
+
+/// The ops that bring the tasks of global services in line with them: a task for each node
+/// without one (its node chosen here), none for nodes that are gone.
+pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
+    let mut ops = Vec::new();
+    let tasks = TasksByService::of(state);
+    for service in state.services.values() {
+        if service.spec.as_ref().map(|s| s.mode()) != Some(ServiceMode::Global) {
+            continue;
+        }
+        let live = tasks
+            .live
+            .get(service.id.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let every = tasks
+            .all
+            .get(service.id.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let mut leaving: BTreeSet<&str> = BTreeSet::new();
+        for t in live
+            .iter()
+            .filter(|t| !state.nodes.contains_key(&t.node_id))
+        {
+            ops.push(shut_down(t, ctx.now_ms));
+            leaving.insert(&t.id);
+        }
+        let stay = staying(&live, &leaving);
+        for t in next_batch(service, &stay, &every, ctx.now_ms, ctx.node_failed) {
+            ops.push(shut_down(t, ctx.now_ms));
+            leaving.insert(&t.id);
+        }
+        let covered: BTreeSet<&str> = staying(&live, &leaving)
+            .iter()
+            .map(|t| t.node_id.as_str())
+            .collect();
+        for node in state
+            .nodes
+            .values()
+            .filter(|n| !covered.contains(n.id.as_str()))
+        {
+            let task = new_task(state, service, 0, Some((&node.id, &node.hostname)), ctx);
+            ops.push(txn::put_if_unchanged(task));
+        }
+    }
+    ops
+}
+
+/// The global orchestrator as a leader component.
+pub struct GlobalOrchestrator {
+    store: Store,
+    failures: NodeFailures,
+}
+
+impl GlobalOrchestrator {
+    pub fn new(
+        store: Store,
+        self_id: String,
+        liveness: Arc<dyn Liveness>,
+        grace: Duration,
+    ) -> GlobalOrchestrator {
+        GlobalOrchestrator {
+            store,
+            failures: NodeFailures::new(self_id, liveness, grace),
+        }
+    }
+}
+
+impl Component for GlobalOrchestrator {
+    fn name(&self) -> &'static str {
+        "global orchestrator"
+    }
+
+    async fn reconcile(&mut self) -> Result<(), ControlError> {
+        let failed = self.store.read(|s| self.failures.failed(s));
+        let node_failed = |id: &str| failed.contains(id);
+        let mut new_id = fresh_task_id;
+        self.store
+            .update(|s| {
+                let mut ctx = Context {
+                    now_ms: now_ms(),
+                    new_id: &mut new_id,
+                    node_failed: &node_failed,
+                };
+                Ok::<_, ControlError>(Transaction {
+                    ops: plan(s, &mut ctx),
+                })
+            })
+            .await?;
+        Ok(())
+    }
+}

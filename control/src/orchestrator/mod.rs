@@ -1,0 +1,200 @@
+//! The orchestrators: make the tasks in the store match the services.
+//!
+//! - [`replicated`]: one running task per slot `1..=replicas`; tasks in slots above that are
+//!   shut down; tasks of nodes down past the grace period are replaced elsewhere; tasks of
+//!   services that are gone are shut down.
+//! - [`global`]: one task on every node, its node chosen at creation.
+//! - [`update`]: rolling updates, shared by both: which old tasks to replace now.
+//! - [`reaper`]: finished tasks that were meant to stop, and tasks of removed nodes, are
+//!   deleted, which frees their addresses.
+//!
+//! Orchestrators create tasks with their networks named but not addressed: the allocator
+//! (`crate::allocator::Allocator`) addresses them and the scheduler places them. Everything
+//! here is a pure plan over the store state; each component commits its plan with
+//! preconditions on the versions it read.
+
+pub mod global;
+pub mod reaper;
+pub mod replicated;
+pub mod update;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh_common::Liveness;
+use mesh_proto::{NetworkAttachment, NodeStatus, Service, StoreOp, Task, TaskState, TaskStatus};
+
+use crate::allocator::{ingress_network, publishes_ingress};
+use crate::objects::service_networks;
+use crate::store::{StoreState, txn};
+
+pub use global::GlobalOrchestrator;
+pub use reaper::{TaskReaper, plan_reap};
+pub use replicated::ReplicatedOrchestrator;
+
+/// What a plan needs besides the state.
+pub struct Context<'a> {
+    pub now_ms: i64,
+    /// Fresh, unique task ids.
+    pub new_id: &'a mut dyn FnMut() -> String,
+    /// Nodes down for longer than the grace period: their replicated tasks
+    /// are replaced elsewhere.
+    pub node_failed: &'a dyn Fn(&str) -> bool,
+}
+
+/// The ops that bring the tasks of every service in line with it (both orchestrators).
+pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
+    let mut ops = replicated::plan(state, ctx);
+    ops.extend(global::plan(state, ctx));
+    ops
+}
+
+/// `task` with desired state shutdown.
+pub fn shut_down(task: &Task, now_ms: i64) -> StoreOp {
+    let mut t = task.clone();
+    t.set_desired_state(TaskState::Shutdown);
+    t.updated_at_ms = now_ms;
+    txn::put_if_unchanged(t)
+}
+
+/// The live tasks (desired running) of every service, and all its tasks, by service id.
+pub(crate) struct TasksByService<'s> {
+    pub live: HashMap<&'s str, Vec<&'s Task>>,
+    pub all: HashMap<&'s str, Vec<&'s Task>>,
+}
+
+impl<'s> TasksByService<'s> {
+    pub fn of(state: &'s StoreState) -> TasksByService<'s> {
+        let mut live: HashMap<&str, Vec<&Task>> = HashMap::new();
+        let mut all: HashMap<&str, Vec<&Task>> = HashMap::new();
+        for t in state.tasks.values() {
+            all.entry(t.service_id.as_str()).or_default().push(t);
+            if t.desired_state() == TaskState::Running {
+                live.entry(t.service_id.as_str()).or_default().push(t);
+            }
+        }
+        TasksByService { live, all }
+    }
+}
+
+/// Ids of `tasks` in `leaving` left out.
+pub(crate) fn staying<'t>(tasks: &[&'t Task], leaving: &BTreeSet<&str>) -> Vec<&'t Task> {
+    tasks
+        .iter()
+        .copied()
+        .filter(|t| !leaving.contains(t.id.as_str()))
+        .collect()
+}
+
+/// A new task of `service`: in slot `slot` (replicated) or on `node` (global: `(id,
+/// hostname)`), attached to the service's networks (and the ingress network when it
+/// publishes through the routing mesh) with no address yet: the allocator gives them.
+pub(crate) fn new_task(
+    state: &StoreState,
+    service: &Service,
+    slot: u64,
+    node: Option<(&str, &str)>,
+    ctx: &mut Context<'_>,
+) -> Task {
+    let spec = service.spec.clone().unwrap_or_default();
+    let mut targets: Vec<(String, Vec<String>)> = service_networks(service)
+        .iter()
+        .map(|a| (a.target.clone(), a.aliases.clone()))
+        .collect();
+    if publishes_ingress(&service.ports)
+        && let Some(ingress) = ingress_network(state)
+    {
+        targets.push((ingress.id.clone(), Vec::new()));
+    }
+    let networks = targets
+        .into_iter()
+        .map(|(network_id, aliases)| NetworkAttachment {
+            vip: service
+                .vips
+                .iter()
+                .find(|v| v.network_id == network_id)
+                .map(|v| v.addr.clone())
+                .unwrap_or_default(),
+            network_id,
+            aliases,
+            ..Default::default()
+        })
+        .collect();
+    let (node_id, name) = match node {
+        Some((id, hostname)) => (id.to_string(), format!("{}.{hostname}", spec.name)),
+        None => (String::new(), format!("{}.{slot}", spec.name)),
+    };
+    let mut task = Task {
+        id: (ctx.new_id)(),
+        service_id: service.id.clone(),
+        service_name: spec.name.clone(),
+        slot,
+        node_id,
+        spec: spec.task.clone(),
+        spec_version: service.spec_version,
+        networks,
+        status: Some(TaskStatus {
+            state: TaskState::New as i32,
+            message: "created".into(),
+            timestamp_ms: ctx.now_ms,
+            ..Default::default()
+        }),
+        created_at_ms: ctx.now_ms,
+        updated_at_ms: ctx.now_ms,
+        name,
+        ports: service.ports.clone(),
+        ..Default::default()
+    };
+    task.set_desired_state(TaskState::Running);
+    task.set_endpoint_mode(spec.endpoint.as_ref().map(|e| e.mode()).unwrap_or_default());
+    // Written with version 0, so the put means "must not exist yet".
+    task
+}
+
+/// Which nodes have been down for longer than the grace period, by this leader's SWIM view.
+/// The clock starts when this leader first sees a node down, so a new leader waits a full
+/// grace period again: never earlier than intended.
+pub struct NodeFailures {
+    self_id: String,
+    liveness: Arc<dyn Liveness>,
+    grace: Duration,
+    down_since: HashMap<String, tokio::time::Instant>,
+}
+
+impl NodeFailures {
+    pub fn new(self_id: String, liveness: Arc<dyn Liveness>, grace: Duration) -> NodeFailures {
+        NodeFailures {
+            self_id,
+            liveness,
+            grace,
+            down_since: HashMap::new(),
+        }
+    }
+
+    /// Nodes of `state` down past the grace period, as of now.
+    pub fn failed(&mut self, state: &StoreState) -> BTreeSet<String> {
+        let now = tokio::time::Instant::now();
+        self.down_since.retain(|id, _| state.nodes.contains_key(id));
+        let mut failed = BTreeSet::new();
+        for id in state.nodes.keys() {
+            if *id == self.self_id || self.liveness.status(id) != NodeStatus::Down {
+                self.down_since.remove(id);
+                continue;
+            }
+            let first = *self.down_since.entry(id.clone()).or_insert(now);
+            if now.duration_since(first) >= self.grace {
+                failed.insert(id.clone());
+            }
+        }
+        failed
+    }
+}
+
+/// A fresh task id (falls back to a time-based one if the system's generator fails).
+pub(crate) fn fresh_task_id() -> String {
+    mesh_common::ids::random_id().unwrap_or_else(|_| format!("t{}", mesh_common::time::now_ms()))
+}

@@ -1,0 +1,407 @@
+//! The orchestrators' plans, with the allocator after them, over an in-memory store state.
+use mesh_proto::{
+    Network, NetworkAttachmentConfig, NetworkSpec, Node, ServiceMode, ServiceSpec, TaskSpec,
+    TaskStatus, store_op::Op,
+};
+
+use std::collections::BTreeSet;
+
+use super::*;
+
+fn status(state: TaskState, message: &str, now_ms: i64) -> TaskStatus {
+    TaskStatus {
+        state: state as i32,
+        message: message.to_string(),
+        timestamp_ms: now_ms,
+        ..Default::default()
+    }
+}
+use crate::allocator::tasks::{is_allocated, plan_node_attachments, plan_task_addresses};
+use crate::store::{StoreState, txn};
+
+fn state() -> StoreState {
+    let mut s = StoreState::default();
+    s.networks.insert(
+        "net1".into(),
+        Network {
+            id: "net1".into(),
+            version: 1,
+            spec: Some(NetworkSpec {
+                name: "appnet".into(),
+                ..Default::default()
+            }),
+            subnet: "10.20.0.0/24".into(),
+            gateway: "10.20.0.1".into(),
+            vni: 4096,
+            ..Default::default()
+        },
+    );
+    for (id, host) in [("n1", "h1"), ("n2", "h2")] {
+        s.nodes.insert(
+            id.into(),
+            Node {
+                id: id.into(),
+                hostname: host.into(),
+                version: 1,
+                ..Default::default()
+            },
+        );
+    }
+    s
+}
+
+fn service(id: &str, mode: ServiceMode, replicas: u64) -> Service {
+    let mut spec = ServiceSpec {
+        name: id.into(),
+        replicas,
+        task: Some(TaskSpec {
+            command: vec!["true".into()],
+            ..Default::default()
+        }),
+        networks: vec![NetworkAttachmentConfig {
+            target: "net1".into(),
+            aliases: vec![],
+        }],
+        ..Default::default()
+    };
+    spec.set_mode(mode);
+    Service {
+        id: id.into(),
+        version: 2,
+        spec: Some(spec),
+        ..Default::default()
+    }
+}
+
+/// Task ids unique across every plan of a test.
+fn fresh_id() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    format!(
+        "t{}",
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+fn run(s: &StoreState) -> Vec<StoreOp> {
+    plan_with(s, 1, &|_| false)
+}
+
+/// Applies `ops` at `index`, then what the allocator plans after them (at `index + 1`), as
+/// the leader's components do one after the other.
+fn apply(s: &mut StoreState, ops: Vec<StoreOp>, index: u64) {
+    let r = s.apply(txn::of(ops), index);
+    assert_eq!(r.conflict, "");
+    let allocated = plan_task_addresses(s, 1);
+    let r = s.apply(txn::of(allocated), index + 1);
+    assert_eq!(r.conflict, "");
+}
+
+fn live(s: &StoreState, service: &str) -> Vec<(u64, String)> {
+    s.tasks
+        .values()
+        .filter(|t| t.service_id == service && t.desired_state() == TaskState::Running)
+        .map(|t| (t.slot, t.networks[0].addr.clone()))
+        .collect()
+}
+
+#[test]
+fn replicated_service_gets_one_task_per_slot_with_distinct_addresses() {
+    let mut s = state();
+    s.services
+        .insert("web".into(), service("web", ServiceMode::Replicated, 3));
+    let ops = run(&s);
+    apply(&mut s, ops, 10);
+    let mut got = live(&s, "web");
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            (1, "10.20.0.2/24".to_string()),
+            (2, "10.20.0.3/24".into()),
+            (3, "10.20.0.4/24".into())
+        ]
+    );
+    assert!(s.tasks.values().all(
+        |t| t.name.starts_with("web.") && t.networks[0].mac.starts_with("02:42:0a:14:00:")
+    ));
+    assert!(run(&s).is_empty(), "a converged service must plan nothing");
+}
+
+#[test]
+fn scale_down_shuts_down_the_highest_slots_and_reaper_deletes_them_once_stopped() {
+    let mut s = state();
+    s.services
+        .insert("web".into(), service("web", ServiceMode::Replicated, 3));
+    let ops = run(&s);
+    apply(&mut s, ops, 10);
+    for t in s.tasks.values_mut() {
+        t.node_id = "n1".into();
+    }
+    s.services
+        .get_mut("web")
+        .unwrap()
+        .spec
+        .as_mut()
+        .unwrap()
+        .replicas = 1;
+    let ops = run(&s);
+    assert_eq!(ops.len(), 2);
+    apply(&mut s, ops, 11);
+    assert_eq!(live(&s, "web").len(), 1);
+    assert_eq!(live(&s, "web")[0].0, 1);
+    assert!(
+        plan_reap(&s).is_empty(),
+        "tasks still running on their node must not be deleted"
+    );
+    for t in s
+        .tasks
+        .values_mut()
+        .filter(|t| t.desired_state() == TaskState::Shutdown)
+    {
+        t.status.as_mut().unwrap().set_state(TaskState::Shutdown);
+    }
+    let reap = plan_reap(&s);
+    assert_eq!(reap.len(), 2);
+    assert!(
+        reap.iter()
+            .all(|op| matches!(op.op, Some(Op::DeleteTask(_))))
+    );
+}
+
+#[test]
+fn removed_service_tasks_are_shut_down_and_addresses_reused_only_after_deletion() {
+    let mut s = state();
+    s.services
+        .insert("web".into(), service("web", ServiceMode::Replicated, 1));
+    let ops = run(&s);
+    apply(&mut s, ops, 10);
+    s.services.remove("web");
+    s.services
+        .insert("api".into(), service("api", ServiceMode::Replicated, 1));
+    let ops = run(&s);
+    apply(&mut s, ops, 11);
+    assert!(live(&s, "web").is_empty());
+    assert_eq!(
+        live(&s, "api"),
+        [(1, "10.20.0.3/24".to_string())],
+        "the stopping task still holds .2"
+    );
+}
+
+#[test]
+fn global_service_runs_once_per_node_and_follows_node_changes() {
+    let mut s = state();
+    s.services
+        .insert("agent".into(), service("agent", ServiceMode::Global, 0));
+    let ops = run(&s);
+    apply(&mut s, ops, 10);
+    let nodes: BTreeSet<String> = s.tasks.values().map(|t| t.node_id.clone()).collect();
+    assert_eq!(nodes, BTreeSet::from(["n1".to_string(), "n2".to_string()]));
+    assert!(s.tasks.values().any(|t| t.name == "agent.h1"));
+    s.nodes.insert(
+        "n3".into(),
+        Node {
+            id: "n3".into(),
+            hostname: "h3".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(run(&s).len(), 1, "a new node gets its task");
+    s.nodes.remove("n1");
+    let ops = run(&s);
+    assert_eq!(ops.len(), 2, "a task for n3, and n1's task shut down");
+    assert_eq!(
+        plan_reap(&s).len(),
+        1,
+        "the task of a removed node is deleted"
+    );
+}
+
+#[test]
+fn exhausted_network_leaves_the_tasks_it_cannot_address_waiting_with_the_reason() {
+    let mut s = state();
+    s.networks.get_mut("net1").unwrap().subnet = "10.20.0.0/29".into();
+    s.services
+        .insert("web".into(), service("web", ServiceMode::Replicated, 10));
+    let ops = run(&s);
+    apply(&mut s, ops, 10);
+    let (addressed, waiting): (Vec<&mesh_proto::Task>, Vec<&mesh_proto::Task>) =
+        s.tasks.values().partition(|t| is_allocated(t));
+    assert_eq!(addressed.len(), 5, "a /29 has 5 free host addresses");
+    assert_eq!(waiting.len(), 5);
+    for t in waiting {
+        let st = t.status.as_ref().unwrap();
+        assert_eq!(st.state(), TaskState::New);
+        assert!(st.message.contains("no free address"), "{st:?}");
+    }
+    assert!(
+        plan_task_addresses(&s, 2).is_empty(),
+        "a waiting task's reason is written once, not at every pass"
+    );
+}
+
+fn plan_with(s: &StoreState, now_ms: i64, failed: &dyn Fn(&str) -> bool) -> Vec<StoreOp> {
+    let mut new_id = fresh_id;
+    plan(
+        s,
+        &mut Context {
+            now_ms,
+            new_id: &mut new_id,
+            node_failed: failed,
+        },
+    )
+}
+
+/// Marks every live task placed on `node` and running since `at`.
+fn run_all(s: &mut StoreState, node: &str, at: i64) {
+    for t in s
+        .tasks
+        .values_mut()
+        .filter(|t| t.desired_state() == TaskState::Running)
+    {
+        t.node_id = node.into();
+        t.status = Some(status(TaskState::Running, "running", at));
+    }
+}
+
+fn stop_stopping(s: &mut StoreState) {
+    for t in s
+        .tasks
+        .values_mut()
+        .filter(|t| t.desired_state() == TaskState::Shutdown)
+    {
+        t.status = Some(status(TaskState::Shutdown, "stopped", 0));
+    }
+}
+
+#[test]
+fn rolling_update_replaces_one_batch_at_a_time_after_the_delay() {
+    let mut s = state();
+    let mut svc = service("web", ServiceMode::Replicated, 3);
+    svc.spec.as_mut().unwrap().update = Some(mesh_proto::UpdateConfig {
+        parallelism: 1,
+        delay_ms: 1000,
+    });
+    svc.spec_version = 1;
+    s.services.insert("web".into(), svc);
+    let ops = run(&s);
+    apply(&mut s, ops, 10);
+    run_all(&mut s, "n1", 0);
+    s.services.get_mut("web").unwrap().spec_version = 2;
+    // First batch: one old task shut down and its slot refilled.
+    let ops = plan_with(&s, 5000, &|_| false);
+    assert_eq!(ops.len(), 2, "one shutdown, one new task");
+    apply(&mut s, ops, 11);
+    let v2 = |s: &StoreState| {
+        s.tasks
+            .values()
+            .filter(|t| t.spec_version == 2 && t.desired_state() == TaskState::Running)
+            .count()
+    };
+    assert_eq!(v2(&s), 1);
+    // Nothing more while the new task has not come up or the old one is stopping.
+    assert!(plan_with(&s, 6000, &|_| false).is_empty());
+    stop_stopping(&mut s);
+    assert!(
+        plan_with(&s, 6000, &|_| false).is_empty(),
+        "the new task is not running yet"
+    );
+    run_all(&mut s, "n1", 6000);
+    assert!(
+        plan_with(&s, 6500, &|_| false).is_empty(),
+        "the update delay has not passed"
+    );
+    let ops = plan_with(&s, 7000, &|_| false);
+    assert_eq!(ops.len(), 2);
+    apply(&mut s, ops, 12);
+    assert_eq!(v2(&s), 2);
+}
+
+#[test]
+fn tasks_of_a_failed_node_are_replaced_but_keep_their_address() {
+    let mut s = state();
+    s.services
+        .insert("web".into(), service("web", ServiceMode::Replicated, 2));
+    let ops = run(&s);
+    apply(&mut s, ops, 10);
+    let ids: Vec<String> = s.tasks.keys().cloned().collect();
+    s.tasks.get_mut(&ids[0]).unwrap().node_id = "n1".into();
+    s.tasks.get_mut(&ids[1]).unwrap().node_id = "n2".into();
+    assert!(
+        plan_with(&s, 1, &|_| false).is_empty(),
+        "no failure, nothing to do"
+    );
+    let ops = plan_with(&s, 1, &|n| n == "n2");
+    assert_eq!(ops.len(), 2, "shut the lost task down and replace it");
+    apply(&mut s, ops, 11);
+    let live = live(&s, "web");
+    assert_eq!(live.len(), 2);
+    assert!(
+        live.iter()
+            .all(|(_, addr)| addr != &s.tasks[&ids[1]].networks[0].addr),
+        "the old address is still held"
+    );
+    assert!(
+        plan_reap(&s).is_empty(),
+        "the old task stays until its node is back or removed"
+    );
+}
+
+#[test]
+fn publishing_services_get_ingress_attachments_and_nodes_get_ingress_addresses() {
+    let mut s = state();
+    s.networks.insert(
+        "ing".into(),
+        Network {
+            id: "ing".into(),
+            version: 1,
+            spec: Some(NetworkSpec {
+                name: "ingress".into(),
+                ingress: true,
+                ..Default::default()
+            }),
+            subnet: "10.255.0.0/24".into(),
+            gateway: "10.255.0.1".into(),
+            vni: 4097,
+            ..Default::default()
+        },
+    );
+    let ops = plan_node_attachments(&s).unwrap();
+    assert_eq!(ops.len(), 2, "one address per node");
+    apply(&mut s, ops, 5);
+    let node_addrs: BTreeSet<String> = s
+        .nodes
+        .values()
+        .map(|n| n.ingress.as_ref().unwrap().addr.clone())
+        .collect();
+    assert_eq!(
+        node_addrs,
+        BTreeSet::from(["10.255.0.2/24".to_string(), "10.255.0.3/24".to_string()])
+    );
+    assert!(plan_node_attachments(&s).unwrap().is_empty());
+    let mut web = service("web", ServiceMode::Replicated, 1);
+    web.ports = vec![mesh_proto::PortConfig {
+        target_port: 80,
+        published_port: 8080,
+        ..Default::default()
+    }];
+    web.vips = vec![mesh_proto::VirtualIp {
+        network_id: "ing".into(),
+        addr: "10.255.0.4/24".into(),
+    }];
+    s.services.insert("web".into(), web);
+    let ops = run(&s);
+    apply(&mut s, ops, 6);
+    let t = s.tasks.values().next().unwrap();
+    let ing = t
+        .networks
+        .iter()
+        .find(|a| a.network_id == "ing")
+        .expect("an ingress attachment");
+    assert_eq!(
+        ing.addr, "10.255.0.5/24",
+        "node and VIP addresses are taken"
+    );
+    assert_eq!(ing.vip, "10.255.0.4/24");
+    assert_eq!(t.ports.len(), 1);
+}
