@@ -72,11 +72,12 @@ impl From<AllocError> for crate::error::ControlError {
     fn from(e: AllocError) -> crate::error::ControlError {
         match e {
             AllocError::Invalid(m) => crate::error::ControlError::InvalidArgument(m),
-            AllocError::NotFound(m) if m.starts_with("network ") => crate::error::ControlError::NotFound(m),
+            AllocError::NotFound(m) if m.starts_with("network ") => {
+                crate::error::ControlError::NotFound(m)
+            }
             AllocError::Exhausted(m) | AllocError::Conflict(m) | AllocError::NotFound(m) => {
                 crate::error::ControlError::FailedPrecondition(m)
             }
         }
     }
 }
-

@@ -317,6 +317,7 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
         config,
         hostname,
         netns_prefix: args.netns_prefix,
+        workers: std::sync::Arc::new(crate::worker::LinuxWorkers),
     }))
 }
 

@@ -8,29 +8,34 @@
 //! Lifecycle changes (init, join, leave, promotion, demotion, removal) are
 //! serialized by the `member` mutex; request routing reads a cheap snapshot
 //! (`view`) so that CLI calls never wait behind a lifecycle change.
+//!
+//! # Layout
+//! - this file: [`Daemon`], its unix-socket servers and request routing.
+//! - [`member`]: a node that is in a cluster ([`member::Member`]).
+//! - [`manager`]: the manager role ([`manager::RunningManager`]).
+//! - [`local`]: the node-local API (init, join, leave, info, exec).
+//! - [`join`]: the join handshake.
+//! - [`logs`]: the control port every node serves (task output).
 
 pub mod join;
 pub mod local;
 pub mod logs;
+pub mod manager;
+pub mod member;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use anyhow::Context;
 use mesh_common::Liveness;
 use mesh_common::auth::Caller;
-use mesh_common::channels::{ChannelProvider, SharedChannels, TlsChannels};
-use mesh_common::leader::leader_hint;
-use mesh_common::tls::Credentials;
+use mesh_common::channels::{ChannelProvider, TlsChannels};
 use mesh_control::controlapi::{ControlContext, ControlService, Route, forward_deadline};
-use mesh_control::manager::{Manager, ManagerOptions};
-use mesh_control::store::{Store, StoreOptions};
+use mesh_control::manager::Manager;
+use mesh_proto::NodeRole;
 use mesh_proto::control_server::ControlServer;
 use mesh_proto::local_server::LocalServer;
-use mesh_proto::raft_client::RaftClient;
-use mesh_proto::{JoinRaftRequest, NodeRole, Transaction};
 use tokio::net::UnixListener;
 use tokio::sync::{Mutex, mpsc, watch};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -38,11 +43,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{error, info, warn};
 
-use crate::agent::{Agent, AgentEvent};
+use crate::agent::AgentEvent;
 use crate::config::DaemonConfig;
 use crate::membership::Membership;
 use crate::state_dir::{Certs, NodeState, StateDir};
-use crate::worker::{Reporter, WorkerConfig, WorkerHandle};
+use crate::worker::WorkerEnv;
+use manager::ManagerStart;
+use member::{Member, MemberEnv};
 
 pub struct DaemonOptions {
     pub state_dir: PathBuf,
@@ -53,6 +60,8 @@ pub struct DaemonOptions {
     /// `mesh-<node id prefix>-`); must differ between daemons sharing a
     /// machine's /run/netns.
     pub netns_prefix: Option<String>,
+    /// How the worker is started: on this host's kernel and processes, or on fakes.
+    pub workers: Arc<dyn WorkerEnv>,
 }
 
 pub struct Daemon {
@@ -60,6 +69,7 @@ pub struct Daemon {
     config: DaemonConfig,
     hostname: String,
     netns_prefix: Option<String>,
+    workers: Arc<dyn WorkerEnv>,
     member: Mutex<Option<Member>>,
     view: RwLock<Option<View>>,
     events: mpsc::Sender<AgentEvent>,
@@ -73,37 +83,6 @@ struct View {
     managers: Vec<String>,
     upstream: watch::Receiver<Option<String>>,
     membership: Membership,
-}
-
-/// A node that is in a cluster.
-struct Member {
-    state: NodeState,
-    creds: Arc<Credentials>,
-    channels: Arc<TlsChannels>,
-    membership: Membership,
-    manager: Option<RunningManager>,
-    /// A worker's control port (a manager serves the same on its own).
-    node_port: Option<logs::NodePort>,
-    agent: CancellationToken,
-    upstream: watch::Receiver<Option<String>>,
-    worker: WorkerHandle,
-}
-
-struct RunningManager {
-    mgr: Arc<Manager>,
-    store: Store,
-    shutdown: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
-}
-
-/// How a manager's raft store comes up.
-enum ManagerStart {
-    /// First manager of a new cluster: bootstrap raft and write this.
-    Bootstrap(Transaction),
-    /// Joined as a manager: become a voter before returning.
-    Join,
-    /// Restart or promotion: become a voter in the background if needed.
-    Resume,
 }
 
 pub(crate) fn not_in_cluster() -> Status {
@@ -124,6 +103,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         config: opts.config,
         hostname: opts.hostname,
         netns_prefix: opts.netns_prefix,
+        workers: opts.workers,
         member: Mutex::new(None),
         view: RwLock::new(None),
         events: events_tx,
@@ -266,251 +246,32 @@ impl Daemon {
         }));
     }
 
+    fn member_env(&self) -> MemberEnv<'_> {
+        MemberEnv {
+            dir: &self.dir,
+            config: &self.config,
+            hostname: &self.hostname,
+            netns_prefix: self.netns_prefix.as_deref(),
+            events: &self.events,
+            workers: self.workers.as_ref(),
+        }
+    }
+
     /// Brings up gossip, the manager (when `manager` says how) and the agent.
     async fn start_member(
-        self: &Arc<Self>,
+        &self,
         state: NodeState,
         certs: &Certs,
         manager: Option<ManagerStart>,
     ) -> anyhow::Result<Member> {
-        let creds = Credentials::new(&certs.ca_pem, &certs.cert_pem, &certs.key_pem)?;
-        let channels = TlsChannels::new(&creds)?;
-        let bind = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), state.gossip_port);
-        let advertise = SocketAddr::new(
-            state
-                .advertise_addr
-                .parse()
-                .context("stored advertise address")?,
-            state.gossip_port,
-        );
-        let membership = Membership::start(&self.config.gossip, &state.node_id, bind, advertise)
-            .await
-            .with_context(|| format!("cannot start gossip on port {}", state.gossip_port))?;
-        let running = match manager {
-            Some(how) => match self
-                .start_manager(&state, &creds, &channels, &membership, how)
-                .await
-            {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    membership.shutdown().await;
-                    return Err(e);
-                }
-            },
-            None => None,
-        };
-        let node_port = match &running {
-            Some(_) => None,
-            None => self.open_node_port(&state, &creds).await,
-        };
-        let (upstream_tx, upstream_rx) = watch::channel(None);
-        let worker = match self.start_worker(&state, &channels, &membership, &upstream_rx) {
-            Ok(w) => w,
-            Err(e) => {
-                if let Some(r) = running {
-                    stop_manager(r).await;
-                }
-                if let Some(p) = node_port {
-                    p.stop().await;
-                }
-                membership.shutdown().await;
-                return Err(e);
-            }
-        };
-        let agent_shutdown = CancellationToken::new();
-        let agent = Agent {
-            node_id: state.node_id.clone(),
-            hostname: state.hostname.clone(),
-            creds: creds.clone(),
-            channels: channels.clone(),
-            dir: self.dir.clone(),
-            config: self.config.agent.clone(),
-            renew_check: Duration::from_millis(self.config.ca.renew_check_ms),
-            membership: membership.clone(),
-            worker: worker.clone(),
-            managers: state.managers.clone(),
-            upstream: upstream_tx,
-            events: self.events.clone(),
-        };
-        tokio::spawn(agent.run(agent_shutdown.clone()));
-        let member = Member {
-            state,
-            creds,
-            channels,
-            membership,
-            manager: running,
-            node_port,
-            agent: agent_shutdown,
-            upstream: upstream_rx,
-            worker,
-        };
+        let member = Member::start(&self.member_env(), state, certs, manager).await?;
         self.publish(&member);
         Ok(member)
     }
 
-    async fn start_manager(
-        &self,
-        state: &NodeState,
-        creds: &Arc<Credentials>,
-        channels: &Arc<TlsChannels>,
-        membership: &Membership,
-        how: ManagerStart,
-    ) -> anyhow::Result<RunningManager> {
-        let listener = logs::bind_control_port(&state.listen_addr).await?;
-        let raft_addr = format!("{}:{}", state.advertise_addr, state.control_port);
-        let shared: SharedChannels = channels.clone();
-        let store = Store::open(StoreOptions {
-            dir: self.dir.raft_dir(),
-            raft_id: state.raft_id,
-            addr: raft_addr.clone(),
-            config: self.config.raft.clone(),
-            channels: shared.clone(),
-        })
-        .await
-        .context("cannot open the raft store")?;
-        let liveness: Arc<dyn Liveness> = Arc::new(membership.clone());
-        let mgr = Manager::new(ManagerOptions {
-            node_id: state.node_id.clone(),
-            cluster_id: state.cluster_id.clone(),
-            store: store.clone(),
-            creds: creds.clone(),
-            channels: shared,
-            config: self.config.manager(),
-            liveness,
-        });
-        let shutdown = CancellationToken::new();
-        let server = {
-            let mgr = mgr.clone();
-            let shutdown = shutdown.clone();
-            let node = logs::LogsService::routes(
-                self.dir.tasks_dir(),
-                &state.cluster_id,
-                shutdown.clone(),
-            );
-            tokio::spawn(async move {
-                if let Err(e) = mgr.serve(listener, node, shutdown).await {
-                    error!(error = %e, "control port server failed");
-                }
-            })
-        };
-        mgr.spawn_components(&shutdown);
-        let running = RunningManager {
-            mgr,
-            store: store.clone(),
-            shutdown,
-            server,
-        };
-        let ready = match how {
-            ManagerStart::Bootstrap(txn) => {
-                bootstrap(&store, txn, self.config.raft.write_timeout()).await
-            }
-            ManagerStart::Join => {
-                let deadline = self.config.agent.join_timeout();
-                tokio::time::timeout(
-                    deadline,
-                    become_voter(
-                        store.clone(),
-                        channels.clone(),
-                        state.managers.clone(),
-                        raft_addr,
-                    ),
-                )
-                .await
-                .map_err(|_| {
-                    anyhow::anyhow!("joined, but did not become a raft voter within {deadline:?}")
-                })
-            }
-            ManagerStart::Resume => {
-                tokio::spawn(become_voter(
-                    store.clone(),
-                    channels.clone(),
-                    state.managers.clone(),
-                    raft_addr,
-                ));
-                Ok(())
-            }
-        };
-        if let Err(e) = ready {
-            stop_manager(running).await;
-            return Err(e);
-        }
-        info!(node = %state.node_id, "manager running");
-        Ok(running)
-    }
-
-    /// A worker's control port, serving what every node serves. A failure is
-    /// logged, not fatal: the node still runs its tasks, and only their output
-    /// is out of the managers' reach.
-    async fn open_node_port(
-        &self,
-        state: &NodeState,
-        creds: &Arc<Credentials>,
-    ) -> Option<logs::NodePort> {
-        let stop = CancellationToken::new();
-        let routes =
-            logs::LogsService::routes(self.dir.tasks_dir(), &state.cluster_id, stop.clone());
-        logs::NodePort::start(&state.listen_addr, creds, routes, stop)
-            .await
-            .inspect_err(|e| {
-                error!(error = %format!("{e:#}"), "managers cannot read this node's task output")
-            })
-            .ok()
-    }
-
-    fn start_worker(
-        &self,
-        state: &NodeState,
-        channels: &Arc<TlsChannels>,
-        membership: &Membership,
-        upstream: &watch::Receiver<Option<String>>,
-    ) -> anyhow::Result<WorkerHandle> {
-        let netns_prefix = self
-            .netns_prefix
-            .clone()
-            .unwrap_or_else(|| format!("mesh-{}-", &state.node_id[..state.node_id.len().min(8)]));
-        let config = WorkerConfig {
-            node_id: state.node_id.clone(),
-            hostname: state.hostname.clone(),
-            underlay_ip: state
-                .advertise_addr
-                .parse()
-                .context("stored advertise address")?,
-            netns_prefix,
-            tasks_dir: self.dir.tasks_dir(),
-            shim_binary: std::env::current_exe()
-                .context("cannot find this binary for the task shims")?,
-            reconcile_interval: Duration::from_millis(self.config.agent.reconcile_ms.max(100)),
-            drain: Duration::from_millis(self.config.agent.drain_ms),
-            lb_backend: match self.config.agent.lb_backend.as_str() {
-                "" | "auto" => None,
-                other => Some(other.to_string()),
-            },
-            dns: crate::dns::DnsConfig::from_host().unwrap_or_else(|e| {
-                warn!(error = %e, "cannot read the host's resolvers; names outside the cluster will not resolve");
-                crate::dns::DnsConfig::with_upstreams(Vec::new())
-            }),
-            runtime: tokio::runtime::Handle::current(),
-        };
-        let reporter = Reporter {
-            channels: channels.clone(),
-            upstream: upstream.clone(),
-        };
-        crate::worker::start(config, membership.clone(), reporter)
-    }
-
-    /// Stops what runs for the cluster. With `cleanup` (leaving, removed)
-    /// tasks are stopped and the overlay removed; without (daemon stop)
-    /// they keep running for the next start to adopt.
+    /// Stops what runs for the cluster (see [`Member::stop`]).
     async fn stop_member(&self, m: Member, cleanup: bool) {
-        m.agent.cancel();
-        m.worker.stop(cleanup).await;
-        if let Some(r) = m.manager {
-            stop_manager(r).await;
-        }
-        if let Some(p) = m.node_port {
-            p.stop().await;
-        }
-        m.membership.shutdown().await;
+        m.stop(cleanup).await;
         self.set_view(None);
     }
 
@@ -526,39 +287,10 @@ impl Daemon {
                         warn!(error = %format!("{e:#}"), "cannot persist the managers list");
                     }
                 }
-                AgentEvent::RoleChanged(NodeRole::Manager) if m.manager.is_none() => {
-                    info!("promoted: starting the manager");
-                    // The manager takes over the control port.
-                    if let Some(p) = m.node_port.take() {
-                        p.stop().await;
-                    }
-                    match self
-                        .start_manager(
-                            &m.state,
-                            &m.creds,
-                            &m.channels,
-                            &m.membership,
-                            ManagerStart::Resume,
-                        )
-                        .await
-                    {
-                        Ok(r) => m.manager = Some(r),
-                        Err(e) => {
-                            error!(error = %format!("{e:#}"), "cannot start the manager after promotion");
-                            m.node_port = self.open_node_port(&m.state, &m.creds).await;
-                        }
-                    }
+                AgentEvent::RoleChanged(NodeRole::Manager) => {
+                    m.promote(&self.dir, &self.config).await;
                 }
-                AgentEvent::RoleChanged(NodeRole::Worker) => {
-                    if let Some(r) = m.manager.take() {
-                        info!("demoted: stopping the manager");
-                        stop_manager(r).await;
-                        if let Err(e) = std::fs::remove_dir_all(self.dir.raft_dir()) {
-                            warn!(error = %e, "cannot remove the raft store of a demoted manager");
-                        }
-                        m.node_port = self.open_node_port(&m.state, &m.creds).await;
-                    }
-                }
+                AgentEvent::RoleChanged(NodeRole::Worker) => m.demote(&self.dir).await,
                 AgentEvent::RoleChanged(_) => {}
                 AgentEvent::Removed(why) => {
                     error!(reason = %why, "removed from the cluster: forgetting it");
@@ -574,88 +306,6 @@ impl Daemon {
             self.publish(m);
         }
     }
-}
-
-async fn stop_manager(r: RunningManager) {
-    r.shutdown.cancel();
-    r.store.shutdown().await;
-    let _ = r.server.await;
-    drop(r.mgr);
-}
-
-/// Starts a one-voter raft cluster and writes the initial objects.
-async fn bootstrap(store: &Store, txn: Transaction, timeout: Duration) -> anyhow::Result<()> {
-    store.initialize().await.context("cannot initialize raft")?;
-    let mut leader = store.watch_leader();
-    tokio::time::timeout(timeout, async {
-        while !store.is_leader() {
-            if leader.changed().await.is_err() {
-                break;
-            }
-        }
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("this node did not become raft leader within {timeout:?}"))?;
-    store
-        .propose(txn)
-        .await
-        .context("cannot write the new cluster")?;
-    Ok(())
-}
-
-/// Asks the leader to make this manager a voter until the local raft log
-/// shows it is one. The leader is found through the known managers and
-/// `mesh-leader` redirects.
-async fn become_voter(
-    store: Store,
-    channels: Arc<TlsChannels>,
-    managers: Vec<String>,
-    addr: String,
-) {
-    let raft_id = store.raft_id();
-    let is_voter = |s: &Store| s.status().voters.iter().any(|(id, _)| *id == raft_id);
-    let mut i = 0usize;
-    let mut hint: Option<String> = None;
-    let mut delay = Duration::from_millis(100);
-    while !is_voter(&store) {
-        let target = match hint.take() {
-            Some(h) => h,
-            None if managers.is_empty() => return,
-            None => {
-                i += 1;
-                managers[i % managers.len()].clone()
-            }
-        };
-        let result = match channels.channel(&target) {
-            Ok(ch) => RaftClient::new(ch)
-                .join_raft(JoinRaftRequest {
-                    raft_id,
-                    addr: addr.clone(),
-                })
-                .await
-                .map(|_| ()),
-            Err(e) => Err(Status::unavailable(e.to_string())),
-        };
-        match result {
-            Ok(()) => {
-                // Replication of the new membership reaches us shortly.
-                let mut changes = store.subscribe();
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    while !is_voter(&store) && changes.changed().await.is_ok() {}
-                })
-                .await;
-            }
-            Err(s) => {
-                hint = leader_hint(&s).filter(|h| *h != target);
-                if hint.is_none() {
-                    warn!(manager = %target, error = %s.message(), "cannot become a raft voter yet; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    }
-    info!(raft_id, "this manager is a raft voter");
 }
 
 impl ControlContext for Daemon {

@@ -78,8 +78,6 @@ pub struct WorkerConfig {
     /// Load-balancing backend: `None` picks IPVS when the kernel has it,
     /// nftables otherwise.
     pub lb_backend: Option<String>,
-    /// Upstream resolvers for names that are not the cluster's.
-    pub dns: crate::dns::DnsConfig,
     /// The daemon's runtime: the DNS servers of the tasks run there, not on
     /// the worker's own thread (which blocks on kernel calls).
     pub runtime: tokio::runtime::Handle,
@@ -176,6 +174,32 @@ impl WorkerHandle {
     }
 }
 
+/// How a daemon starts its worker: on this host's kernel and processes ([`LinuxWorkers`]),
+/// or on fakes (in-process tests).
+pub trait WorkerEnv: Send + Sync + 'static {
+    fn start(
+        &self,
+        config: WorkerConfig,
+        membership: Membership,
+        reporter: Reporter,
+    ) -> anyhow::Result<WorkerHandle>;
+}
+
+/// Workers on this host: its kernel, task processes under shims, DNS servers in the tasks'
+/// namespaces.
+pub struct LinuxWorkers;
+
+impl WorkerEnv for LinuxWorkers {
+    fn start(
+        &self,
+        config: WorkerConfig,
+        membership: Membership,
+        reporter: Reporter,
+    ) -> anyhow::Result<WorkerHandle> {
+        start(config, membership, reporter)
+    }
+}
+
 /// Starts the worker on a thread of its own.
 pub fn start(
     config: WorkerConfig,
@@ -202,7 +226,11 @@ pub fn start(
         None => lb::detect(),
     };
     info!(%backend, "load balancing backend");
-    let dns = Arc::new(DnsManager::new(config.dns.clone()));
+    let dns_config = crate::dns::DnsConfig::from_host().unwrap_or_else(|e| {
+        warn!(error = %e, "cannot read the host's resolvers; names outside the cluster will not resolve");
+        crate::dns::DnsConfig::with_upstreams(Vec::new())
+    });
+    let dns = Arc::new(DnsManager::new(dns_config));
     let worker = Worker {
         cfg: config,
         dp,
