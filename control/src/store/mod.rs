@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`state`]: the typed state machine ([`StoreState`]) and transaction
 //!   semantics: pure, unit tested.
+//! - `raft`: openraft glue: its config, leader and errors; [`RaftStatus`], [`LeaderInfo`].
 //! - `types`: openraft type config and the postcard codec for openraft's own types.
 //! - `disk`, `log_store`, `state_machine`: openraft's v2 storage traits on redb.
 //! - `network`: openraft's network over gRPC ([`mesh_common::channels::ChannelProvider`]).
@@ -39,6 +40,7 @@ mod disk;
 pub mod error;
 mod log_store;
 mod network;
+mod raft;
 mod service;
 pub mod state;
 mod state_machine;
@@ -54,14 +56,15 @@ use std::time::Duration;
 
 use mesh_proto::Transaction;
 use mesh_proto::raft_server::RaftServer;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, Fatal, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
 use openraft::metrics::WaitError;
-use openraft::{BasicNode, ChangeMembers, RaftMetrics, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, RaftMetrics};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 pub use error::StoreError;
 pub use openraft::ServerState;
+pub use raft::{LeaderInfo, RaftStatus};
 pub use service::RaftService;
 pub use state::{StoreState, StoredObject, txn};
 
@@ -70,6 +73,7 @@ use disk::Disk;
 use log_store::LogStore;
 use mesh_common::channels::ChannelProvider;
 use network::NetworkFactory;
+use raft::{fatal, leader_of, openraft_config, write_error};
 use state_machine::{Shared, StateMachine};
 use types::{Raft, StoreRequest};
 
@@ -98,33 +102,6 @@ pub struct StoreOptions {
     pub channels: Arc<dyn ChannelProvider>,
 }
 
-/// Who leads, as far as this manager knows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaderInfo {
-    pub raft_id: u64,
-    /// `host:port` of the leader's raft (and control) gRPC endpoint.
-    pub addr: String,
-}
-
-/// A snapshot of this manager's raft state, for status displays and waits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RaftStatus {
-    pub raft_id: u64,
-    pub state: ServerState,
-    pub term: u64,
-    pub last_log_index: Option<u64>,
-    pub committed: Option<u64>,
-    pub applied: Option<u64>,
-    /// Last log index included in the latest snapshot.
-    pub snapshot: Option<u64>,
-    /// Last purged log index.
-    pub purged: Option<u64>,
-    pub leader: Option<LeaderInfo>,
-    /// `(raft id, addr)` of every voter (both halves of a joint config).
-    pub voters: Vec<(u64, String)>,
-    pub learners: Vec<(u64, String)>,
-}
-
 /// Handle to the raft store. Cheap to clone; all clones share one raft node.
 #[derive(Clone)]
 pub struct Store {
@@ -143,70 +120,6 @@ struct Inner {
     membership_lock: tokio::sync::Mutex<()>,
     /// Closed when the database is dropped (its file lock released).
     disk_closed: watch::Receiver<()>,
-}
-
-fn openraft_config(c: &RaftConfig) -> Result<openraft::Config, StoreError> {
-    let config = openraft::Config {
-        cluster_name: "mesh".to_string(),
-        heartbeat_interval: c.heartbeat_ms,
-        election_timeout_min: c.election_timeout_min_ms,
-        election_timeout_max: c.election_timeout_max_ms,
-        // Sending one snapshot chunk may take as long as a write may.
-        install_snapshot_timeout: c.write_timeout_ms,
-        snapshot_policy: if c.snapshot_logs == 0 {
-            SnapshotPolicy::Never
-        } else {
-            SnapshotPolicy::LogsSinceLast(c.snapshot_logs)
-        },
-        max_in_snapshot_log_to_keep: c.keep_logs,
-        // Purging is driven by snapshots (openraft purges only what a
-        // snapshot covers), so each snapshot purges down to `keep_logs`.
-        purge_batch_size: 1,
-        ..Default::default()
-    };
-    config
-        .validate()
-        .map_err(|e| StoreError::Raft(format!("invalid raft config: {e}")))
-}
-
-/// Leader as seen in `m`. A node that still holds a vote for itself but
-/// no longer leads (removed from the voters) is not reported as leader.
-fn leader_of(m: &RaftMetrics<u64, BasicNode>) -> Option<LeaderInfo> {
-    let id = m.current_leader?;
-    if id == m.id && m.state != ServerState::Leader {
-        return None;
-    }
-    let node = m.membership_config.membership().get_node(&id)?;
-    Some(LeaderInfo {
-        raft_id: id,
-        addr: node.addr.clone(),
-    })
-}
-
-fn fatal(e: Fatal<u64>) -> StoreError {
-    match e {
-        Fatal::Stopped => StoreError::Shutdown,
-        Fatal::StorageError(e) => StoreError::storage("raft core", e),
-        Fatal::Panicked => StoreError::Raft("raft core panicked".to_string()),
-    }
-}
-
-fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>) -> StoreError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader {
-            leader: f
-                .leader_id
-                .zip(f.leader_node)
-                .map(|(raft_id, n)| LeaderInfo {
-                    raft_id,
-                    addr: n.addr,
-                }),
-        },
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            StoreError::Raft(format!("membership change refused: {e}"))
-        }
-        RaftError::Fatal(f) => fatal(f),
-    }
 }
 
 impl Store {

@@ -9,6 +9,8 @@ mod node;
 mod output;
 mod progress;
 mod service;
+mod service_flags;
+mod service_view;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -8,16 +8,17 @@ use clap::{Args, Subcommand, ValueEnum};
 use mesh_proto::control_client::ControlClient;
 use mesh_proto::{
     CreateServiceRequest, EndpointMode, EndpointSpec, GetServiceRequest, ListServicesRequest,
-    ListTasksRequest, NetworkAttachmentConfig, PortConfig, PortProtocol, PublishMode,
-    RemoveServiceRequest, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, ServiceView,
-    TaskSpec, TaskView, UpdateConfig, UpdateServiceRequest,
+    ListTasksRequest, RemoveServiceRequest, RestartCondition, RestartPolicy, ServiceMode,
+    ServiceSpec, TaskSpec, TaskView, UpdateConfig, UpdateServiceRequest,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use tabwriter::TabWriter;
 use tonic::transport::Channel;
 
 use super::network::key_values;
 use super::progress::{self, state_name};
+use super::service_flags::{parse_network, parse_publish, port_key, replicas_arg};
+use super::service_view::{mode_text, ports_text, service_json, task_json};
 use super::{Format, FormatArgs};
 
 #[derive(Subcommand, Debug)]
@@ -163,85 +164,6 @@ pub struct UpdateArgs {
 }
 
 /// `appnet` or `name=appnet,alias=a,alias=b`.
-pub fn parse_network(text: &str) -> anyhow::Result<NetworkAttachmentConfig> {
-    if !text.contains('=') {
-        return Ok(NetworkAttachmentConfig {
-            target: text.to_string(),
-            aliases: vec![],
-        });
-    }
-    let mut out = NetworkAttachmentConfig::default();
-    for part in text.split(',') {
-        match part.split_once('=') {
-            Some(("name" | "target", v)) => out.target = v.to_string(),
-            Some(("alias", v)) => out.aliases.push(v.to_string()),
-            _ => bail!("--network: {part:?} in {text:?} is not name=NETWORK or alias=ALIAS"),
-        }
-    }
-    if out.target.is_empty() {
-        bail!("--network: {text:?} has no name=NETWORK");
-    }
-    Ok(out)
-}
-
-fn parse_port_number(flag: &str, what: &str, v: &str) -> anyhow::Result<u32> {
-    let n: u32 = v
-        .parse()
-        .with_context(|| format!("{flag}: {what} port {v:?} is not a number"))?;
-    if n == 0 || n > 65535 {
-        bail!("{flag}: {what} port {n} is out of range (1 to 65535)");
-    }
-    Ok(n)
-}
-
-fn parse_protocol(flag: &str, v: &str) -> anyhow::Result<PortProtocol> {
-    match v {
-        "tcp" => Ok(PortProtocol::Tcp),
-        "udp" => Ok(PortProtocol::Udp),
-        other => bail!("{flag}: protocol {other:?} is not tcp or udp"),
-    }
-}
-
-/// `published=8080,target=80[,protocol=udp][,mode=host]`, `8080:80[/udp]` or `80[/udp]`.
-pub fn parse_publish(text: &str) -> anyhow::Result<PortConfig> {
-    let flag = "--publish";
-    let mut p = PortConfig::default();
-    if text.contains('=') {
-        for part in text.split(',') {
-            match part.split_once('=') {
-                Some(("published", v)) => {
-                    p.published_port = parse_port_number(flag, "published", v)?
-                }
-                Some(("target", v)) => p.target_port = parse_port_number(flag, "target", v)?,
-                Some(("protocol", v)) => p.set_protocol(parse_protocol(flag, v)?),
-                Some(("mode", "ingress")) => p.set_publish_mode(PublishMode::Ingress),
-                Some(("mode", "host")) => p.set_publish_mode(PublishMode::Host),
-                Some(("mode", other)) => bail!("{flag}: mode {other:?} is not ingress or host"),
-                _ => bail!(
-                    "{flag}: {part:?} in {text:?} is not published=, target=, protocol= or mode="
-                ),
-            }
-        }
-    } else {
-        let (ports, proto) = match text.split_once('/') {
-            Some((ports, proto)) => (ports, parse_protocol(flag, proto)?),
-            None => (text, PortProtocol::Tcp),
-        };
-        p.set_protocol(proto);
-        match ports.split_once(':') {
-            Some((published, target)) => {
-                p.published_port = parse_port_number(flag, "published", published)?;
-                p.target_port = parse_port_number(flag, "target", target)?;
-            }
-            None => p.target_port = parse_port_number(flag, "target", ports)?,
-        }
-    }
-    if p.target_port == 0 {
-        bail!("{flag}: {text:?} has no target port");
-    }
-    Ok(p)
-}
-
 fn spec(a: CreateArgs) -> anyhow::Result<ServiceSpec> {
     let mut spec = ServiceSpec {
         name: a.name,
@@ -296,109 +218,6 @@ fn spec(a: CreateArgs) -> anyhow::Result<ServiceSpec> {
     Ok(spec)
 }
 
-fn mode_text(v: &ServiceView) -> String {
-    let mode = v
-        .service
-        .as_ref()
-        .and_then(|s| s.spec.as_ref())
-        .map(|s| s.mode())
-        .unwrap_or_default();
-    if mode == ServiceMode::Global {
-        "global".into()
-    } else {
-        "replicated".into()
-    }
-}
-
-fn ports_text(v: &ServiceView) -> String {
-    let ports = v
-        .service
-        .as_ref()
-        .map(|s| s.ports.as_slice())
-        .unwrap_or_default();
-    ports
-        .iter()
-        .map(|p| {
-            let proto = if p.protocol() == PortProtocol::Udp {
-                "udp"
-            } else {
-                "tcp"
-            };
-            let mode = if p.publish_mode() == PublishMode::Host {
-                " (host)"
-            } else {
-                ""
-            };
-            format!("*:{}->{}/{proto}{mode}", p.published_port, p.target_port)
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-pub fn service_json(v: &ServiceView) -> Value {
-    let s = v.service.clone().unwrap_or_default();
-    let spec = s.spec.clone().unwrap_or_default();
-    let task = spec.task.clone().unwrap_or_default();
-    let restart = task.restart.unwrap_or_default();
-    let endpoint = spec.endpoint.clone().unwrap_or_default();
-    let port = |p: &PortConfig| {
-        json!({
-            "protocol": if p.protocol() == PortProtocol::Udp { "udp" } else { "tcp" },
-            "target": p.target_port,
-            "published": p.published_port,
-            "mode": if p.publish_mode() == PublishMode::Host { "host" } else { "ingress" },
-        })
-    };
-    json!({
-        "id": s.id,
-        "name": spec.name,
-        "version": s.version,
-        "mode": mode_text(v),
-        "replicas": spec.replicas,
-        "running": v.running,
-        "desired": v.desired,
-        "command": task.command,
-        "env": task.env,
-        "restart": {
-            "condition": match restart.condition() { RestartCondition::Any => "any", RestartCondition::OnFailure => "on-failure", RestartCondition::None => "none" },
-            "delay_ms": restart.delay_ms,
-            "max_attempts": restart.max_attempts,
-        },
-        // The networks as resolved to ids (the spec keeps what the user typed).
-        "networks": if s.networks.is_empty() { &spec.networks } else { &s.networks }.iter().map(|n| json!({"network": n.target, "aliases": n.aliases})).collect::<Vec<_>>(),
-        "endpoint_mode": if endpoint.mode() == EndpointMode::Dnsrr { "dnsrr" } else { "vip" },
-        "vips": s.vips.iter().map(|v| json!({"network": v.network_id, "addr": v.addr})).collect::<Vec<_>>(),
-        "ports": s.ports.iter().map(port).collect::<Vec<_>>(),
-        "labels": spec.labels,
-        "spec_version": s.spec_version,
-        "created_at_ms": s.created_at_ms,
-        "updated_at_ms": s.updated_at_ms,
-    })
-}
-
-pub fn task_json(t: &TaskView) -> Value {
-    let task = t.task.clone().unwrap_or_default();
-    let st = task.status.clone().unwrap_or_default();
-    json!({
-        "id": task.id,
-        "name": task.name,
-        "service": task.service_name,
-        "service_id": task.service_id,
-        "slot": task.slot,
-        "node": t.node_hostname,
-        "node_id": task.node_id,
-        "desired_state": state_name(task.desired_state()),
-        "state": state_name(st.state()),
-        "message": st.message,
-        "error": st.err,
-        "exit_code": st.exit_code,
-        "restarts": st.restarts,
-        "addresses": task.networks.iter().map(|a| json!({"network": a.network_id, "addr": a.addr, "mac": a.mac})).collect::<Vec<_>>(),
-        "spec_version": task.spec_version,
-        "updated_at_ms": task.updated_at_ms,
-    })
-}
-
 async fn update(
     control: &mut ControlClient<Channel>,
     service: &str,
@@ -426,14 +245,6 @@ async fn update(
         return Ok(());
     }
     progress::wait_converged(control, &svc.id).await
-}
-
-fn port_key(text: &str) -> anyhow::Result<(u32, PortProtocol)> {
-    let (port, proto) = match text.split_once('/') {
-        Some((p, proto)) => (p, parse_protocol("--publish-rm", proto)?),
-        None => (text, PortProtocol::Tcp),
-    };
-    Ok((parse_port_number("--publish-rm", "published", port)?, proto))
 }
 
 pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> anyhow::Result<()> {
@@ -653,60 +464,4 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
         }
     }
     Ok(())
-}
-
-/// `--replicas` as a count: parsed signed so that a negative one gets our one-line error
-/// rather than clap's usage text.
-fn replicas_arg(r: Option<i64>) -> anyhow::Result<Option<u64>> {
-    r.map(|n| u64::try_from(n).map_err(|_| anyhow::anyhow!("--replicas: {n} is not a number >= 0")))
-        .transpose()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn publish_forms() {
-        let p = parse_publish("published=8080,target=80,protocol=udp,mode=host").unwrap();
-        assert_eq!(
-            (
-                p.published_port,
-                p.target_port,
-                p.protocol(),
-                p.publish_mode()
-            ),
-            (8080, 80, PortProtocol::Udp, PublishMode::Host)
-        );
-        let p = parse_publish("8081:80").unwrap();
-        assert_eq!(
-            (p.published_port, p.target_port, p.protocol()),
-            (8081, 80, PortProtocol::Tcp)
-        );
-        let p = parse_publish("53/udp").unwrap();
-        assert_eq!(
-            (p.published_port, p.target_port, p.protocol()),
-            (0, 53, PortProtocol::Udp)
-        );
-        for bad in [
-            "published=8080",
-            "8080:0",
-            "x:80",
-            "published=70000,target=80",
-            "8080:80/sctp",
-            "mode=bogus,target=1",
-        ] {
-            let err = parse_publish(bad).unwrap_err().to_string();
-            assert!(err.starts_with("--publish:"), "{bad}: {err}");
-        }
-    }
-
-    #[test]
-    fn network_forms() {
-        assert_eq!(parse_network("appnet").unwrap().target, "appnet");
-        let n = parse_network("name=appnet,alias=db,alias=pg").unwrap();
-        assert_eq!((n.target.as_str(), n.aliases.len()), ("appnet", 2));
-        assert!(parse_network("alias=x").is_err());
-        assert!(parse_network("name=a,bogus=1").is_err());
-    }
 }

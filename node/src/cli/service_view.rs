@@ -1,0 +1,112 @@
+//! What `mesh service ls|ps|inspect` print: table cells and JSON.
+
+use mesh_proto::{
+    EndpointMode, PortConfig, PortProtocol, PublishMode, RestartCondition, ServiceMode,
+    ServiceView, TaskView,
+};
+use serde_json::{Value, json};
+
+use super::progress::state_name;
+
+pub(super) fn mode_text(v: &ServiceView) -> String {
+    let mode = v
+        .service
+        .as_ref()
+        .and_then(|s| s.spec.as_ref())
+        .map(|s| s.mode())
+        .unwrap_or_default();
+    if mode == ServiceMode::Global {
+        "global".into()
+    } else {
+        "replicated".into()
+    }
+}
+
+pub(super) fn ports_text(v: &ServiceView) -> String {
+    let ports = v
+        .service
+        .as_ref()
+        .map(|s| s.ports.as_slice())
+        .unwrap_or_default();
+    ports
+        .iter()
+        .map(|p| {
+            let proto = if p.protocol() == PortProtocol::Udp {
+                "udp"
+            } else {
+                "tcp"
+            };
+            let mode = if p.publish_mode() == PublishMode::Host {
+                " (host)"
+            } else {
+                ""
+            };
+            format!("*:{}->{}/{proto}{mode}", p.published_port, p.target_port)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub fn service_json(v: &ServiceView) -> Value {
+    let s = v.service.clone().unwrap_or_default();
+    let spec = s.spec.clone().unwrap_or_default();
+    let task = spec.task.clone().unwrap_or_default();
+    let restart = task.restart.unwrap_or_default();
+    let endpoint = spec.endpoint.clone().unwrap_or_default();
+    let port = |p: &PortConfig| {
+        json!({
+            "protocol": if p.protocol() == PortProtocol::Udp { "udp" } else { "tcp" },
+            "target": p.target_port,
+            "published": p.published_port,
+            "mode": if p.publish_mode() == PublishMode::Host { "host" } else { "ingress" },
+        })
+    };
+    json!({
+        "id": s.id,
+        "name": spec.name,
+        "version": s.version,
+        "mode": mode_text(v),
+        "replicas": spec.replicas,
+        "running": v.running,
+        "desired": v.desired,
+        "command": task.command,
+        "env": task.env,
+        "restart": {
+            "condition": match restart.condition() { RestartCondition::Any => "any", RestartCondition::OnFailure => "on-failure", RestartCondition::None => "none" },
+            "delay_ms": restart.delay_ms,
+            "max_attempts": restart.max_attempts,
+        },
+        // The networks as resolved to ids (the spec keeps what the user typed).
+        "networks": if s.networks.is_empty() { &spec.networks } else { &s.networks }.iter().map(|n| json!({"network": n.target, "aliases": n.aliases})).collect::<Vec<_>>(),
+        "endpoint_mode": if endpoint.mode() == EndpointMode::Dnsrr { "dnsrr" } else { "vip" },
+        "vips": s.vips.iter().map(|v| json!({"network": v.network_id, "addr": v.addr})).collect::<Vec<_>>(),
+        "ports": s.ports.iter().map(port).collect::<Vec<_>>(),
+        "labels": spec.labels,
+        "spec_version": s.spec_version,
+        "created_at_ms": s.created_at_ms,
+        "updated_at_ms": s.updated_at_ms,
+    })
+}
+
+pub fn task_json(t: &TaskView) -> Value {
+    let task = t.task.clone().unwrap_or_default();
+    let st = task.status.clone().unwrap_or_default();
+    json!({
+        "id": task.id,
+        "name": task.name,
+        "service": task.service_name,
+        "service_id": task.service_id,
+        "slot": task.slot,
+        "node": t.node_hostname,
+        "node_id": task.node_id,
+        "desired_state": state_name(task.desired_state()),
+        "state": state_name(st.state()),
+        "message": st.message,
+        "error": st.err,
+        "exit_code": st.exit_code,
+        "restarts": st.restarts,
+        "addresses": task.networks.iter().map(|a| json!({"network": a.network_id, "addr": a.addr, "mac": a.mac})).collect::<Vec<_>>(),
+        "spec_version": task.spec_version,
+        "updated_at_ms": task.updated_at_ms,
+    })
+}
