@@ -8,7 +8,7 @@ use anyhow::Context;
 use mesh_control::config::{CaConfig, ManagerConfig, OrchestratorConfig, RaftConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::gossip::GossipConfig;
+use mesh_gossip::GossipConfig;
 
 /// The agent: sessions with the managers and joining.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -13,7 +13,7 @@ use mesh_proto::{GossipKey, NodeStatus};
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{info, warn};
 
-use crate::gossip::{Gossip, GossipConfig, Keyring, Liveness, NodeIdentity, Peer};
+use mesh_gossip::{Gossip, GossipConfig, Keyring, Liveness, NodeIdentity, Peer};
 
 #[derive(Clone)]
 pub struct Membership {

@@ -49,7 +49,7 @@ use tracing::{debug, info, warn};
 use mesh_dataplane::lb::{self, Backend, LbTable, LoadBalancer};
 
 use crate::dns::DnsManager;
-use crate::gossip::{Gossip, RecordEvent, RecordEventKind};
+use mesh_gossip::{Gossip, RecordEvent, RecordEventKind};
 use crate::membership::Membership;
 use crate::runtime::{self, TaskPhase, TaskRuntime};
 use record::EndpointRecord;

@@ -15,8 +15,8 @@
 //!
 //! # Use
 //! ```no_run
-//! # async fn f() -> Result<(), mesh_node::gossip::GossipError> {
-//! use mesh_node::gossip::{Gossip, GossipConfig, Keyring, Peer};
+//! # async fn f() -> Result<(), mesh_gossip::GossipError> {
+//! use mesh_gossip::{Gossip, GossipConfig, Keyring, Peer};
 //! let keys = Keyring::new(vec![(1, [7u8; 32])])?;
 //! let (gossip, task) = Gossip::start(
 //!     GossipConfig::default(), "node-a", "10.0.0.1:7946".parse().unwrap(), None, keys).await?;

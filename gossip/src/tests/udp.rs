@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::gossip::{Gossip, GossipConfig, Keyring, Liveness, Peer, RecordEvent, RecordEventKind};
+use crate::{Gossip, GossipConfig, Keyring, Liveness, Peer, RecordEvent, RecordEventKind};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
