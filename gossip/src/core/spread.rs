@@ -7,8 +7,9 @@ use tracing::{debug, trace};
 
 use rand::seq::IndexedRandom;
 
-use super::{Core, MAX_PENDING_PER_OWNER, MEMBERSHIP_SCOPE, TransmitKind, encoded_len};
+use super::{Core, MAX_PENDING_PER_OWNER, MEMBERSHIP_SCOPE, encoded_len};
 use crate::identity::NodeIdentity;
+use crate::io::TransmitKind;
 use crate::records::{Record, RecordEventKind, Version};
 use crate::wire::{Body, SyncState};
 
