@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mesh_control::config::{CaConfig, ManagerConfig, OrchestratorConfig, RaftConfig};
-use serde::{Deserialize, Serialize};
-
 use mesh_gossip::GossipConfig;
+use serde::{Deserialize, Serialize};
 
 /// The agent: sessions with the managers and joining.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

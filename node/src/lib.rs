@@ -7,8 +7,8 @@
 //! - [`dns`]: the embedded DNS server at 127.0.0.11 inside every task's namespace.
 //! - [`membership`]: what the daemon needs from gossip ([`mesh_gossip`]: liveness, peers, keys).
 //! - [`cli`]: the command line.
-//! - [`sandbox`]: hosts as network namespaces on this machine: the
-//!   `mesh sandbox` demo and the multi-host test lab.
+//! - [`sandbox`]: `mesh sandbox`, a demo cluster on this machine, built as a detached lab of
+//!   [`mesh_lab`] (hosts as network namespaces, each running its own daemon).
 //! - [`config`]: the daemon's config file (timing knobs).
 //! - [`runtime`]: tasks as processes under per-task shims that outlive the agent; `mesh exec`.
 //! - [`whoami`]: `mesh whoami`, the small server tasks run in demos and tests.

@@ -1,6 +1,6 @@
 //! Multi-host test harness: what the end-to-end tests need, on top of the lab of
-//! [`mesh_node::sandbox`] (hosts are network namespaces on one switch namespace, each
-//! running the real `mesh` binary).
+//! [`mesh_lab`] (hosts are network namespaces on one switch namespace, each running the real
+//! `mesh` binary).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -57,9 +57,11 @@ pub use config::{
 };
 pub use mesh_dataplane::link;
 pub use mesh_dataplane::netns::Netns;
-pub use mesh_node::sandbox::{
-    self, CmdOutput, Host, IntoPoll, Lab, LabOptions, Poll, host_ip, wait, wait_for,
+pub use mesh_lab::{
+    CmdOutput, Host, IntoPoll, Lab, LabOptions, Poll, host_ip, lab_root, unique_prefix, wait,
+    wait_for,
 };
+pub use mesh_node::sandbox;
 
 /// The path of the `mesh-e2e` binary, as seen by the integration test expanding it
 /// (`CARGO_BIN_EXE_mesh-e2e`), unless `MESH_BIN` is set.

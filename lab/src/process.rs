@@ -208,7 +208,7 @@ pub(crate) fn send_signal(pid: u32, sig: Signal) -> Result<()> {
 }
 
 /// Whether a process with this pid exists (a zombie counts).
-pub(crate) fn pid_alive(pid: u32) -> bool {
+pub fn pid_alive(pid: u32) -> bool {
     !matches!(
         signal::kill(Pid::from_raw(pid as i32), None),
         Err(nix::errno::Errno::ESRCH)

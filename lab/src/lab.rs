@@ -15,7 +15,7 @@
 //! Dropping the lab (also while unwinding from a panic) kills its processes, removes its
 //! namespaces and its directory; a *detached* lab (`mesh sandbox up`) leaves everything up.
 //! A lab handle may be used from any thread: daemons are spawned by the lab's own spawner
-//! thread (see [`super::process`]).
+//! thread (see [`crate::process`]).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write as _;
@@ -31,12 +31,12 @@ use mesh_dataplane::link::{self, IfName, Ipv4Cidr};
 use mesh_dataplane::netns::Netns;
 use nix::sys::signal::Signal;
 
-use super::cleanup::{lab_root, remove_lab, remove_stale_labs, unique_prefix};
-use super::diag::{self, LOG_TAIL_LINES};
-use super::process::{
+use crate::cleanup::{lab_root, remove_lab, remove_stale_labs, unique_prefix};
+use crate::diag::{self, LOG_TAIL_LINES};
+use crate::process::{
     CmdOutput, Spawner, argv_of, detach, kill_tree, run_with_timeout, send_signal,
 };
-use super::wait::{IntoPoll, Poll, wait_for_with};
+use crate::wait::{IntoPoll, Poll, wait_for_with};
 
 /// TCP port of the control plane (`mesh init`/`join` use it).
 pub const CONTROL_PORT: u16 = 2377;
@@ -367,7 +367,7 @@ impl Lab {
         Ok(())
     }
 
-    /// Polls `check` until ready (see [`super::wait`]); on timeout the error carries the
+    /// Polls `check` until ready (see [`crate::wait`]); on timeout the error carries the
     /// last observation and [`Lab::diagnostics`].
     pub fn wait_for<T, R: IntoPoll<T>>(
         &self,
@@ -653,7 +653,7 @@ impl Host {
             bail!("no daemon was started on {}", self.name);
         };
         send_signal(child.id(), Signal::SIGTERM)?;
-        let deadline = Instant::now() + super::wait::scaled(timeout);
+        let deadline = Instant::now() + crate::wait::scaled(timeout);
         let status = loop {
             if let Some(status) = child.try_wait()? {
                 break Ok(status);
@@ -738,7 +738,7 @@ impl Host {
         let mut cmd = Command::new(self.shared.binary()?);
         cmd.arg("--host").arg(self.mesh_host()).args(args);
         self.prepare(&mut cmd)?;
-        run_with_timeout(cmd, super::wait::scaled(timeout))
+        run_with_timeout(cmd, crate::wait::scaled(timeout))
     }
 
     /// Runs `program ARGS...` inside the host with `MESH_HOST` set and the lab's `bin`
@@ -750,7 +750,7 @@ impl Host {
     {
         let mut cmd = self.command(program)?;
         cmd.args(args);
-        run_with_timeout(cmd, super::wait::scaled(self.shared.command_timeout))
+        run_with_timeout(cmd, crate::wait::scaled(self.shared.command_timeout))
     }
 
     /// A command that will run inside the host, with the environment of [`Host::exec`].

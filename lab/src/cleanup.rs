@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use mesh_dataplane::netns::Netns;
 
-use super::process::{kill_netns_processes, pid_alive};
+use crate::process::{kill_netns_processes, pid_alive};
 
 /// Where labs keep their files unless told otherwise (`MESH_LAB_DIR` overrides).
 pub const DEFAULT_LAB_ROOT: &str = "/tmp/mesh-lab";
