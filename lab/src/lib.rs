@@ -3,8 +3,12 @@
 //! process.
 //!
 //! # Layout
-//! - [`lab`]: [`Lab`] and [`Host`]: build the namespaces and links, start/kill/restart/stop
-//!   daemons, cut a host off the switch and heal it, run the CLI or any command on a host.
+//! - [`lab`]: [`Lab`]: build the switch and the hosts, start every daemon, form a cluster,
+//!   wait with diagnostics; removal on drop (also on panic) unless detached.
+//! - [`host`]: [`Host`]: one host's namespace, directory and daemon (start, kill, restart,
+//!   stop), cut off the switch and healed, the CLI or any command run inside it.
+//! - [`switch`]: the underlay (10.77.0.0/24 on a bridge in the switch namespace) and how a
+//!   namespace is plugged into it.
 //! - [`wait`]: polling with deadlines ([`wait::wait_for`]); [`Lab::wait_for`] adds a
 //!   diagnostics dump of every host to the timeout error.
 //! - [`diag`]: that dump (`ip -d link`, `ip addr`, `bridge fdb`, `ip neigh`, `nft list
@@ -17,11 +21,15 @@
 
 mod cleanup;
 pub mod diag;
+pub mod host;
 pub mod lab;
 mod process;
+pub mod switch;
 pub mod wait;
 
 pub use cleanup::{DEFAULT_LAB_ROOT, lab_root, remove_lab, remove_stale_labs, unique_prefix};
-pub use lab::{CONTROL_PORT, Host, Lab, LabOptions, host_ip};
+pub use host::{CONTROL_PORT, Host};
+pub use lab::{Lab, LabOptions};
 pub use process::{CmdOutput, pid_alive};
+pub use switch::host_ip;
 pub use wait::{IntoPoll, Poll, wait_for};
