@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use mesh_dataplane::link::{self, IfName};
@@ -21,7 +21,7 @@ use crate::process::{
     CmdOutput, Spawner, argv_of, detach, kill_tree, run_with_timeout, send_signal,
 };
 use crate::switch::host_ip;
-use crate::wait::scaled;
+use crate::wait::{scaled, wait_for};
 
 /// TCP port of the control plane (`mesh init`/`join` use it).
 pub const CONTROL_PORT: u16 = 2377;
@@ -259,21 +259,19 @@ impl Host {
             bail!("no daemon was started on {}", self.name);
         };
         send_signal(child.id(), Signal::SIGTERM)?;
-        let deadline = Instant::now() + scaled(timeout);
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break Ok(status);
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break Err(anyhow::anyhow!(
-                    "the daemon on {} did not exit within {timeout:?} of SIGTERM: killed",
-                    self.name
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let exited = wait_for(
+            &format!("the daemon on {} to exit after SIGTERM", self.name),
+            timeout,
+            || Ok(child.try_wait()?),
+        );
+        let status = exited.map_err(|e| {
+            let _ = child.kill();
+            let _ = child.wait();
+            e.context(format!(
+                "the daemon on {} did not exit within {timeout:?} of SIGTERM: killed",
+                self.name
+            ))
+        });
         daemon.take();
         let _ = fs::remove_file(self.pid_path());
         status

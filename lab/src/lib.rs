@@ -9,7 +9,9 @@
 //!   stop), cut off the switch and healed, the CLI or any command run inside it.
 //! - [`switch`]: the underlay (10.77.0.0/24 on a bridge in the switch namespace) and how a
 //!   namespace is plugged into it.
-//! - [`wait`]: polling with deadlines ([`wait::wait_for`]); [`Lab::wait_for`] adds a
+//! - [`wait`]: polling with deadlines scaled by `MESH_TEST_PATIENCE`: [`wait::wait_for`]
+//!   (blocking), [`wait::wait_for_async`] (tokio's clock, paused time included),
+//!   [`wait::watch`] (something must not happen within a window). [`Lab::wait_for`] adds a
 //!   diagnostics dump of every host to the timeout error.
 //! - [`diag`]: that dump (`ip -d link`, `ip addr`, `bridge fdb`, `ip neigh`, `nft list
 //!   ruleset`, daemon log tails, `mesh node ls`).

@@ -5,11 +5,17 @@
 //! `Result`: an error does not end the wait, it is recorded as the last observation (a daemon
 //! that does not answer *yet* is the normal case). Deadlines are multiplied by the
 //! `MESH_TEST_PATIENCE` environment variable (a float, default 1) on slow machines.
+//!
+//! [`wait_for`] blocks the calling thread; [`wait_for_async`] is the same wait for async code
+//! and keeps time with tokio's clock, so under a paused test clock it waits in paused time
+//! too. Both run one loop (`Wait`); on timeout the error names what was awaited and the last
+//! observation, followed by the caller's diagnostics if it gave any (`*_with`).
+//! [`watch`] is the converse: it polls throughout a window to see that something does *not*
+//! happen.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
-
 /// The outcome of one check.
 #[derive(Debug)]
 pub enum Poll<T> {
@@ -66,6 +72,13 @@ pub fn scaled(d: Duration) -> Duration {
     d.mul_f64(patience())
 }
 
+/// Pause after the first check; it doubles after each check up to [`MAX_INTERVAL`].
+const FIRST_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest pause between two checks.
+const MAX_INTERVAL: Duration = Duration::from_millis(200);
+/// [`watch`] checks at least this often, however slow one check is.
+pub const MIN_WATCH_ROUNDS: usize = 3;
+
 /// Polls `check` until it is ready or `deadline` (scaled by [`patience`]) has passed.
 pub fn wait_for<T, R: IntoPoll<T>>(
     what: &str,
@@ -82,36 +95,135 @@ pub fn wait_for_with<T, R: IntoPoll<T>>(
     mut check: impl FnMut() -> Result<R>,
     diagnostics: impl FnOnce() -> String,
 ) -> Result<T> {
-    let deadline = scaled(deadline);
     let start = Instant::now();
-    let mut interval = Duration::from_millis(10);
+    let mut wait = Wait::new(what, deadline);
     loop {
-        let last = match check() {
+        let outcome = check();
+        match wait.step(outcome, start.elapsed()) {
+            Step::Ready(v) => return Ok(v),
+            Step::Sleep(pause) => std::thread::sleep(pause),
+            Step::Stop { when, last } => return Err(wait.error(&when, &last, diagnostics())),
+        }
+    }
+}
+
+/// [`wait_for`] for async code: `check` is awaited, and the deadline and pauses are kept on
+/// tokio's clock (paused time included).
+pub async fn wait_for_async<T, R: IntoPoll<T>>(
+    what: &str,
+    deadline: Duration,
+    check: impl AsyncFnMut() -> Result<R>,
+) -> Result<T> {
+    wait_for_async_with(what, deadline, check, String::new).await
+}
+
+/// [`wait_for_async`], appending `diagnostics()` to the error on timeout.
+pub async fn wait_for_async_with<T, R: IntoPoll<T>>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl AsyncFnMut() -> Result<R>,
+    diagnostics: impl FnOnce() -> String,
+) -> Result<T> {
+    let start = tokio::time::Instant::now();
+    let mut wait = Wait::new(what, deadline);
+    loop {
+        let outcome = check().await;
+        match wait.step(outcome, start.elapsed()) {
+            Step::Ready(v) => return Ok(v),
+            Step::Sleep(pause) => tokio::time::sleep(pause).await,
+            Step::Stop { when, last } => return Err(wait.error(&when, &last, diagnostics())),
+        }
+    }
+}
+
+/// Polls `check` throughout `window` (and at least [`MIN_WATCH_ROUNDS`] times) to see that
+/// something does *not* happen: `Ok(None)` if `check` never reported anything, else its first
+/// report. An error from `check` ends the watch. `window` is not scaled by [`patience`]: it
+/// is the claim under test, not a budget.
+pub fn watch<T>(
+    window: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let start = Instant::now();
+    let mut interval = FIRST_INTERVAL;
+    for round in 1.. {
+        if let Some(seen) = check()? {
+            return Ok(Some(seen));
+        }
+        let left = window.saturating_sub(start.elapsed());
+        if left.is_zero() && round >= MIN_WATCH_ROUNDS {
+            break;
+        }
+        std::thread::sleep(interval.min(left));
+        interval = (interval * 2).min(MAX_INTERVAL);
+    }
+    Ok(None)
+}
+
+/// One wait in progress: what the blocking and the async loop share (they differ only in
+/// their clock and how they pause).
+struct Wait<'a> {
+    what: &'a str,
+    /// Already scaled by [`patience`].
+    deadline: Duration,
+    /// The next pause.
+    interval: Duration,
+}
+
+/// What a wait does after a check.
+enum Step<T> {
+    Ready(T),
+    Sleep(Duration),
+    /// Fail: `when` says why the wait ended, `last` what was last observed.
+    Stop {
+        when: String,
+        last: String,
+    },
+}
+
+impl<'a> Wait<'a> {
+    fn new(what: &'a str, deadline: Duration) -> Self {
+        Wait {
+            what,
+            deadline: scaled(deadline),
+            interval: FIRST_INTERVAL,
+        }
+    }
+
+    /// Judges the outcome of a check made `elapsed` after the wait began.
+    fn step<T, R: IntoPoll<T>>(&mut self, outcome: Result<R>, elapsed: Duration) -> Step<T> {
+        let last = match outcome {
             Ok(r) => match r.into_poll() {
-                Poll::Ready(v) => return Ok(v),
+                Poll::Ready(v) => return Step::Ready(v),
                 Poll::Pending(seen) => seen,
                 Poll::Fail(seen) => {
-                    return Err(timeout_error(what, "gave up", &seen, diagnostics()));
+                    return Step::Stop {
+                        when: "gave up".to_owned(),
+                        last: seen,
+                    };
                 }
             },
             Err(e) => format!("error: {e:#}"),
         };
-        if start.elapsed() >= deadline {
-            let when = format!("timed out after {deadline:?}");
-            return Err(timeout_error(what, &when, &last, diagnostics()));
+        if elapsed >= self.deadline {
+            return Step::Stop {
+                when: format!("timed out after {:?}", self.deadline),
+                last,
+            };
         }
-        std::thread::sleep(interval.min(deadline.saturating_sub(start.elapsed())));
-        interval = (interval * 2).min(Duration::from_millis(200));
+        let pause = self.interval.min(self.deadline - elapsed);
+        self.interval = (self.interval * 2).min(MAX_INTERVAL);
+        Step::Sleep(pause)
     }
-}
 
-fn timeout_error(what: &str, when: &str, last: &str, diagnostics: String) -> anyhow::Error {
-    let mut msg = format!("{when} waiting for {what}; last observed: {last}");
-    if !diagnostics.is_empty() {
-        msg.push('\n');
-        msg.push_str(&diagnostics);
+    fn error(&self, when: &str, last: &str, diagnostics: String) -> anyhow::Error {
+        let mut msg = format!("{when} waiting for {}; last observed: {last}", self.what);
+        if !diagnostics.is_empty() {
+            msg.push('\n');
+            msg.push_str(&diagnostics);
+        }
+        anyhow!(msg)
     }
-    anyhow!(msg)
 }
 
 #[cfg(test)]
@@ -178,5 +290,76 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("last observed: error: boom"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn async_waits_keep_time_on_tokios_clock() {
+        // Paused: ten minutes of waiting pass at once, because the wait sleeps on tokio's clock.
+        let real = Instant::now();
+        let start = tokio::time::Instant::now();
+        let err = wait_for_async("never", Duration::from_secs(600), async || Ok(false))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("timed out after"), "{err}");
+        assert!(
+            err.contains("waiting for never; last observed: false"),
+            "{err}"
+        );
+        assert!(start.elapsed() >= scaled(Duration::from_secs(600)));
+        assert!(
+            real.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            real.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn async_waits_return_the_ready_value_and_carry_diagnostics() {
+        let mut n = 0;
+        let v = wait_for_async("n to reach 3", Duration::from_secs(5), async || {
+            n += 1;
+            Ok(if n >= 3 { Some(n) } else { None })
+        })
+        .await
+        .unwrap();
+        assert_eq!(v, 3);
+        let err = wait_for_async_with(
+            "fail",
+            Duration::from_secs(5),
+            async || Ok(Poll::<()>::Fail("exited".into())),
+            || "DUMP".to_owned(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "gave up waiting for fail; last observed: exited\nDUMP"
+        );
+    }
+
+    #[test]
+    fn watch_reports_the_first_event_or_nothing_after_the_window() {
+        let mut n = 0;
+        let quiet = watch(Duration::from_millis(30), || {
+            n += 1;
+            Ok(None::<usize>)
+        })
+        .unwrap();
+        assert_eq!(quiet, None);
+        assert!(n >= MIN_WATCH_ROUNDS, "{n} rounds");
+        let mut n = 0;
+        let seen = watch(Duration::from_secs(60), || {
+            n += 1;
+            Ok((n == 2).then_some(n))
+        })
+        .unwrap();
+        assert_eq!(seen, Some(2));
+        assert!(
+            watch(Duration::from_secs(60), || -> Result<Option<()>> {
+                Err(anyhow!("boom"))
+            })
+            .is_err()
+        );
     }
 }
