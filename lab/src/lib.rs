@@ -16,7 +16,10 @@
 //! - [`diag`]: that dump (`ip -d link`, `ip addr`, `bridge fdb`, `ip neigh`, `nft list
 //!   ruleset`, daemon log tails, `mesh node ls`).
 //! - `process`: running commands with timeouts; who kills which process and when.
-//! - `cleanup`: lab naming (`mt<pid>x<n>`), removal, and removal of crashed runs' leftovers.
+//! - [`netns`]: [`NetnsScope`], a unique prefix owning the namespaces named under it, removed
+//!   on drop: for tests that build their own topology (the dataplane's).
+//! - `cleanup`: lab naming (`mt<pid>x<n>`, other tags for namespace scopes), removal, and
+//!   removal of crashed runs' leftovers.
 //!
 //! Shelling out (`ip`, `nft`) happens only in [`diag`]; the lab's own links go through
 //! `mesh_dataplane::link`.
@@ -25,6 +28,7 @@ mod cleanup;
 pub mod diag;
 pub mod host;
 pub mod lab;
+pub mod netns;
 mod process;
 pub mod switch;
 pub mod wait;
@@ -32,6 +36,7 @@ pub mod wait;
 pub use cleanup::{DEFAULT_LAB_ROOT, lab_root, remove_lab, remove_stale_labs, unique_prefix};
 pub use host::{CONTROL_PORT, Host};
 pub use lab::{Lab, LabOptions};
+pub use netns::NetnsScope;
 pub use process::{CmdOutput, pid_alive};
 pub use switch::host_ip;
 pub use wait::{IntoPoll, Poll, wait_for};
