@@ -30,7 +30,7 @@ use mesh_dataplane::netns::Netns;
 
 use crate::cleanup::{lab_root, remove_lab, remove_stale_labs, unique_prefix};
 use crate::diag::{self, LOG_TAIL_LINES};
-use crate::host::{CONTROL_PORT, Host, Shared};
+use crate::host::{Host, Shared};
 use crate::process::Spawner;
 use crate::switch::{MAX_HOSTS, plug, set_up_switch};
 use crate::wait::{IntoPoll, Poll, wait_for_with};
@@ -241,21 +241,22 @@ impl Lab {
         Ok(())
     }
 
-    /// Forms a cluster with the CLI: `init` on node1, then `join` on the others, the first
-    /// `managers` hosts (node1 included) as managers and the rest as workers.
-    pub fn form_cluster(&self, managers: usize) -> Result<()> {
+    /// Forms a cluster of the first `members` hosts with the CLI: `init` on node1, then `join`
+    /// on node2..node`members`, the first `managers` (node1 included) as managers and the rest
+    /// as workers. Hosts after `members` are left alone.
+    pub fn form_cluster(&self, managers: usize, members: usize) -> Result<()> {
         ensure!(
-            (1..=self.hosts.len()).contains(&managers),
-            "managers must be 1..={}, not {managers}",
+            (1..=members).contains(&managers) && members <= self.hosts.len(),
+            "cannot form a cluster of {members} with {managers} managers on {} hosts",
             self.hosts.len()
         );
-        let leader = self.host(1);
-        leader
-            .cli(["init", "--advertise-addr", &leader.ip.to_string()])?
+        let first = self.host(1);
+        first
+            .cli(["init", "--advertise-addr", &first.ip().to_string()])?
             .ok_stdout()
             .context("mesh init on node1")?;
         let token = |role: &str| -> Result<String> {
-            let out = leader.cli(["join-token", role, "-q"])?.ok_stdout()?;
+            let out = first.cli(["join-token", role, "-q"])?.ok_stdout()?;
             let token = out.trim().to_owned();
             ensure!(
                 !token.is_empty(),
@@ -269,9 +270,8 @@ impl Lab {
         } else {
             String::new()
         };
-        let remote = format!("{}:{CONTROL_PORT}", leader.ip);
-        for host in &self.hosts[1..] {
-            let token = if host.number <= managers {
+        for host in &self.hosts[1..members] {
+            let token = if host.number() <= managers {
                 &manager_token
             } else {
                 &worker_token
@@ -281,11 +281,11 @@ impl Lab {
                 "--token",
                 token,
                 "--advertise-addr",
-                &host.ip.to_string(),
-                &remote,
+                &host.ip().to_string(),
+                &first.control_addr(),
             ])?
             .ok_stdout()
-            .with_context(|| format!("mesh join on {}", host.name))?;
+            .with_context(|| format!("mesh join on {}", host.name()))?;
         }
         Ok(())
     }

@@ -196,7 +196,7 @@ pub fn up(opts: &SandboxOptions, out: &mut dyn Write) -> Result<()> {
         "forming the cluster: {managers} manager(s), {} worker(s)",
         opts.nodes - managers
     )?;
-    lab.form_cluster(managers).context(hint)?;
+    lab.form_cluster(managers, opts.nodes).context(hint)?;
     let mut demo_hint = None;
     if opts.demo_service {
         writeln!(
