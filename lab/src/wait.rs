@@ -9,13 +9,15 @@
 //! [`wait_for`] blocks the calling thread; [`wait_for_async`] is the same wait for async code
 //! and keeps time with tokio's clock, so under a paused test clock it waits in paused time
 //! too. Both run one loop (`Wait`); on timeout the error names what was awaited and the last
-//! observation, followed by the caller's diagnostics if it gave any (`*_with`).
+//! observation, followed by the caller's diagnostics if it gave any (`*_with`). Pauses between
+//! checks grow from 10 ms to 200 ms; [`wait_for_async_every`] keeps one pace, for benchmarks.
 //! [`watch`] is the converse: it polls throughout a window to see that something does *not*
 //! happen.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
+
 /// The outcome of one check.
 #[derive(Debug)]
 pub enum Poll<T> {
@@ -72,10 +74,10 @@ pub fn scaled(d: Duration) -> Duration {
     d.mul_f64(patience())
 }
 
-/// Pause after the first check; it doubles after each check up to [`MAX_INTERVAL`].
-const FIRST_INTERVAL: Duration = Duration::from_millis(10);
+/// Pause after the first check; it doubles after each check up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(10);
 /// Longest pause between two checks.
-const MAX_INTERVAL: Duration = Duration::from_millis(200);
+const MAX_PAUSE: Duration = Duration::from_millis(200);
 /// [`watch`] checks at least this often, however slow one check is.
 pub const MIN_WATCH_ROUNDS: usize = 3;
 
@@ -114,18 +116,41 @@ pub async fn wait_for_async<T, R: IntoPoll<T>>(
     deadline: Duration,
     check: impl AsyncFnMut() -> Result<R>,
 ) -> Result<T> {
-    wait_for_async_with(what, deadline, check, String::new).await
+    run_async(Wait::new(what, deadline), check, String::new).await
 }
 
 /// [`wait_for_async`], appending `diagnostics()` to the error on timeout.
 pub async fn wait_for_async_with<T, R: IntoPoll<T>>(
     what: &str,
     deadline: Duration,
+    check: impl AsyncFnMut() -> Result<R>,
+    diagnostics: impl FnOnce() -> String,
+) -> Result<T> {
+    run_async(Wait::new(what, deadline), check, diagnostics).await
+}
+
+/// [`wait_for_async`] pausing `pause` between checks, without backing off: for benchmarks,
+/// where the pause bounds the error of the time measured.
+pub async fn wait_for_async_every<T, R: IntoPoll<T>>(
+    what: &str,
+    deadline: Duration,
+    pause: Duration,
+    check: impl AsyncFnMut() -> Result<R>,
+) -> Result<T> {
+    run_async(
+        Wait::paced(what, deadline, pause, pause),
+        check,
+        String::new,
+    )
+    .await
+}
+
+async fn run_async<T, R: IntoPoll<T>>(
+    mut wait: Wait<'_>,
     mut check: impl AsyncFnMut() -> Result<R>,
     diagnostics: impl FnOnce() -> String,
 ) -> Result<T> {
     let start = tokio::time::Instant::now();
-    let mut wait = Wait::new(what, deadline);
     loop {
         let outcome = check().await;
         match wait.step(outcome, start.elapsed()) {
@@ -145,7 +170,7 @@ pub fn watch<T>(
     mut check: impl FnMut() -> Result<Option<T>>,
 ) -> Result<Option<T>> {
     let start = Instant::now();
-    let mut interval = FIRST_INTERVAL;
+    let mut pause = FIRST_PAUSE;
     for round in 1.. {
         if let Some(seen) = check()? {
             return Ok(Some(seen));
@@ -154,8 +179,8 @@ pub fn watch<T>(
         if left.is_zero() && round >= MIN_WATCH_ROUNDS {
             break;
         }
-        std::thread::sleep(interval.min(left));
-        interval = (interval * 2).min(MAX_INTERVAL);
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(MAX_PAUSE);
     }
     Ok(None)
 }
@@ -166,8 +191,9 @@ struct Wait<'a> {
     what: &'a str,
     /// Already scaled by [`patience`].
     deadline: Duration,
-    /// The next pause.
-    interval: Duration,
+    /// The next pause; it doubles after each check up to `max_pause`.
+    pause: Duration,
+    max_pause: Duration,
 }
 
 /// What a wait does after a check.
@@ -183,10 +209,20 @@ enum Step<T> {
 
 impl<'a> Wait<'a> {
     fn new(what: &'a str, deadline: Duration) -> Self {
+        Wait::paced(what, deadline, FIRST_PAUSE, MAX_PAUSE)
+    }
+
+    fn paced(
+        what: &'a str,
+        deadline: Duration,
+        first_pause: Duration,
+        max_pause: Duration,
+    ) -> Self {
         Wait {
             what,
             deadline: scaled(deadline),
-            interval: FIRST_INTERVAL,
+            pause: first_pause,
+            max_pause,
         }
     }
 
@@ -211,8 +247,8 @@ impl<'a> Wait<'a> {
                 last,
             };
         }
-        let pause = self.interval.min(self.deadline - elapsed);
-        self.interval = (self.interval * 2).min(MAX_INTERVAL);
+        let pause = self.pause.min(self.deadline - elapsed);
+        self.pause = (self.pause * 2).min(self.max_pause);
         Step::Sleep(pause)
     }
 
@@ -361,5 +397,24 @@ mod tests {
             })
             .is_err()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_async_wait_checks_at_its_pace() {
+        let start = tokio::time::Instant::now();
+        let mut checks = Vec::new();
+        wait_for_async_every(
+            "the fifth check",
+            Duration::from_secs(5),
+            Duration::from_millis(7),
+            async || {
+                checks.push(start.elapsed());
+                Ok(checks.len() == 5)
+            },
+        )
+        .await
+        .unwrap();
+        let gaps: Vec<Duration> = checks.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, [Duration::from_millis(7); 4]);
     }
 }
