@@ -1,6 +1,7 @@
-//! The multi-host lab, shared by `mesh sandbox` and the end-to-end tests: hosts are network
-//! namespaces wired to one switch namespace, each running the real `mesh` daemon as its own
-//! process.
+//! What mesh's sandbox and tests share. The multi-host lab, for `mesh sandbox` and the
+//! end-to-end tests: hosts are network namespaces wired to one switch namespace, each running
+//! the real `mesh` daemon as its own process. Waits with deadlines and namespace scopes, for
+//! every crate's tests (the dataplane's, as a dev-dependency).
 //!
 //! # Layout
 //! - [`lab`]: [`Lab`]: build the switch and the hosts, start every daemon, form a cluster,
@@ -11,8 +12,9 @@
 //!   namespace is plugged into it.
 //! - [`wait`]: polling with deadlines scaled by `MESH_TEST_PATIENCE`: [`wait::wait_for`]
 //!   (blocking), [`wait::wait_for_async`] (tokio's clock, paused time included),
-//!   [`wait::watch`] (something must not happen within a window). [`Lab::wait_for`] adds a
-//!   diagnostics dump of every host to the timeout error.
+//!   [`wait::wait_for_async_every`] (at a steady pace, for benchmarks), [`wait::watch`]
+//!   (something must not happen within a window). [`Lab::wait_for`] adds a diagnostics dump of
+//!   every host to the timeout error.
 //! - [`diag`]: that dump (`ip -d link`, `ip addr`, `bridge fdb`, `ip neigh`, `nft list
 //!   ruleset`, daemon log tails, `mesh node ls`).
 //! - `process`: running commands with timeouts; who kills which process and when.
