@@ -18,6 +18,7 @@ use mesh_common::channels::{ChannelProvider, PlainChannels};
 use mesh_control::config::RaftConfig;
 use mesh_control::store::txn::{create, expect, of, put_cluster, put_node};
 use mesh_control::store::{RaftStatus, ServerState, Store, StoreError, StoreOptions};
+use mesh_lab::wait::wait_for_async;
 use mesh_proto::raft_client::RaftClient;
 use mesh_proto::{Cluster, JoinRaftRequest, Node, NodeRole, NodeSpec};
 use tokio::net::TcpListener;
@@ -278,22 +279,14 @@ impl TestCluster {
     }
 }
 
-/// Polls `check` until it yields `Some`, for at most [`PATIENCE`].
+/// Polls `check` until it yields `Some`, for at most [`PATIENCE`] (scaled by
+/// `MESH_TEST_PATIENCE`).
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("gave up waiting for {what} after {PATIENCE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_async(what, PATIENCE, async || Ok(check().await)).await
 }
 
 async fn wait_status(

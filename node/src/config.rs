@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mesh_control::config::{CaConfig, ManagerConfig, OrchestratorConfig, RaftConfig};
+use mesh_gossip::GossipConfig;
 use serde::{Deserialize, Serialize};
-
-use crate::gossip::GossipConfig;
 
 /// The agent: sessions with the managers and joining.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -4,12 +4,11 @@
 //! - [`daemon`]: `mesh daemon`: the unix-socket API, cluster lifecycle
 //!   (init, join, leave, restart), and the manager when the node is one.
 //! - [`agent`]: the session with the leader and certificate renewal.
-//! - [`gossip`]: SWIM membership and endpoint records (foca on 7946).
 //! - [`dns`]: the embedded DNS server at 127.0.0.11 inside every task's namespace.
-//! - [`membership`]: what the daemon needs from gossip (liveness, peers, keys).
+//! - [`membership`]: what the daemon needs from gossip ([`mesh_gossip`]: liveness, peers, keys).
 //! - [`cli`]: the command line.
-//! - [`sandbox`]: hosts as network namespaces on this machine: the
-//!   `mesh sandbox` demo and the multi-host test lab.
+//! - [`sandbox`]: `mesh sandbox`, a demo cluster on this machine, built as a detached lab of
+//!   [`mesh_lab`] (hosts as network namespaces, each running its own daemon).
 //! - [`config`]: the daemon's config file (timing knobs).
 //! - [`runtime`]: tasks as processes under per-task shims that outlive the agent; `mesh exec`.
 //! - [`whoami`]: `mesh whoami`, the small server tasks run in demos and tests.
@@ -19,7 +18,6 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dns;
-pub mod gossip;
 pub mod membership;
 pub mod runtime;
 pub mod sandbox;

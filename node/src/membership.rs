@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::Context;
 use mesh_common::Liveness as LivenessView;
+use mesh_gossip::{Gossip, GossipConfig, Keyring, Liveness, NodeIdentity, Peer};
 use mesh_proto::{GossipKey, NodeStatus};
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{info, warn};
-
-use crate::gossip::{Gossip, GossipConfig, Keyring, Liveness, NodeIdentity, Peer};
 
 #[derive(Clone)]
 pub struct Membership {

@@ -17,11 +17,12 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use mesh_proto::{GetJoinTokenRequest, ListNodesRequest, NodeRole, NodeStatus};
 use mesh_tests::bench::{Row, env_usize, print_table};
 use mesh_tests::ops;
-use mesh_tests::{ClusterOptions, DEFAULT_CONFIG, Host, Lab, grpc, mesh_bin};
+use mesh_tests::wait::{wait_for_async, wait_for_async_every};
+use mesh_tests::{ClusterOptions, DEFAULT_CONFIG, Host, Lab, Poll, grpc, mesh_bin};
 
 /// `n` sequential join-token rotations over `host`'s socket, after a few unmeasured ones.
 async fn writes(host: &Host, n: usize) -> Result<Vec<Duration>> {
@@ -71,8 +72,8 @@ async fn statuses(observer: &Host) -> Result<Vec<(String, NodeStatus)>> {
         .collect())
 }
 
-/// Polls every observer until each lists `victim` down; returns the time since `since` at which
-/// the last one did.
+/// Polls every observer (every 10 ms) until each lists `victim` down; returns the time since
+/// `since` at which the last one did.
 async fn wait_down_everywhere(
     observers: &[&Host],
     victim: &str,
@@ -80,7 +81,8 @@ async fn wait_down_everywhere(
     deadline: Duration,
 ) -> Result<Duration> {
     let mut seen: Vec<Option<Duration>> = vec![None; observers.len()];
-    while since.elapsed() < deadline {
+    let what = format!("{victim} down on every other node");
+    wait_for_async_every(&what, deadline, Duration::from_millis(10), async || {
         for (i, o) in observers.iter().enumerate() {
             if seen[i].is_some() {
                 continue;
@@ -94,20 +96,23 @@ async fn wait_down_everywhere(
                 seen[i] = Some(since.elapsed());
             }
         }
-        if seen.iter().all(Option::is_some) {
-            return Ok(seen.into_iter().flatten().max().unwrap_or_default());
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    bail!("{victim} not down everywhere within {deadline:?}: {seen:?}")
+        Ok(if seen.iter().all(Option::is_some) {
+            Poll::Ready(seen.iter().flatten().max().copied().unwrap_or_default())
+        } else {
+            Poll::Pending(format!("seen down after {seen:?}"))
+        })
+    })
+    .await
 }
 
-/// Retries a join-token rotation through `via` in turn (each call bounded) until one commits;
-/// returns the time since `since`.
+/// Retries a join-token rotation through `via` in turn (each call bounded, 20 ms apart) until
+/// one commits; returns the time since `since`.
 async fn write_until_ok(via: &[&Host], since: Instant, deadline: Duration) -> Result<Duration> {
+    let verbose = std::env::var_os("MESH_BENCH_VERBOSE").is_some();
     let mut last = String::new();
     let mut i = 0;
-    while since.elapsed() < deadline {
+    let what = "a write to commit through a surviving manager";
+    wait_for_async_every(what, deadline, Duration::from_millis(20), async || {
         let host = via[i % via.len()];
         i += 1;
         let attempt = async {
@@ -121,37 +126,32 @@ async fn write_until_ok(via: &[&Host], since: Instant, deadline: Duration) -> Re
             anyhow::Ok(())
         };
         let seen = match tokio::time::timeout(Duration::from_secs(3), attempt).await {
-            Ok(Ok(())) => return Ok(since.elapsed()),
+            Ok(Ok(())) => return Ok(Poll::Ready(since.elapsed())),
             Ok(Err(e)) => format!("{}: {e:#}", host.name()),
             Err(_) => format!("{}: no answer within 3 s", host.name()),
         };
-        if std::env::var_os("MESH_BENCH_VERBOSE").is_some() && seen != last {
+        if verbose && seen != last {
             eprintln!("  {:>8.3}s {seen}", since.elapsed().as_secs_f64());
         }
-        last = seen;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("no write committed within {deadline:?}; last: {last}")
+        last.clone_from(&seen);
+        Ok(Poll::Pending(seen))
+    })
+    .await
 }
 
 /// Waits until every host lists every node ready.
 async fn wait_all_ready(lab: &Lab, deadline: Duration) -> Result<()> {
-    let start = Instant::now();
-    'poll: while start.elapsed() < deadline {
+    let total = lab.hosts().len();
+    wait_for_async("every node ready on every host", deadline, async || {
         for h in lab.hosts() {
-            match statuses(h).await {
-                Ok(list)
-                    if list.len() == lab.hosts().len()
-                        && list.iter().all(|(_, s)| *s == NodeStatus::Ready) => {}
-                _ => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue 'poll;
-                }
+            let list = statuses(h).await?;
+            if list.len() != total || !list.iter().all(|(_, s)| *s == NodeStatus::Ready) {
+                return Ok(Poll::Pending(format!("{}: {list:?}", h.name())));
             }
         }
-        return Ok(());
-    }
-    bail!("not every node ready everywhere within {deadline:?}")
+        Ok(Poll::Ready(()))
+    })
+    .await
 }
 
 fn main() -> Result<()> {

@@ -1,6 +1,6 @@
 //! Multi-host test harness: what the end-to-end tests need, on top of the lab of
-//! [`mesh_node::sandbox`] (hosts are network namespaces on one switch namespace, each
-//! running the real `mesh` binary).
+//! [`mesh_lab`] (hosts are network namespaces on one switch namespace, each running the real
+//! `mesh` binary).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -16,8 +16,12 @@
 //! ```
 //!
 //! # Layout
-//! - [`cluster`] / [`cluster_with`]: a lab whose daemons have formed a cluster via the CLI,
-//!   with the fast timings of [`config::FAST_CONFIG`] unless told otherwise.
+//! - the lab itself, re-exported from [`mesh_lab`]: [`Lab`], [`Host`], [`LabOptions`],
+//!   waits with deadlines ([`wait_for`], [`Lab::wait_for`], [`wait`]), [`lab_root`]; and
+//!   [`sandbox`], the `mesh sandbox` command of [`mesh_node`].
+//! - [`cluster`] / [`cluster_with`]: a lab whose daemons have formed a cluster via the CLI
+//!   ([`Lab::form_cluster`]), with the fast timings of [`config::FAST_CONFIG`] unless told
+//!   otherwise.
 //! - [`nodes`], [`info`]: the CLI's `--format json` output, parsed.
 //! - [`ops`]: operations and observations through the CLI (leader, every node's view, writes
 //!   expected to succeed or to be refused with one line).
@@ -57,9 +61,11 @@ pub use config::{
 };
 pub use mesh_dataplane::link;
 pub use mesh_dataplane::netns::Netns;
-pub use mesh_node::sandbox::{
-    self, CmdOutput, Host, IntoPoll, Lab, LabOptions, Poll, host_ip, wait, wait_for,
+pub use mesh_lab::{
+    CmdOutput, Host, IntoPoll, Lab, LabOptions, Poll, host_ip, lab_root, unique_prefix, wait,
+    wait_for,
 };
+pub use mesh_node::sandbox;
 
 /// The path of the `mesh-e2e` binary, as seen by the integration test expanding it
 /// (`CARGO_BIN_EXE_mesh-e2e`), unless `MESH_BIN` is set.
@@ -153,7 +159,7 @@ pub fn cluster_with(opts: ClusterOptions) -> Result<Lab> {
     })?;
     lab.start_all()?;
     lab.wait_all_ready(opts.ready_timeout)?;
-    form_cluster(&lab, opts.managers, total)?;
+    lab.form_cluster(opts.managers, total)?;
     lab.wait_for(
         &format!("{total} ready nodes in `node ls` on node1"),
         opts.converge_timeout,
@@ -168,55 +174,6 @@ pub fn cluster_with(opts: ClusterOptions) -> Result<Lab> {
         },
     )?;
     Ok(lab)
-}
-
-/// Forms a cluster with the CLI, as [`Lab::form_cluster`] does but of the first `members`
-/// hosts only: `init` on node1, then `join` on node2..node`members`, the first `managers`
-/// (node1 included) as managers.
-pub fn form_cluster(lab: &Lab, managers: usize, members: usize) -> Result<()> {
-    ensure!(
-        (1..=members).contains(&managers) && members <= lab.hosts().len(),
-        "cannot form a cluster of {members} with {managers} managers on {} hosts",
-        lab.hosts().len()
-    );
-    let first = lab.host(1);
-    first
-        .cli(["init", "--advertise-addr", &first.ip().to_string()])?
-        .ok_stdout()
-        .context("mesh init on node1")?;
-    let token = |role: &str| -> Result<String> {
-        let out = first.cli(["join-token", role, "-q"])?.ok_stdout()?;
-        let token = out.trim().to_owned();
-        ensure!(
-            !token.is_empty(),
-            "`mesh join-token {role} -q` printed nothing"
-        );
-        Ok(token)
-    };
-    let worker_token = token("worker")?;
-    let manager_token = if managers > 1 {
-        token("manager")?
-    } else {
-        String::new()
-    };
-    for host in &lab.hosts()[1..members] {
-        let token = if host.number() <= managers {
-            &manager_token
-        } else {
-            &worker_token
-        };
-        host.cli([
-            "join",
-            "--token",
-            token,
-            "--advertise-addr",
-            &host.ip().to_string(),
-            &first.control_addr(),
-        ])?
-        .ok_stdout()
-        .with_context(|| format!("mesh join on {}", host.name()))?;
-    }
-    Ok(())
 }
 
 /// One row of `mesh node ls --format json`.

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use mesh_tests::ops::{self, mentions, refusal_of, rotate_token, row, summary};
+use mesh_tests::wait::watch;
 use mesh_tests::{ClusterOptions, DEFAULT_CONFIG, FAST_WRITE_TIMEOUT, Host, Lab, info};
 
 /// How long a refused write may take on a node that cannot reach a quorum: the write timeout
@@ -356,15 +357,11 @@ fn write_on_a_just_partitioned_follower_is_refused_in_time_and_never_applied() {
     // The refused request may still sit in the follower's TCP send queue, retransmitted with
     // backoff: watch the token for a while after the cut. (Seen once: a write refused after
     // 14.9 s applied 0.15 s after the heal.)
-    let mut ghost = None;
-    while start.elapsed() < GHOST_WINDOW {
-        let now = ops::join_token(leader, "worker").unwrap();
-        if now != token {
-            ghost = Some(start.elapsed());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let ghost = watch(GHOST_WINDOW.saturating_sub(start.elapsed()), || {
+        let now = ops::join_token(leader, "worker")?;
+        Ok((now != token).then(|| start.elapsed()))
+    })
+    .unwrap();
 
     let mut wrong = Vec::new();
     if took > REFUSAL_BOUND {

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use mesh_tests::{ClusterOptions, Host, Lab, LabOptions, Netns, link, sandbox, standin_binary};
+use mesh_tests::{ClusterOptions, Host, Lab, LabOptions, Netns, lab_root, link, standin_binary};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -236,7 +236,7 @@ fn leftovers_of_a_crashed_run_are_removed_by_the_next_lab() {
     ns.enter_on_exec(&mut cmd).unwrap();
     let mut survivor = cmd.spawn().unwrap();
     drop(ns);
-    let dir = sandbox::lab_root().join(&prefix);
+    let dir = lab_root().join(&prefix);
     std::fs::create_dir_all(dir.join("node1/state")).unwrap();
 
     let _next = lab(1);

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use mesh_tests::ops::{self, CLI_BOUND, mentions, refused, row, summary};
+use mesh_tests::wait::watch;
 use mesh_tests::{Host, Lab, NodeRow, Poll, grpc, info};
 
 /// Waits until every running node's view satisfies `check`.
@@ -388,13 +389,13 @@ fn auth_failures(lab: &Lab) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Watches every view for `window`: every node must stay ready throughout.
+/// Watches every view for `window` (at least three rounds): every node must stay ready
+/// throughout.
 fn stays_ready(lab: &Lab, window: Duration) {
     let all: Vec<&Host> = lab.hosts().iter().collect();
     let start = Instant::now();
-    let mut rounds = 0;
-    while start.elapsed() < window || rounds < 3 {
-        for (host, rows) in ops::views(&all).unwrap() {
+    watch(window, || {
+        for (host, rows) in ops::views(&all)? {
             assert!(
                 rows.len() == 5 && rows.iter().all(NodeRow::is_up),
                 "{} after {:?}: {}",
@@ -403,8 +404,9 @@ fn stays_ready(lab: &Lab, window: Duration) {
                 summary(&rows)
             );
         }
-        rounds += 1;
-    }
+        Ok(None::<()>)
+    })
+    .unwrap();
 }
 
 #[test]

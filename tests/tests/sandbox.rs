@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 
 use mesh_tests::sandbox::{self, SandboxLocation, SandboxOptions};
-use mesh_tests::{Netns, parse_nodes, standin_binary};
+use mesh_tests::{Netns, lab_root, parse_nodes, standin_binary, unique_prefix};
 use nix::unistd::{Pid, getsid};
 
 /// Takes the sandbox down when the test ends, also on panic.
@@ -32,9 +32,9 @@ fn dead(pid: u32) -> bool {
 
 #[test]
 fn sandbox_up_status_exec_down() {
-    let prefix = sandbox::unique_prefix();
+    let prefix = unique_prefix();
     let loc = SandboxLocation {
-        dir: sandbox::lab_root().join(&prefix),
+        dir: lab_root().join(&prefix),
         prefix: prefix.clone(),
     };
     let _down = Down(loc.clone());

@@ -1,8 +1,9 @@
 //! A load-balancing test world: one client namespace and N backend namespaces on a bridge in a
 //! switch namespace (10.77.0.0/24: client .2, backend i at .(10+i)). Each backend runs a TCP
 //! server on port 8080 that answers its own name and closes, and a UDP server on 8081 that
-//! answers each datagram with its name. Namespaces are named `mlb<pid>x<n>-...` and removed on
-//! drop, also on panic.
+//! answers each datagram with its name. Namespaces are named `mlb<pid>x<n>-...` (a
+//! `mesh_lab::NetnsScope`) and removed on drop, also on panic; a crashed run's leftovers are
+//! removed by the next run.
 //!
 //! Shared by the nftables tests, the IPVS test inside the VM and the benchmark.
 
@@ -12,11 +13,12 @@ use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use mesh_dataplane::link::{IfName, Ipv4Cidr, Netlink, in_netns};
 use mesh_dataplane::netns::Netns;
+use mesh_lab::NetnsScope;
 
 pub const TCP_PORT: u16 = 8080;
 pub const UDP_PORT: u16 = 8081;
@@ -28,19 +30,6 @@ pub const IDLE_PORT: u16 = 8083;
 
 pub fn ifname(s: &str) -> IfName {
     IfName::new(s).expect("valid ifname")
-}
-
-/// Removes every namespace whose name starts with the root.
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for name in Netns::list().unwrap_or_default() {
-            if name.starts_with(&format!("{}-", self.0)) {
-                let _ = Netns::remove(&name);
-            }
-        }
-    }
 }
 
 /// One backend: its namespace, address and how many TCP connections / UDP datagrams it served.
@@ -58,20 +47,16 @@ pub struct LbWorld {
     pub client: Netns,
     pub client_ip: Ipv4Addr,
     pub backends: Vec<BackendHost>,
-    _cleanup: Cleanup,
+    /// Owns every namespace of the world; last, so the handles above are closed first.
+    _scope: NetnsScope,
 }
 
 impl LbWorld {
     /// A client and `n` backends `b1..bn`, servers running.
     pub fn new(n: usize) -> LbWorld {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let root = format!(
-            "mlb{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let cleanup = Cleanup(root.clone());
-        let switch = Netns::create(&format!("{root}-sw")).expect("switch namespace");
+        let scope = NetnsScope::new("mlb").expect("namespace scope");
+        let root = scope.prefix().to_owned();
+        let switch = scope.create("sw").expect("switch namespace");
         let br = ifname("br0");
         in_netns(&switch, async |nl| {
             nl.ensure_bridge(&br).await?;
@@ -95,13 +80,13 @@ impl LbWorld {
             })
             .expect("namespace address");
         };
-        let client = Netns::create(&format!("{root}-c")).expect("client namespace");
+        let client = scope.create("c").expect("client namespace");
         let client_ip = Ipv4Addr::new(10, 77, 0, 2);
         attach(&client, "pc", client_ip);
         let mut backends = Vec::new();
         for i in 1..=n {
             let name = format!("b{i}");
-            let ns = Netns::create(&format!("{root}-{name}")).expect("backend namespace");
+            let ns = scope.create(&name).expect("backend namespace");
             let ip = Ipv4Addr::new(10, 77, 0, 10 + i as u8);
             attach(&ns, &format!("p{i}"), ip);
             let b = BackendHost {
@@ -120,7 +105,7 @@ impl LbWorld {
             client,
             client_ip,
             backends,
-            _cleanup: cleanup,
+            _scope: scope,
         }
     }
 
@@ -298,16 +283,8 @@ pub fn udp_ask(from: Option<&UdpSocket>, to: SocketAddrV4) -> io::Result<String>
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// Polls `check` every 20 ms until it returns `Some`; panics naming `what` after `deadline`.
+/// Polls `check` until it returns `Some`; panics naming `what` after `deadline` (scaled by
+/// `MESH_TEST_PATIENCE`).
 pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        if start.elapsed() > deadline {
-            panic!("timed out after {deadline:?} waiting until {what}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    mesh_lab::wait::wait_for(what, deadline, || Ok(check())).unwrap_or_else(|e| panic!("{e:#}"))
 }

@@ -1,6 +1,7 @@
 //! A few "hosts" on one machine: each host is a network namespace whose `ul0` is wired by a veth
 //! to the bridge `sw0` of a "switch" namespace. Each host runs the Linux dataplane from its own
-//! namespace. Everything is named `mdt<pid>x<n>-...` and removed on drop, also on panic.
+//! namespace. Everything is named `mdt<pid>x<n>-...` (a `mesh_lab::NetnsScope`) and removed on
+//! drop, also on panic; a crashed run's leftovers are removed by the next run.
 //!
 //! Shared by the real-traffic tests and the throughput example.
 
@@ -9,7 +10,6 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use mesh_dataplane::link::{IfName, Ipv4Cidr, Netlink, in_netns};
@@ -19,6 +19,8 @@ use mesh_dataplane::overlay::{
     TaskSandbox, Vni, overlay_mtu,
 };
 use mesh_dataplane::rtnl::Rtnl;
+use mesh_lab::NetnsScope;
+use mesh_lab::wait::wait_for;
 
 pub fn ifname(s: &str) -> IfName {
     IfName::new(s).expect("valid ifname")
@@ -30,25 +32,6 @@ pub fn cidr(s: &str) -> Ipv4Cidr {
 
 pub fn vni(n: u32) -> Vni {
     Vni::new(n).expect("valid vni")
-}
-
-/// Removes every namespace whose name starts with the root (hosts last: their VXLAN sockets
-/// serve the sandboxes).
-struct Cleanup(String);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let host = |n: &String| n.rsplit('-').next().is_some_and(|t| t.starts_with('h'));
-        let mut names: Vec<String> = Netns::list()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n.starts_with(&self.0))
-            .collect();
-        names.sort_by_key(host);
-        for name in names {
-            let _ = Netns::remove(&name);
-        }
-    }
 }
 
 /// One host: its namespace, underlay address, dataplane and desired state.
@@ -80,7 +63,9 @@ pub struct World {
     pub root: String,
     pub switch: Netns,
     pub hosts: Vec<Host>,
-    _cleanup: Cleanup,
+    /// Owns every namespace of the world, the dataplane's sandboxes included; last, so the
+    /// hosts' handles are closed before it removes them.
+    _scope: NetnsScope,
 }
 
 pub fn task_id(s: &str) -> TaskId {
@@ -90,14 +75,9 @@ pub fn task_id(s: &str) -> TaskId {
 impl World {
     /// `n` hosts `h1..hn` with underlay addresses 192.168.77.i/24 on links of MTU `mtu`.
     pub fn new(n: usize, mtu: u32) -> World {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let root = format!(
-            "mdt{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let cleanup = Cleanup(root.clone());
-        let switch = Netns::ensure(&format!("{root}-sw")).expect("switch namespace");
+        let scope = NetnsScope::new("mdt").expect("namespace scope");
+        let root = scope.prefix().to_owned();
+        let switch = scope.create("sw").expect("switch namespace");
         let sw0 = ifname("sw0");
         in_netns(&switch, async |nl| {
             nl.ensure_bridge(&sw0).await?;
@@ -107,7 +87,7 @@ impl World {
         .expect("switch bridge");
         let mut hosts = Vec::new();
         for i in 1..=n {
-            let ns = Netns::ensure(&format!("{root}-h{i}")).expect("host namespace");
+            let ns = scope.create(&format!("h{i}")).expect("host namespace");
             let underlay = Ipv4Addr::new(192, 168, 77, i as u8);
             let port = ifname(&format!("p{i}"));
             let ul0 = ifname("ul0");
@@ -140,7 +120,7 @@ impl World {
             root,
             switch,
             hosts,
-            _cleanup: cleanup,
+            _scope: scope,
         }
     }
 
@@ -268,16 +248,10 @@ pub fn ping(ns: &Netns, ip: &str) -> bool {
         .success()
 }
 
-/// Polls `check` every 50 ms until it holds; panics naming `what` after `secs` seconds.
+/// Polls `check` until it holds; panics naming `what` after `secs` seconds (scaled by
+/// `MESH_TEST_PATIENCE`).
 pub fn wait_until(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
-    let tries = secs * 20;
-    for _ in 0..tries {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {secs}s waiting until {what}");
+    wait_for(what, Duration::from_secs(secs), || Ok(check())).unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// A TCP server in `ns` on `addr` that echoes every connection until the peer closes.

@@ -23,6 +23,7 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::MessageResponseBuilder;
 use mesh_dataplane::link::{self, IfName, Ipv4Cidr};
 use mesh_dataplane::netns::{Netns, TempNetns};
+use mesh_lab::wait::wait_for_async;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, timeout};
 
@@ -554,13 +555,12 @@ fn holds_on(id: (u64, u64)) -> usize {
     count("/proc/self/fd", None) + count("/proc/self/task", Some("ns/net"))
 }
 
-/// Polls `cond` until it holds or `PATIENCE` runs out.
+/// Polls `cond` until it holds; panics naming `what` once `PATIENCE` (scaled by
+/// `MESH_TEST_PATIENCE`) runs out.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_async(what, PATIENCE, async || Ok(cond()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 #[test]

@@ -198,7 +198,7 @@ mod tests {
         // A zombie (exited, not yet reaped) is dead.
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let id = ProcIdentity::of(child.id() as i32).unwrap();
-        crate::sandbox::wait::wait_for("the child to exit", Duration::from_secs(10), || {
+        mesh_lab::wait::wait_for("the child to exit", Duration::from_secs(10), || {
             Ok(!id.is_alive())
         })
         .unwrap();

@@ -16,11 +16,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use mesh_dataplane::netns::Netns;
+use mesh_lab::{Host, Lab, LabOptions, pid_alive, remove_lab};
 use serde::{Deserialize, Serialize};
-
-use super::cleanup::remove_lab;
-use super::lab::{Lab, LabOptions};
-use super::process::pid_alive;
 
 /// Where the sandbox keeps its files.
 pub const DEFAULT_DIR: &str = "/var/lib/mesh-sandbox";
@@ -28,7 +25,7 @@ pub const DEFAULT_DIR: &str = "/var/lib/mesh-sandbox";
 pub const DEFAULT_PREFIX: &str = "msb";
 /// A command that asks the demo service by name, from one of its tasks:
 /// DNS at 127.0.0.11 answers the VIP, the kernel balances over every task.
-fn demo_command(node1: &super::lab::Host) -> Result<String> {
+fn demo_command(node1: &Host) -> Result<String> {
     let ps = node1
         .cli(["service", "ps", DEMO_SERVICE, "--format", "json"])?
         .ok_stdout()?;
@@ -199,7 +196,7 @@ pub fn up(opts: &SandboxOptions, out: &mut dyn Write) -> Result<()> {
         "forming the cluster: {managers} manager(s), {} worker(s)",
         opts.nodes - managers
     )?;
-    lab.form_cluster(managers).context(hint)?;
+    lab.form_cluster(managers, opts.nodes).context(hint)?;
     let mut demo_hint = None;
     if opts.demo_service {
         writeln!(

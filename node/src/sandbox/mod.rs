@@ -1,32 +1,13 @@
-//! The multi-host lab, shared by `mesh sandbox` and the end-to-end tests: hosts are network
-//! namespaces wired to one switch namespace, each running the real `mesh` daemon as its own
-//! process.
+//! Sandbox mode, `mesh sandbox up|down|status|exec`: a demo cluster on this machine, built as a
+//! detached lab of [`mesh_lab`] (hosts are network namespaces wired to one switch namespace,
+//! each running the real `mesh` daemon).
 //!
 //! # Layout
-//! - [`lab`]: [`Lab`] and [`Host`]: build the namespaces and links, start/kill/restart/stop
-//!   daemons, cut a host off the switch and heal it, run the CLI or any command on a host.
-//! - [`wait`]: polling with deadlines ([`wait::wait_for`]); [`Lab::wait_for`] adds a
-//!   diagnostics dump of every host to the timeout error.
-//! - [`diag`]: that dump (`ip -d link`, `ip addr`, `bridge fdb`, `ip neigh`, `nft list
-//!   ruleset`, daemon log tails, `mesh node ls`).
-//! - `process`: running commands with timeouts; who kills which process and when.
-//! - `cleanup`: lab naming (`mt<pid>x<n>`), removal, and removal of crashed runs' leftovers.
-//! - [`demo`]: sandbox mode (`mesh sandbox up|down|status|exec`), a detached lab; [`cli`] is
-//!   its clap wiring.
-//!
-//! Shelling out (`ip`, `nft`) happens only in [`diag`]; the lab's own links go through
-//! `mesh_dataplane::link`.
+//! - [`demo`]: [`up`], [`down`], [`status`], [`exec`]: the sandbox's lifecycle and its state
+//!   file.
+//! - [`cli`]: the clap wiring of `mesh sandbox`.
 
-mod cleanup;
 pub mod cli;
 pub mod demo;
-pub mod diag;
-pub mod lab;
-mod process;
-pub mod wait;
 
-pub use cleanup::{DEFAULT_LAB_ROOT, lab_root, remove_lab, remove_stale_labs, unique_prefix};
 pub use demo::{NodeStatus, SandboxLocation, SandboxNode, SandboxOptions, down, exec, status, up};
-pub use lab::{CONTROL_PORT, Host, Lab, LabOptions, host_ip};
-pub use process::CmdOutput;
-pub use wait::{IntoPoll, Poll, wait_for};

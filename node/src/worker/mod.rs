@@ -37,6 +37,7 @@ use mesh_dataplane::overlay::{
     self, Dataplane, GatewayAllocator, LinuxDataplane, LocalEndpoint, Mac, NetworkSpec,
     NodeDataplane, Prefix, RemoteEndpoint, TaskId, TaskSandbox, Vni,
 };
+use mesh_gossip::{Gossip, RecordEvent, RecordEventKind};
 use mesh_proto::dispatcher_client::DispatcherClient;
 use mesh_proto::{
     Assignments, Network, NetworkAttachment, Task, TaskState, TaskStatus, TaskStatusUpdate,
@@ -48,7 +49,6 @@ use tracing::{debug, info, warn};
 use mesh_dataplane::lb::{self, Backend, LbTable, LoadBalancer};
 
 use crate::dns::DnsManager;
-use crate::gossip::{Gossip, RecordEvent, RecordEventKind};
 use crate::membership::Membership;
 use crate::runtime::{self, TaskPhase, TaskRuntime};
 use record::EndpointRecord;

@@ -15,14 +15,10 @@ fn runtime_exec_sees_the_task_files_addresses_and_environment() {
     let pid = f.tasks().exec_target("exectarget").unwrap();
     assert_eq!(Some(pid), state.pid);
     // The task is running before its shell has run `cd /tmp`: wait for it, with a deadline.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::fs::read_link(format!("/proc/{pid}/cwd")).ok() != Some("/tmp".into()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the task never reached /tmp"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_for("the task to reach /tmp", Duration::from_secs(5), || {
+        Ok(std::fs::read_link(format!("/proc/{pid}/cwd")).ok() == Some("/tmp".into()))
+    })
+    .unwrap();
 
     let out = task_command(
         pid,

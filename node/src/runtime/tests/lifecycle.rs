@@ -167,7 +167,7 @@ fn runtime_restart_delay_is_honoured() {
         // At least the delay; at most the delay plus a generous bound for process starts.
         assert!(gap >= delay, "gap {gap:?} < {delay:?}");
         assert!(
-            gap < delay + crate::sandbox::wait::scaled(Duration::from_secs(5)),
+            gap < delay + mesh_lab::wait::scaled(Duration::from_secs(5)),
             "{gap:?}"
         );
     }

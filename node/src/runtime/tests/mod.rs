@@ -17,10 +17,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use mesh_dataplane::netns::{Netns, TempNetns};
+use mesh_lab::wait::{Poll, wait_for};
 use nix::sys::signal::Signal;
 
 use super::*;
-use crate::sandbox::wait::{Poll, wait_for};
 
 /// Deadline of every wait (scaled by `MESH_TEST_PATIENCE`).
 const PATIENCE: Duration = Duration::from_secs(20);

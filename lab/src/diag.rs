@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mesh_dataplane::netns::Netns;
 
-use super::process::run_with_timeout;
+use crate::process::run_with_timeout;
 
 /// Time allowed to each diagnostic command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::sim::{FIRST_INCARNATION, Sim};
-use crate::gossip::{GossipConfig, Liveness};
+use crate::{GossipConfig, Liveness};
 
 /// What the brief promises operators: a killed node is down everywhere within this.
 const DOWN_BOUND: Duration = Duration::from_secs(5);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::sim::{FIRST_INCARNATION, Sim};
-use crate::gossip::{GossipConfig, Liveness, RecordEventKind, TransmitKind};
+use crate::{GossipConfig, Liveness, RecordEventKind, TransmitKind};
 
 const NET_A: &str = "net-a";
 const NET_B: &str = "net-b";

@@ -23,13 +23,14 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, trace, warn};
 
-use super::config::GossipConfig;
-use super::core::{Core, Liveness, Membership, Stats, Transmit, TransmitKind};
-use super::crypto::Keyring;
-use super::error::GossipError;
-use super::identity::{NodeIdentity, Peer};
-use super::records::{Record, RecordEvent};
-use super::wire::{read_frame, write_frame};
+use crate::config::GossipConfig;
+use crate::core::Core;
+use crate::crypto::Keyring;
+use crate::error::GossipError;
+use crate::identity::{NodeIdentity, Peer};
+use crate::io::{Liveness, Membership, Stats, Transmit, TransmitKind};
+use crate::records::{Record, RecordEvent};
+use crate::wire::{read_frame, write_frame};
 
 /// At most this many anti-entropy exchanges (both directions together) run at once.
 const MAX_CONCURRENT_SYNCS: usize = 4;

@@ -7,10 +7,11 @@ use tracing::{debug, trace};
 
 use rand::seq::IndexedRandom;
 
-use super::{Core, MAX_PENDING_PER_OWNER, MEMBERSHIP_SCOPE, TransmitKind, encoded_len};
-use crate::gossip::identity::NodeIdentity;
-use crate::gossip::records::{Record, RecordEventKind, Version};
-use crate::gossip::wire::{Body, SyncState};
+use super::{Core, MAX_PENDING_PER_OWNER, MEMBERSHIP_SCOPE, encoded_len};
+use crate::identity::NodeIdentity;
+use crate::io::TransmitKind;
+use crate::records::{Record, RecordEventKind, Version};
+use crate::wire::{Body, SyncState};
 
 impl Core {
     /// Live listed members that may receive records of `scope` (everyone for the membership

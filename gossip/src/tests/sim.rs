@@ -13,9 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::gossip::{
-    Core, GossipConfig, Keyring, Liveness, NodeIdentity, Peer, RecordEvent, TransmitKind,
-};
+use crate::{Core, GossipConfig, Keyring, Liveness, NodeIdentity, Peer, RecordEvent, TransmitKind};
 
 /// Incarnation of a node's first start in the simulation.
 pub const FIRST_INCARNATION: u64 = 1_000;

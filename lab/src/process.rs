@@ -25,6 +25,8 @@ use mesh_dataplane::netns::Netns;
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 
+use crate::wait::{Poll, wait_for};
+
 /// What a finished command printed and how it ended.
 #[derive(Debug, Clone)]
 pub struct CmdOutput {
@@ -208,7 +210,7 @@ pub(crate) fn send_signal(pid: u32, sig: Signal) -> Result<()> {
 }
 
 /// Whether a process with this pid exists (a zombie counts).
-pub(crate) fn pid_alive(pid: u32) -> bool {
+pub fn pid_alive(pid: u32) -> bool {
     !matches!(
         signal::kill(Pid::from_raw(pid as i32), None),
         Err(nix::errno::Errno::ESRCH)
@@ -216,25 +218,23 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
 }
 
 /// SIGKILLs every process in `ns` (other than this one) until none is left, or fails after
-/// `timeout` naming the survivors.
+/// `timeout` (scaled by the patience knob) naming the survivors.
 pub(crate) fn kill_netns_processes(ns: &Netns, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let what = format!(
+        "the processes in network namespace {} to die of SIGKILL",
+        ns.name()
+    );
+    wait_for(&what, timeout, || {
         let pids = ns.pids()?;
-        if pids.is_empty() {
-            return Ok(());
+        for pid in &pids {
+            send_signal(*pid as u32, Signal::SIGKILL)?;
         }
-        if Instant::now() >= deadline {
-            bail!(
-                "processes {pids:?} in network namespace {} survive SIGKILL",
-                ns.name()
-            );
-        }
-        for pid in pids {
-            send_signal(pid as u32, Signal::SIGKILL)?;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        Ok(if pids.is_empty() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("survivors {pids:?}"))
+        })
+    })
 }
 
 /// Kills `pid` and all its descendants with SIGKILL. The root is stopped first so it cannot

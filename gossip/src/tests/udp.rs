@@ -5,9 +5,10 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use mesh_lab::wait::wait_for_async;
 use tokio::task::JoinHandle;
 
-use crate::gossip::{Gossip, GossipConfig, Keyring, Liveness, Peer, RecordEvent, RecordEventKind};
+use crate::{Gossip, GossipConfig, Keyring, Liveness, Peer, RecordEvent, RecordEventKind};
 
 const PATIENCE: Duration = Duration::from_secs(15);
 
@@ -24,14 +25,12 @@ fn fast() -> GossipConfig {
     }
 }
 
+/// Polls `cond` until it holds; panics naming `what` once `PATIENCE` (scaled by
+/// `MESH_TEST_PATIENCE`) runs out.
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let waited = tokio::time::timeout(PATIENCE, async {
-        while !cond() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(waited.is_ok(), "not within {PATIENCE:?}: {what}");
+    wait_for_async(what, PATIENCE, async || Ok(cond()))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {

@@ -4,7 +4,7 @@
 //! counter. Its namespaces are `<prefix>-<suffix>` and its files live in `<root>/<prefix>`.
 //! A prefix whose owner is no longer alive belongs to a crashed run: [`remove_stale_labs`]
 //! removes it. The same rule covers other test namespaces named `m<letters><pid>x<n>-...`
-//! (`mesh_dataplane::netns::TempNetns` uses `md`).
+//! (`mesh_dataplane::netns::TempNetns` uses `md`, a `NetnsScope` the tag it is given).
 
 use std::fs;
 use std::io;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use mesh_dataplane::netns::Netns;
 
-use super::process::{kill_netns_processes, pid_alive};
+use crate::process::{kill_netns_processes, pid_alive};
 
 /// Where labs keep their files unless told otherwise (`MESH_LAB_DIR` overrides).
 pub const DEFAULT_LAB_ROOT: &str = "/tmp/mesh-lab";
@@ -33,9 +33,15 @@ pub fn lab_root() -> PathBuf {
 
 /// A prefix no other lab of this or any live process uses: `mt<pid>x<n>`.
 pub fn unique_prefix() -> String {
+    tagged_prefix("mt")
+}
+
+/// `<tag><pid>x<n>`, unique per process by the counter and per run by the pid. Every prefix
+/// handed out in this process, whatever its tag, has its own `n`.
+pub(crate) fn tagged_prefix(tag: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     format!(
-        "mt{}x{}",
+        "{tag}{}x{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
@@ -53,14 +59,21 @@ pub(crate) fn owner_pid(prefix: &str) -> Option<u32> {
     pid.parse().ok()
 }
 
-/// Kills every process in the namespaces `<prefix>-*`, removes those namespaces, then removes
-/// `dir` if given: first every mount under it (a daemon may keep its own namespaces as bind
-/// mounts in its state directory: the processes inside those are killed too). Absent pieces
-/// are fine.
+/// Kills every process in the namespaces `<prefix>-*`, removes those namespaces (the most
+/// deeply named first), then removes `dir` if given: first every mount under it (a daemon may
+/// keep its own namespaces as bind mounts in its state directory: the processes inside those
+/// are killed too). Absent pieces are fine.
 pub fn remove_lab(prefix: &str, dir: Option<&Path>) -> Result<()> {
     let mut first_error = None;
     let dash = format!("{prefix}-");
-    for name in Netns::list()?.into_iter().filter(|n| n.starts_with(&dash)) {
+    let mut names: Vec<String> = Netns::list()?
+        .into_iter()
+        .filter(|n| n.starts_with(&dash))
+        .collect();
+    // Namespaces named under another one go first (a host's task and network sandboxes before
+    // the host, whose VXLAN sockets serve the sandboxes' devices).
+    names.sort_by_key(|n| std::cmp::Reverse(n.matches('-').count()));
+    for name in names {
         let result = (|| -> Result<()> {
             if let Ok(ns) = Netns::open(&name) {
                 kill_netns_processes(&ns, KILL_TIMEOUT)?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::sim::{FIRST_INCARNATION, Sim, keyring};
-use crate::gossip::{Core, GossipConfig, Liveness, NodeIdentity, Peer, TransmitKind};
+use crate::{Core, GossipConfig, Liveness, NodeIdentity, Peer, TransmitKind};
 
 const NET: &str = "net";
 
