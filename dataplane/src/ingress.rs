@@ -7,7 +7,7 @@
 //!    addresses (`fib daddr type local`). Ingress mode rewrites the destination to the
 //!    service's VIP on the `ingress` network and target port; host mode to the local task's
 //!    gateway address and target port. The node routes the ingress subnet to its ingress
-//!    sandbox's gateway address ([`Rtnl::replace_route`]).
+//!    sandbox's gateway address ([`Netlink::replace_route`]).
 //! 2. **Ingress sandbox** (a namespace with an address on the `ingress` overlay and one on the
 //!    gateway bridge): forwarding on, and the service load balancer (nftables or IPVS, the
 //!    same as in tasks) rewrites the VIP to one task's ingress address anywhere in the cluster.
@@ -28,11 +28,10 @@ use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::error::{Error, Result};
-use crate::link::IfName;
+use crate::netlink::Netlink;
 use crate::netns::Netns;
 use crate::nft;
-use crate::overlay::Mac;
-use crate::rtnl::Rtnl;
+use crate::types::{IfName, Mac};
 
 /// Suffix of the node's publication table: `<masquerade table>_ingress`.
 pub const PUBLISH_TABLE_SUFFIX: &str = "_ingress";
@@ -187,15 +186,15 @@ pub fn ensure_reply_routing(
     let name = ns.name().to_owned();
     let iface = iface.clone();
     ns.run_async(async move || {
-        let r = Rtnl::connect(name)?;
+        let r = Netlink::connect(name)?;
         let present = r.fwmark_rules(REPLY_RULE_PRIORITY).await?;
-        for mark in present.iter().filter(|m| !wanted.contains_key(m)) {
+        for mark in present.keys().filter(|m| !wanted.contains_key(m)) {
             r.remove_fwmark_rule(*mark, REPLY_RULE_PRIORITY).await?;
             r.remove_route(*mark, None).await?;
         }
         for (mark, via) in &wanted {
             r.replace_route(*mark, None, *via, &iface).await?;
-            if !present.contains(mark) {
+            if !present.contains_key(mark) {
                 r.add_fwmark_rule(*mark, *mark, REPLY_RULE_PRIORITY).await?;
             }
         }

@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
-use crate::link::{IfName, Ipv4Cidr};
 use crate::netns::Netns;
+use crate::types::{IfName, Ipv4Cidr};
 
 /// The `nft` binary, found on `PATH`.
 const NFT: &str = "nft";

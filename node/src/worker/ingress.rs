@@ -13,7 +13,7 @@ use mesh_dataplane::ingress::{self, Protocol, Publication};
 use mesh_dataplane::link::{IfName, Ipv4Cidr};
 use mesh_dataplane::netns::Netns;
 use mesh_dataplane::overlay::{Mac, TASK_GATEWAY_IFNAME, TaskId};
-use mesh_dataplane::rtnl;
+use mesh_dataplane::netlink::{MAIN_TABLE, Netlink};
 use mesh_proto::{PortConfig, PortProtocol, PublishMode, Task, TaskState};
 use tracing::{info, warn};
 
@@ -102,8 +102,8 @@ impl Worker {
         let host = self.dp.host();
         let name = host.name().to_owned();
         let result = host.run_async(async move || {
-            let r = rtnl::Rtnl::connect(name)?;
-            r.replace_route(rtnl::MAIN_TABLE, Some(subnet), egress.addr(), &bridge)
+            let r = Netlink::connect(name)?;
+            r.replace_route(MAIN_TABLE, Some(subnet), egress.addr(), &bridge)
                 .await
         });
         match result.and_then(|r| r) {
@@ -262,8 +262,8 @@ impl Worker {
             let host = self.dp.host();
             let name = host.name().to_owned();
             let result = host.run_async(async move || {
-                rtnl::Rtnl::connect(name)?
-                    .remove_route(rtnl::MAIN_TABLE, Some(subnet))
+                Netlink::connect(name)?
+                    .remove_route(MAIN_TABLE, Some(subnet))
                     .await
             });
             if let Err(e) = result.and_then(|r| r) {
