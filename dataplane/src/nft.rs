@@ -121,9 +121,17 @@ pub fn ensure_dns_redirect(ns: &Netns, addr: Ipv4Addr, udp_port: u16, tcp_port: 
 /// Our masquerade rule in `ns`, if the table exists and holds one.
 pub fn observe_masquerade(ns: &Netns, table: &str) -> Result<Option<Masquerade>> {
     check_table_name(table)?;
-    let args = ["list", "table", "ip", table];
+    Ok(list_table(ns, table, false)?
+        .and_then(|out| Masquerade::parse_listing(table, &String::from_utf8_lossy(&out))))
+}
+
+/// What `nft list table ip <table>` prints in `ns` (`nft -j` if `json`); `None` if there is
+/// no such table.
+pub(crate) fn list_table(ns: &Netns, table: &str, json: bool) -> Result<Option<Vec<u8>>> {
+    let args = ["-j", "list", "table", "ip", table];
+    let args = if json { &args[..] } else { &args[1..] };
     let mut cmd = Command::new(NFT);
-    cmd.args(args);
+    cmd.args(args).stdin(Stdio::null());
     ns.enter_on_exec(&mut cmd)?;
     let out = cmd.output().map_err(|source| Error::Spawn {
         program: NFT,
@@ -136,14 +144,11 @@ pub fn observe_masquerade(ns: &Netns, table: &str) -> Result<Option<Masquerade>>
         }
         return Err(Error::Command {
             program: NFT,
-            args: args.join(" "),
+            args: format!("{} (in {})", args.join(" "), ns.name()),
             stderr: stderr.trim().to_owned(),
         });
     }
-    Ok(Masquerade::parse_listing(
-        table,
-        &String::from_utf8_lossy(&out.stdout),
-    ))
+    Ok(Some(out.stdout))
 }
 
 /// Runs `nft -f -` in `netns` with `script` on its standard input: one atomic transaction.
