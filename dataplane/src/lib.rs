@@ -18,6 +18,8 @@
 //!   pure planner, nftables (`numgen` DNAT) and IPVS (generic netlink) backends.
 //! - [`ingress`]: the routing mesh's kernel state: published ports (DNAT in our own table)
 //!   and the reply routing that keeps client addresses.
+//! - [`kernel`]: [`Kernel`], everything one node's agent does to its kernel in one trait, with
+//!   [`LinuxKernel`](kernel::LinuxKernel) and `FakeKernel` (feature `fake`).
 //! - `fake` (feature `fake`): the in-memory kernel the fakes share.
 //! - [`error`]: the crate's error type.
 
@@ -25,6 +27,7 @@ pub mod error;
 #[cfg(any(test, feature = "fake"))]
 pub mod fake;
 pub mod ingress;
+pub mod kernel;
 pub mod lb;
 pub mod link;
 pub mod netlink;
@@ -35,3 +38,4 @@ pub mod sysctl;
 pub mod types;
 
 pub use error::{Error, Result};
+pub use kernel::Kernel;

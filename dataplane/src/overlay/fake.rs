@@ -13,6 +13,7 @@
 //! are that namespace's [`FakeNs`] part.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
 use crate::error::{Error, Result};
 use crate::fake::{FakeNet, World, netns_missing};
@@ -20,7 +21,9 @@ use crate::netns::At;
 use crate::nft::Masquerade;
 use crate::overlay::Dataplane;
 use crate::overlay::ids::vxlan_staging_name;
-use crate::overlay::model::{BRIDGE_IFNAME, Scope, TASK_GATEWAY_IFNAME, VXLAN_IFNAME};
+use crate::overlay::model::{
+    BRIDGE_IFNAME, Scope, TASK_GATEWAY_IFNAME, VXLAN_IFNAME, VXLAN_OVERHEAD,
+};
 use crate::overlay::observed::{FdbEntry, LinkKind, LinkState, NsSnapshot, Observed, sort_addrs};
 use crate::overlay::op::Op;
 use crate::types::{IfName, Ipv4Cidr, Mac};
@@ -112,6 +115,36 @@ impl FakeDataplane {
     /// Every op applied so far, in order.
     pub fn applied(&self) -> Vec<Op> {
         self.net.lock().shared::<OverlayLog>().applied.clone()
+    }
+
+    /// Adds a link that mesh did not make to the daemon's namespace, up, holding `addr`: the
+    /// underlay interface.
+    pub fn add_host_link(&self, name: IfName, addr: Ipv4Cidr, mtu: u32) -> Result<()> {
+        let mut w = self.net.lock();
+        let mut link = LinkState::new(LinkKind::Other, mtu);
+        link.up = true;
+        link.addrs = vec![addr];
+        K(&mut w).add_link(&At::Host, &name, link)
+    }
+
+    /// [`overlay_mtu`](crate::overlay::overlay_mtu) on the fake: `mtu` if given, else the MTU of
+    /// the link of the daemon's namespace that holds `underlay_ip`, minus the VXLAN overhead.
+    pub fn overlay_mtu(&self, underlay_ip: Ipv4Addr, mtu: Option<u32>) -> Result<u32> {
+        if let Some(mtu) = mtu {
+            return Ok(mtu);
+        }
+        let mut w = self.net.lock();
+        let mut k = K(&mut w);
+        k.ns(&At::Host)?
+            .snapshot
+            .links
+            .values()
+            .find(|l| l.addrs.iter().any(|a| a.addr() == underlay_ip))
+            .map(|l| l.mtu.saturating_sub(VXLAN_OVERHEAD))
+            .ok_or_else(|| Error::NoInterfaceWithAddress {
+                addr: underlay_ip,
+                netns: At::Host.to_string(),
+            })
     }
 }
 
@@ -475,7 +508,7 @@ mod tests {
             dp: FakeDataplane::new(),
             prefix: Prefix::new("mesh-fake-").expect("valid"),
             foreign: "mesh-other-".into(),
-            underlay_ip: std::net::Ipv4Addr::new(10, 250, 0, 1),
+            underlay_ip: Ipv4Addr::new(10, 250, 0, 1),
             guard: Box::new(()),
         }
     }
@@ -489,7 +522,7 @@ mod tests {
             .apply(&[Op::AddFdb {
                 netns: "mesh-fake-n1".into(),
                 mac: Mac([2, 0, 0, 0, 0, 1]),
-                vtep: std::net::Ipv4Addr::new(10, 0, 0, 1),
+                vtep: Ipv4Addr::new(10, 0, 0, 1),
             }])
             .unwrap_err();
         assert_eq!(
