@@ -14,10 +14,13 @@
 //!   redirect, and the helpers every table of ours uses.
 //! - [`overlay`]: the overlay data path: intent model, observed model, pure planner, Linux
 //!   implementation, fake (feature `fake`) and the conformance suite both pass.
-//! - [`lb`]: load balancing of service VIPs over task IPs inside a namespace: intent model,
-//!   pure planner, nftables (`numgen` DNAT) and IPVS (generic netlink) backends.
-//! - [`ingress`]: the routing mesh's kernel state: published ports (DNAT in our own table)
-//!   and the reply routing that keeps client addresses.
+//! - [`lb`]: load balancing of service VIPs over task IPs inside a namespace (by name): intent
+//!   model, pure planner, nftables (`numgen` DNAT) and IPVS (generic netlink) backends, a fake
+//!   and the conformance suite they pass.
+//! - [`ingress`]: the routing mesh's kernel state: published ports (DNAT in our own table),
+//!   the ingress sandbox as a router, and the reply routing that keeps client addresses;
+//!   intent model, observed model, pure planner, Linux implementation, fake and conformance
+//!   suite, as the overlay.
 //! - [`kernel`]: [`Kernel`], everything one node's agent does to its kernel in one trait, with
 //!   [`LinuxKernel`](kernel::LinuxKernel) and `FakeKernel` (feature `fake`).
 //! - `fake` (feature `fake`): the in-memory kernel the fakes share.

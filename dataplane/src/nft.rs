@@ -1,8 +1,10 @@
-//! The nftables masquerade rule that gives tasks egress, applied with the `nft` binary.
+//! Our nftables tables, through the `nft` binary: the masquerade rule that gives tasks egress,
+//! the DNS redirect of a task, and what every table of ours is written and read with
+//! (replacing a table whole in one transaction, listing one, checking a table name).
 //!
-//! Everything lives in one table of our own (family `ip`, name from the config, `mesh` by
-//! default): it is replaced as a whole in one `nft -f` transaction (so it is never half
-//! written) and deleted as a whole. No other table is read, flushed or changed. The rule
+//! The masquerade rule lives in one table of our own (family `ip`, name from the config,
+//! `mesh` by default): it is replaced as a whole in one `nft -f` transaction (so it is never
+//! half written) and deleted as a whole. No other table is read, flushed or changed. The rule
 //! carries a comment that restates its inputs, so observing it needs no JSON parsing: the
 //! comment is what we compare.
 

@@ -32,12 +32,12 @@ pub fn write(path: &str, value: &str) -> Result<()> {
     })
 }
 
-/// [`write`] from a thread inside `ns`.
+/// [`write()`] from a thread inside `ns`.
 pub fn write_in(ns: &Netns, path: &str, value: &str) -> Result<()> {
     ns.run(|| write(path, value))?
 }
 
-/// [`read`] of each of `paths` from one thread inside `ns`, in order.
+/// [`read()`] of each of `paths` from one thread inside `ns`, in order.
 pub fn read_in(ns: &Netns, paths: &[String]) -> Result<Vec<Option<String>>> {
     ns.run(|| paths.iter().map(|p| read(p)).collect())?
 }

@@ -6,6 +6,7 @@
 //! written by a short-lived thread inside it, tables by `nft` started inside it.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 
 use netlink_packet_route::link::LinkAttribute;
 
@@ -24,7 +25,7 @@ use crate::netlink::{MAIN_TABLE, Netlink, Session};
 use crate::netns::{At, Netns};
 use crate::nft;
 use crate::sysctl;
-use crate::types::IfName;
+use crate::types::{IfName, Ipv4Cidr};
 
 /// The routing mesh on the real kernel, run from the daemon's namespace.
 #[derive(Debug)]
@@ -203,10 +204,7 @@ async fn link_names(nl: &Netlink) -> Result<HashMap<u32, IfName>> {
 }
 
 /// Routes of the main table with a gateway out of `bridge`: ours (the bridge is).
-async fn gateway_routes(
-    nl: &Netlink,
-    bridge: &IfName,
-) -> Result<BTreeMap<crate::types::Ipv4Cidr, std::net::Ipv4Addr>> {
+async fn gateway_routes(nl: &Netlink, bridge: &IfName) -> Result<BTreeMap<Ipv4Cidr, Ipv4Addr>> {
     let Some(index) = nl.link_index(bridge).await? else {
         return Ok(BTreeMap::new());
     };
@@ -220,7 +218,7 @@ async fn gateway_routes(
 }
 
 /// Default routes of the reply tables: table -> (via, device).
-async fn reply_routes(nl: &Netlink) -> Result<BTreeMap<u32, (std::net::Ipv4Addr, IfName)>> {
+async fn reply_routes(nl: &Netlink) -> Result<BTreeMap<u32, (Ipv4Addr, IfName)>> {
     let names = link_names(nl).await?;
     Ok(nl
         .ipv4_routes()

@@ -30,8 +30,8 @@
 //! - [`plan`](mod@plan): the pure planner, desired + observed -> [`Op`]s.
 //! - [`nft`]: our three tables: the scripts that write them and the parsers that read them.
 //! - [`linux`]: [`LinuxMesh`], which observes and applies with `nft`, rtnetlink and sysctls.
-//! - `fake` (feature `fake`): [`FakeMesh`](fake::FakeMesh), the routing mesh's view of the
-//!   shared in-memory kernel ([`crate::fake`]).
+//! - `fake` (feature `fake`): `FakeMesh`, the routing mesh's view of the
+//!   shared in-memory kernel (`crate::fake`).
 //! - `conformance` (feature `fake`): the suite both implementations pass (the Linux run is
 //!   the `ingress_conformance` integration test).
 //!

@@ -11,7 +11,7 @@
 //! ingress subnet, then the published ports (`route_localnet` before the table), then each
 //! task's reply routing (sysctls, table, stale rules and routes, then wanted ones).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -204,12 +204,7 @@ pub fn plan(desired: &NodeMesh, observed: &Observed) -> Result<Vec<Op>> {
 }
 
 /// The sysctls of `wanted` that `observed` does not hold at their wanted value, in order.
-fn sysctls(
-    ops: &mut Vec<Op>,
-    at: &At,
-    wanted: Vec<Sysctl>,
-    observed: &std::collections::BTreeMap<Sysctl, String>,
-) {
+fn sysctls(ops: &mut Vec<Op>, at: &At, wanted: Vec<Sysctl>, observed: &BTreeMap<Sysctl, String>) {
     for sysctl in wanted {
         if observed.get(&sysctl).map(String::as_str) != Some(sysctl.wanted()) {
             ops.push(Op::SetSysctl {
@@ -226,7 +221,7 @@ fn reply_routes(
     ops: &mut Vec<Op>,
     netns: &str,
     iface: &IfName,
-    marks: &std::collections::BTreeMap<u32, Ipv4Addr>,
+    marks: &BTreeMap<u32, Ipv4Addr>,
     o: &ObservedTask,
 ) {
     let at = At::Netns(netns.to_owned());

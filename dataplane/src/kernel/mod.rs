@@ -1,6 +1,6 @@
 //! One node's kernel as its agent uses it: the overlay, the load balancer of each namespace,
 //! the routing mesh, and whether a namespace exists. The agent is handed a [`Kernel`], so it
-//! runs on Linux ([`LinuxKernel`]) and, in tests, in memory ([`FakeKernel`](fake::FakeKernel),
+//! runs on Linux ([`LinuxKernel`]) and, in tests, in memory (`FakeKernel`,
 //! feature `fake`).
 //!
 //! [`Kernel`] is object-safe: hold a `Box<dyn Kernel + Send + Sync>`, or be generic over
@@ -14,7 +14,7 @@
 //! - this module: the [`Kernel`] trait.
 //! - [`linux`]: [`LinuxKernel`], from the daemon's namespace, with the load-balancing backend
 //!   chosen as [`lb::detect`](crate::lb::detect) and [`Backend`](crate::lb::Backend) do.
-//! - `fake` (feature `fake`): [`FakeKernel`](fake::FakeKernel), the three fakes on one shared
+//! - `fake` (feature `fake`): `FakeKernel`, the three fakes on one shared
 //!   in-memory kernel, with accessors to inspect it.
 
 pub mod linux;

@@ -15,8 +15,8 @@
 //! - [`ipvs`]: [`IpvsLb`], IPVS fwmark services driven over generic netlink (the family is
 //!   written by hand in [`ipvs::msg`]); nftables only marks the VIP's packets.
 //! - [`conntrack`]: deleting the conntrack entries of removed backends.
-//! - `fake` (feature `fake`): [`FakeLb`](fake::FakeLb), in memory, on the shared fake kernel
-//!   ([`crate::fake`]); its tables, flows and flushes can be inspected.
+//! - `fake` (feature `fake`): `FakeLb`, in memory, on the shared fake kernel
+//!   (`crate::fake`); its tables, flows and flushes can be inspected.
 //! - `conformance` (feature `fake`): the suite [`NftLb`] and the fake both pass (the Linux run
 //!   is the `lb_conformance` integration test).
 //!

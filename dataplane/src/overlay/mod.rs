@@ -13,8 +13,8 @@
 //! - [`plan`](mod@plan): the pure planner, desired + observed -> [`Op`]s.
 //! - [`linux`]: [`LinuxDataplane`], which observes and applies over rtnetlink (and `nft`), and
 //!   [`overlay_mtu`].
-//! - `fake` (feature `fake`): [`FakeDataplane`](fake::FakeDataplane), the overlay's view of the
-//!   shared in-memory kernel ([`crate::fake`]).
+//! - `fake` (feature `fake`): `FakeDataplane`, the overlay's view of the
+//!   shared in-memory kernel (`crate::fake`).
 //! - `conformance` (feature `fake`): the suite both implementations pass.
 //! - [`gateway`]: the node-local allocator of gateway-bridge addresses.
 //!

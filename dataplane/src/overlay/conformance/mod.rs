@@ -4,15 +4,16 @@
 //!
 //! Each case takes a fresh [`Harness`] and says in its name what it proves. Use
 //! [`overlay_conformance_tests!`](crate::overlay_conformance_tests) to get one `#[test]` per
-//! case for a harness factory. The cases use only the [`Dataplane`] trait: stale and foreign
+//! case for a harness factory. The cases use only the
+//! [`Dataplane`](crate::overlay::Dataplane) trait: stale and foreign
 //! objects are made with [`Op`](crate::overlay::Op)s, and foreign namespaces are seen by
 //! observing another scope.
 //!
 //! # Layout
-//! - [`fixtures`]: the [`Harness`], the node the cases build and the checks they repeat.
-//! - [`build`]: building a node, and leaving alone what is right or not ours.
-//! - [`remotes`]: the FDB and neighbor entries of remote endpoints.
-//! - [`repair`]: removing what is stale and repairing drift.
+//! - `fixtures`: the [`Harness`], the node the cases build and the checks they repeat.
+//! - `build`: building a node, and leaving alone what is right or not ours.
+//! - `remotes`: the FDB and neighbor entries of remote endpoints.
+//! - `repair`: removing what is stale and repairing drift.
 
 mod build;
 mod fixtures;

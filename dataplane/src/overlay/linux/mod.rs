@@ -3,7 +3,7 @@
 //! # Threads and sockets
 //! Each [`Dataplane::observe`] or [`Dataplane::apply`] call runs on one fresh OS thread that
 //! enters the daemon's namespace (see [`crate::netns`]) and keeps a netlink
-//! [`Session`](crate::netlink::Session) there: one socket per namespace it needs serves the
+//! [`Session`] there: one socket per namespace it needs serves the
 //! whole batch, and nothing ever runs in another namespace on a thread that outlives the call.
 //!
 //! # Layout
