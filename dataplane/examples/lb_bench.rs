@@ -69,7 +69,7 @@ fn change_time(n: usize, changes: usize) -> (f64, f64) {
     let lb = NftLb::new();
     let table = services(n);
     let start = Instant::now();
-    reconcile(&lb, &ns, &table).expect("program services");
+    reconcile(&lb, ns.name(), &table).expect("program services");
     let setup = start.elapsed().as_secs_f64();
     let mut times = Vec::new();
     for k in 0..changes {
@@ -77,7 +77,7 @@ fn change_time(n: usize, changes: usize) -> (f64, f64) {
         let drop = *s.backends.iter().nth(k % 10).unwrap();
         s.backends.remove(&drop);
         let start = Instant::now();
-        lb.apply(&ns, &[LbChange::Upsert(s)]).expect("apply");
+        lb.apply(ns.name(), &[LbChange::Upsert(s)]).expect("apply");
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
     (median(times), setup)
@@ -97,7 +97,10 @@ fn main() {
     let secs = arg("--secs", 2.0);
     let w = LbWorld::new(3);
     NftLb::new()
-        .apply(&w.client, &[LbChange::Upsert(LbService::new(VIP, w.ips()))])
+        .apply(
+            w.client.name(),
+            &[LbChange::Upsert(LbService::new(VIP, w.ips()))],
+        )
         .expect("program the VIP");
     let direct_ip = w.ips()[0];
 

@@ -131,6 +131,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether this says a named namespace does not exist: no such name, or a name left by a
+    /// crash before its namespace was mounted (`EINVAL`).
+    pub fn is_missing_netns(&self) -> bool {
+        match self {
+            Error::Netns { source, .. } => {
+                source.kind() == io::ErrorKind::NotFound
+                    || source.raw_os_error() == Some(libc::EINVAL)
+            }
+            _ => false,
+        }
+    }
+
     /// The errno of a refused netlink request, if this is one.
     pub fn netlink_errno(&self) -> Option<i32> {
         match self {

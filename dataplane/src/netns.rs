@@ -33,6 +33,24 @@ const NSFS_MAGIC: i64 = 0x6e73_6673;
 /// same unlocked sequence across processes; a lost race only stacks an extra bind mount).
 static MOUNT_LOCK: Mutex<()> = Mutex::new(());
 
+/// Where something lives: the daemon's own namespace, or a named one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum At {
+    /// The daemon's own (underlay) namespace.
+    Host,
+    /// A named namespace.
+    Netns(String),
+}
+
+impl std::fmt::Display for At {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Host => f.write_str("the daemon's namespace"),
+            At::Netns(name) => f.write_str(name),
+        }
+    }
+}
+
 /// An open handle on a network namespace. The namespace stays alive while the handle is open,
 /// even if its name is removed.
 #[derive(Debug)]

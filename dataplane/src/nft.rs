@@ -1,8 +1,10 @@
-//! The nftables masquerade rule that gives tasks egress, applied with the `nft` binary.
+//! Our nftables tables, through the `nft` binary: the masquerade rule that gives tasks egress,
+//! the DNS redirect of a task, and what every table of ours is written and read with
+//! (replacing a table whole in one transaction, listing one, checking a table name).
 //!
-//! Everything lives in one table of our own (family `ip`, name from the config, `mesh` by
-//! default): it is replaced as a whole in one `nft -f` transaction (so it is never half
-//! written) and deleted as a whole. No other table is read, flushed or changed. The rule
+//! The masquerade rule lives in one table of our own (family `ip`, name from the config,
+//! `mesh` by default): it is replaced as a whole in one `nft -f` transaction (so it is never
+//! half written) and deleted as a whole. No other table is read, flushed or changed. The rule
 //! carries a comment that restates its inputs, so observing it needs no JSON parsing: the
 //! comment is what we compare.
 
@@ -11,8 +13,8 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
-use crate::link::{IfName, Ipv4Cidr};
 use crate::netns::Netns;
+use crate::types::{IfName, Ipv4Cidr};
 
 /// The `nft` binary, found on `PATH`.
 const NFT: &str = "nft";
@@ -121,9 +123,17 @@ pub fn ensure_dns_redirect(ns: &Netns, addr: Ipv4Addr, udp_port: u16, tcp_port: 
 /// Our masquerade rule in `ns`, if the table exists and holds one.
 pub fn observe_masquerade(ns: &Netns, table: &str) -> Result<Option<Masquerade>> {
     check_table_name(table)?;
-    let args = ["list", "table", "ip", table];
+    Ok(list_table(ns, table, false)?
+        .and_then(|out| Masquerade::parse_listing(table, &String::from_utf8_lossy(&out))))
+}
+
+/// What `nft list table ip <table>` prints in `ns` (`nft -j` if `json`); `None` if there is
+/// no such table.
+pub(crate) fn list_table(ns: &Netns, table: &str, json: bool) -> Result<Option<Vec<u8>>> {
+    let args = ["-j", "list", "table", "ip", table];
+    let args = if json { &args[..] } else { &args[1..] };
     let mut cmd = Command::new(NFT);
-    cmd.args(args);
+    cmd.args(args).stdin(Stdio::null());
     ns.enter_on_exec(&mut cmd)?;
     let out = cmd.output().map_err(|source| Error::Spawn {
         program: NFT,
@@ -136,14 +146,11 @@ pub fn observe_masquerade(ns: &Netns, table: &str) -> Result<Option<Masquerade>>
         }
         return Err(Error::Command {
             program: NFT,
-            args: args.join(" "),
+            args: format!("{} (in {})", args.join(" "), ns.name()),
             stderr: stderr.trim().to_owned(),
         });
     }
-    Ok(Masquerade::parse_listing(
-        table,
-        &String::from_utf8_lossy(&out.stdout),
-    ))
+    Ok(Some(out.stdout))
 }
 
 /// Runs `nft -f -` in `netns` with `script` on its standard input: one atomic transaction.

@@ -191,17 +191,20 @@ fn ipvs_inside_vm() {
     let udp = SocketAddrV4::new(VIP, UDP_PORT);
     let all = LbService::new(VIP, w.ips());
     let desired: LbTable = [all.clone()].into_iter().collect();
-    let changes = lb::reconcile(&ipvs, &w.client, &desired).expect("program ipvs");
+    let changes = lb::reconcile(&ipvs, w.client.name(), &desired).expect("program ipvs");
     assert_eq!(changes, vec![LbChange::Upsert(all.clone())]);
 
-    let timeouts = lb::ipvs::read_timeouts(&w.client).expect("get config");
+    let timeouts = lb::ipvs::read_timeouts(w.client.name()).expect("get config");
     assert_eq!(timeouts, IpvsTimeouts::default(), "timeouts read back");
     assert_eq!(
-        ipvs.observe(&w.client).unwrap(),
+        ipvs.observe(w.client.name()).unwrap(),
         desired,
         "observed = desired"
     );
-    assert_eq!(plan(&desired, &ipvs.observe(&w.client).unwrap()), vec![]);
+    assert_eq!(
+        plan(&desired, &ipvs.observe(w.client.name()).unwrap()),
+        vec![]
+    );
 
     let counts = w.tcp_spread(tcp, 30);
     spread_ok(&counts, &["b1", "b2", "b3"], 30)
@@ -211,7 +214,7 @@ fn ipvs_inside_vm() {
 
     // 3 -> 2: b3 gets nothing after.
     let two = LbService::new(VIP, w.ips().into_iter().take(2));
-    ipvs.apply(&w.client, &[LbChange::Upsert(two.clone())])
+    ipvs.apply(w.client.name(), &[LbChange::Upsert(two.clone())])
         .expect("remove a backend");
     let b3 = w.backend("b3");
     let before = b3.tcp_served.load(Ordering::Relaxed);
@@ -219,13 +222,16 @@ fn ipvs_inside_vm() {
     spread_ok(&after, &["b1", "b2"], 20).unwrap_or_else(|e| panic!("after removal: {e}"));
     assert_eq!(b3.tcp_served.load(Ordering::Relaxed), before, "b3 removed");
     assert_eq!(
-        ipvs.observe(&w.client).unwrap(),
+        ipvs.observe(w.client.name()).unwrap(),
         [two].into_iter().collect::<LbTable>()
     );
 
     // No backends: refused at once; then the service goes away entirely.
-    ipvs.apply(&w.client, &[LbChange::Upsert(LbService::new(VIP, []))])
-        .expect("empty the service");
+    ipvs.apply(
+        w.client.name(),
+        &[LbChange::Upsert(LbService::new(VIP, []))],
+    )
+    .expect("empty the service");
     let refused = w.in_client(|| {
         let start = Instant::now();
         (tcp_ask(tcp), start.elapsed())
@@ -237,9 +243,9 @@ fn ipvs_inside_vm() {
         "refused in {:?}",
         refused.1
     );
-    ipvs.apply(&w.client, &[LbChange::Remove(VIP)])
+    ipvs.apply(w.client.name(), &[LbChange::Remove(VIP)])
         .expect("remove the service");
-    assert_eq!(ipvs.observe(&w.client).unwrap(), LbTable::new());
+    assert_eq!(ipvs.observe(w.client.name()).unwrap(), LbTable::new());
 
     println!(
         "\nIPVS-TEST PASS detect=ipvs tcp={counts:?} udp={udp_counts:?} after-removal={after:?} \

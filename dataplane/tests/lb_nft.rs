@@ -65,7 +65,7 @@ fn tcp_and_udp_to_the_vip_are_spread_over_all_backends() {
     // A table that is not ours must survive everything we do.
     nft_in(&w.client, &["add", "table", "ip", "foreign"]);
     let desired = table_of([LbService::new(VIP, w.ips())]);
-    let applied = reconcile(&lb, &w.client, &desired).unwrap();
+    let applied = reconcile(&lb, w.client.name(), &desired).unwrap();
     assert_eq!(
         applied,
         vec![LbChange::Upsert(LbService::new(VIP, w.ips()))]
@@ -101,12 +101,15 @@ fn tcp_and_udp_to_the_vip_are_spread_over_all_backends() {
     );
 
     // Converged: observation reads back exactly the desired table, and nothing is planned.
-    assert_eq!(lb.observe(&w.client).unwrap(), desired);
-    assert_eq!(plan(&desired, &lb.observe(&w.client).unwrap()), vec![]);
-    assert_eq!(reconcile(&lb, &w.client, &desired).unwrap(), vec![]);
+    assert_eq!(lb.observe(w.client.name()).unwrap(), desired);
+    assert_eq!(
+        plan(&desired, &lb.observe(w.client.name()).unwrap()),
+        vec![]
+    );
+    assert_eq!(reconcile(&lb, w.client.name(), &desired).unwrap(), vec![]);
 
-    lb.clear(&w.client).unwrap();
-    assert_eq!(lb.observe(&w.client).unwrap(), LbTable::new());
+    lb.clear(w.client.name()).unwrap();
+    assert_eq!(lb.observe(w.client.name()).unwrap(), LbTable::new());
     assert!(nft_in(&w.client, &["list", "tables"]).contains("table ip foreign"));
 }
 
@@ -116,7 +119,7 @@ fn removing_a_backend_is_atomic_and_the_removed_one_gets_nothing() {
     let lb = NftLb::new();
     let all = LbService::new(VIP, w.ips());
     let two = LbService::new(VIP, w.ips().into_iter().take(2));
-    lb.apply(&w.client, &[LbChange::Upsert(all.clone())])
+    lb.apply(w.client.name(), &[LbChange::Upsert(all.clone())])
         .unwrap();
 
     // A client loop of short connections runs during ten 3 -> 2 -> 3 flips.
@@ -145,14 +148,14 @@ fn removing_a_backend_is_atomic_and_the_removed_one_gets_nothing() {
         };
         wait_progress(20);
         for _ in 0..10 {
-            lb.apply(&w.client, &[LbChange::Upsert(two.clone())])
+            lb.apply(w.client.name(), &[LbChange::Upsert(two.clone())])
                 .unwrap();
             wait_progress(10);
-            lb.apply(&w.client, &[LbChange::Upsert(all.clone())])
+            lb.apply(w.client.name(), &[LbChange::Upsert(all.clone())])
                 .unwrap();
             wait_progress(10);
         }
-        lb.apply(&w.client, &[LbChange::Upsert(two.clone())])
+        lb.apply(w.client.name(), &[LbChange::Upsert(two.clone())])
             .unwrap();
         wait_progress(20);
         stop.store(true, Ordering::Relaxed);
@@ -178,15 +181,18 @@ fn removing_a_backend_is_atomic_and_the_removed_one_gets_nothing() {
         before,
         "b3 was removed"
     );
-    assert_eq!(lb.observe(&w.client).unwrap(), table_of([two]));
+    assert_eq!(lb.observe(w.client.name()).unwrap(), table_of([two]));
 }
 
 #[test]
 fn udp_flow_leaves_a_removed_backend_once_conntrack_is_flushed() {
     let w = LbWorld::new(3);
     let lb = NftLb::new();
-    lb.apply(&w.client, &[LbChange::Upsert(LbService::new(VIP, w.ips()))])
-        .unwrap();
+    lb.apply(
+        w.client.name(),
+        &[LbChange::Upsert(LbService::new(VIP, w.ips()))],
+    )
+    .unwrap();
     // One UDP "flow": the same socket (same source port) keeps asking.
     let sock: UdpSocket = w.in_client(|| {
         let s = UdpSocket::bind("0.0.0.0:0").unwrap();
@@ -205,14 +211,15 @@ fn udp_flow_leaves_a_removed_backend_once_conntrack_is_flushed() {
 
     let rest: BTreeSet<Ipv4Addr> = w.ips().into_iter().filter(|ip| *ip != pinned.ip).collect();
     lb.apply(
-        &w.client,
+        w.client.name(),
         &[LbChange::Upsert(LbService::new(VIP, rest.iter().copied()))],
     )
     .unwrap();
     // The stale conntrack entry keeps the flow on the removed backend (moby#8795)...
     assert_eq!(udp_ask(Some(&sock), vip_udp()).unwrap(), first);
     // ...until it is flushed: then the flow is balanced again, to a live backend.
-    lb.flush_conntrack(&w.client, &[pinned.ip].into()).unwrap();
+    lb.flush_conntrack(w.client.name(), &[pinned.ip].into())
+        .unwrap();
     let served_before = pinned.udp_served.load(Ordering::Relaxed);
     for _ in 0..5 {
         let now = udp_ask(Some(&sock), vip_udp()).unwrap();
@@ -220,17 +227,21 @@ fn udp_flow_leaves_a_removed_backend_once_conntrack_is_flushed() {
     }
     assert_eq!(pinned.udp_served.load(Ordering::Relaxed), served_before);
     // Flushing again finds nothing and is fine.
-    lb.flush_conntrack(&w.client, &[pinned.ip].into()).unwrap();
+    lb.flush_conntrack(w.client.name(), &[pinned.ip].into())
+        .unwrap();
 }
 
 #[test]
 fn zero_backends_refuse_connections_fast() {
     let w = LbWorld::new(1);
     let lb = NftLb::new();
-    lb.apply(&w.client, &[LbChange::Upsert(LbService::new(VIP, []))])
-        .unwrap();
+    lb.apply(
+        w.client.name(),
+        &[LbChange::Upsert(LbService::new(VIP, []))],
+    )
+    .unwrap();
     assert_eq!(
-        lb.observe(&w.client).unwrap(),
+        lb.observe(w.client.name()).unwrap(),
         table_of([LbService::new(VIP, [])])
     );
     let (tcp, tcp_took, udp) = w.in_client(|| {
@@ -257,12 +268,15 @@ fn zero_backends_refuse_connections_fast() {
     );
 
     // A backend comes back: served again. Then the service goes away entirely.
-    lb.apply(&w.client, &[LbChange::Upsert(LbService::new(VIP, w.ips()))])
-        .unwrap();
+    lb.apply(
+        w.client.name(),
+        &[LbChange::Upsert(LbService::new(VIP, w.ips()))],
+    )
+    .unwrap();
     assert_eq!(w.in_client(|| tcp_ask(vip_tcp())).unwrap(), "b1");
-    lb.apply(&w.client, &[LbChange::Remove(VIP)]).unwrap();
-    lb.apply(&w.client, &[LbChange::Remove(VIP)]).unwrap();
-    assert_eq!(lb.observe(&w.client).unwrap(), LbTable::new());
+    lb.apply(w.client.name(), &[LbChange::Remove(VIP)]).unwrap();
+    lb.apply(w.client.name(), &[LbChange::Remove(VIP)]).unwrap();
+    assert_eq!(lb.observe(w.client.name()).unwrap(), LbTable::new());
     let listing = nft_in(&w.client, &["list", "table", "ip", lb::TABLE]);
     assert!(!listing.contains("10_77_0_100"), "{listing}");
 }
@@ -285,12 +299,12 @@ fn updating_one_of_1000_services_touches_only_that_service() {
     let lb = NftLb::new();
     let mut desired = many_services(1000);
     let start = Instant::now();
-    reconcile(&lb, &ns, &desired).unwrap();
+    reconcile(&lb, ns.name(), &desired).unwrap();
     eprintln!(
         "1000 services x 10 backends programmed in {:?}",
         start.elapsed()
     );
-    assert_eq!(lb.observe(&ns).unwrap(), desired);
+    assert_eq!(lb.observe(ns.name()).unwrap(), desired);
 
     let victim = *desired.services.keys().nth(500).unwrap();
     let other = *desired.services.keys().nth(10).unwrap();
@@ -304,7 +318,7 @@ fn updating_one_of_1000_services_touches_only_that_service() {
     let dropped = *changed.backends.iter().next().unwrap();
     changed.backends.remove(&dropped);
     desired.upsert(changed.clone());
-    let changes = plan(&desired, &lb.observe(&ns).unwrap());
+    let changes = plan(&desired, &lb.observe(ns.name()).unwrap());
     assert_eq!(changes, vec![LbChange::Upsert(changed.clone())]);
 
     // The transaction: the constant base statements plus the statements of this one service;
@@ -325,9 +339,9 @@ fn updating_one_of_1000_services_touches_only_that_service() {
         "one-service transaction: {} statements",
         script.lines().count()
     );
-    lb.apply(&ns, &changes).unwrap();
+    lb.apply(ns.name(), &changes).unwrap();
 
-    let after = lb.observe(&ns).unwrap();
+    let after = lb.observe(ns.name()).unwrap();
     assert_eq!(after, desired);
     // Another service's map is the very same object (same handle, same elements).
     assert_eq!(
@@ -337,7 +351,7 @@ fn updating_one_of_1000_services_touches_only_that_service() {
         ),
         before
     );
-    lb.clear(&ns).unwrap();
+    lb.clear(ns.name()).unwrap();
 }
 
 fn victim_suffix(vip: Ipv4Addr) -> String {
@@ -358,7 +372,7 @@ fn backend_is_chosen_by_the_kernel_and_can_be_forced() {
     if detected == Backend::Nftables {
         // Without IPVS, the IPVS backend fails with an error naming the namespace.
         let ns = TempNetns::new("noipvs").unwrap();
-        let err = IpvsLb::default().observe(&ns).unwrap_err();
+        let err = IpvsLb::default().observe(ns.name()).unwrap_err();
         let text = format!("{err}");
         assert!(text.contains(ns.name()) && text.contains("ipvs"), "{text}");
     }

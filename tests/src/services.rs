@@ -346,7 +346,7 @@ pub fn lb_table(ns: &Netns) -> Result<LbTable> {
     let backend = *BACKEND.get_or_init(lb::detect);
     backend
         .load_balancer()
-        .observe(ns)
+        .observe(ns.name())
         .with_context(|| format!("observe the {backend} load balancer in {}", ns.name()))
 }
 

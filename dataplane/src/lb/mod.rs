@@ -15,6 +15,10 @@
 //! - [`ipvs`]: [`IpvsLb`], IPVS fwmark services driven over generic netlink (the family is
 //!   written by hand in [`ipvs::msg`]); nftables only marks the VIP's packets.
 //! - [`conntrack`]: deleting the conntrack entries of removed backends.
+//! - `fake` (feature `fake`): `FakeLb`, in memory, on the shared fake kernel
+//!   (`crate::fake`); its tables, flows and flushes can be inspected.
+//! - `conformance` (feature `fake`): the suite [`NftLb`] and the fake both pass (the Linux run
+//!   is the `lb_conformance` integration test).
 //!
 //! # Cost
 //! Changing one service costs work proportional to that service only: one `nft -f`
@@ -43,12 +47,17 @@
 //! # Use
 //! The agent keeps one desired [`LbTable`] per task namespace, calls [`reconcile`] when it
 //! (re)starts and [`LoadBalancer::apply`] with one [`LbChange`] when a service's backends
-//! change. Switching a namespace from one backend to the other: [`LoadBalancer::clear`] with the
-//! old one first (both keep their objects in `table ip mesh_lb`). The methods block (they spawn `nft` or talk netlink on a thread of their own): from
-//! async code call them inside `tokio::task::spawn_blocking`. Calls for one namespace must not
-//! overlap.
+//! change, naming the namespace. Switching a namespace from one backend to the other:
+//! [`LoadBalancer::clear`] with the old one first (both keep their objects in `table ip
+//! mesh_lb`). The methods block (they spawn `nft` or talk netlink on a thread of their own):
+//! from async code call them inside `tokio::task::spawn_blocking`. Calls for one namespace must
+//! not overlap.
 
+#[cfg(any(test, feature = "fake"))]
+pub mod conformance;
 pub mod conntrack;
+#[cfg(any(test, feature = "fake"))]
+pub mod fake;
 pub mod ipvs;
 pub mod nft;
 
@@ -58,7 +67,6 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::netns::Netns;
 
 pub use ipvs::{IpvsLb, IpvsTimeouts};
 pub use nft::NftLb;
@@ -171,19 +179,22 @@ impl fmt::Display for LbChange {
 }
 
 /// A kernel mechanism that balances VIPs inside a namespace.
+///
+/// Namespaces are named (as under `/run/netns`); an implementation opens the namespace itself
+/// for each call, and one that does not exist is an error naming it. Object-safe.
 pub trait LoadBalancer {
-    /// Reads our services in `netns` (and nothing that is not ours).
-    fn observe(&self, netns: &Netns) -> Result<LbTable>;
+    /// Reads our services in the namespace `netns` (and nothing that is not ours).
+    fn observe(&self, netns: &str) -> Result<LbTable>;
 
     /// Applies `changes` in `netns`. Each change touches only the objects of its own VIP.
-    fn apply(&self, netns: &Netns, changes: &[LbChange]) -> Result<()>;
+    fn apply(&self, netns: &str, changes: &[LbChange]) -> Result<()>;
 
     /// Deletes the conntrack entries (and, for IPVS, connection entries) of flows that were
     /// sent to one of `backends`, so they pick a live backend on their next packet.
-    fn flush_conntrack(&self, netns: &Netns, backends: &BTreeSet<Ipv4Addr>) -> Result<()>;
+    fn flush_conntrack(&self, netns: &str, backends: &BTreeSet<Ipv4Addr>) -> Result<()>;
 
     /// Removes everything of ours from `netns` (our table, our IPVS services).
-    fn clear(&self, netns: &Netns) -> Result<()>;
+    fn clear(&self, netns: &str) -> Result<()>;
 }
 
 /// The changes that turn `observed` into `desired`: an upsert for each service that is missing
@@ -209,17 +220,13 @@ pub fn plan(desired: &LbTable, observed: &LbTable) -> Vec<LbChange> {
 /// second call finds nothing to do). Returns the changes applied.
 pub fn reconcile(
     lb: &(impl LoadBalancer + ?Sized),
-    netns: &Netns,
+    netns: &str,
     desired: &LbTable,
 ) -> Result<Vec<LbChange>> {
     let observed = lb.observe(netns)?;
     let changes = plan(desired, &observed);
     if !changes.is_empty() {
-        tracing::debug!(
-            netns = netns.name(),
-            changes = changes.len(),
-            "reconcile load balancer"
-        );
+        tracing::debug!(netns, changes = changes.len(), "reconcile load balancer");
         lb.apply(netns, &changes)?;
     }
     Ok(changes)

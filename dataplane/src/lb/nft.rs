@@ -39,7 +39,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
@@ -48,7 +47,6 @@ use crate::error::{Error, Result};
 use crate::netns::Netns;
 pub(crate) use crate::nft::run_script;
 
-const NFT: &str = "nft";
 const COMMENT_DNAT: &str = "mesh-lb dnat";
 const COMMENT_REJECT: &str = "mesh-lb reject";
 const COMMENT_MARK: &str = "mesh-lb mark";
@@ -84,31 +82,27 @@ impl NftLb {
 }
 
 impl LoadBalancer for NftLb {
-    fn observe(&self, netns: &Netns) -> Result<LbTable> {
-        let Some(state) = observe_table(netns)? else {
+    fn observe(&self, netns: &str) -> Result<LbTable> {
+        let Some(state) = observe_table(&Netns::open(netns)?)? else {
             return Ok(LbTable::new());
         };
         Ok(state.table(Flavor::Dnat, |_| None))
     }
 
-    fn apply(&self, netns: &Netns, changes: &[LbChange]) -> Result<()> {
+    fn apply(&self, netns: &str, changes: &[LbChange]) -> Result<()> {
         if changes.is_empty() {
             return Ok(());
         }
-        tracing::debug!(
-            netns = netns.name(),
-            changes = changes.len(),
-            "apply nftables lb"
-        );
-        run_script(netns, &NftLb::script(changes))
+        tracing::debug!(netns, changes = changes.len(), "apply nftables lb");
+        run_script(&Netns::open(netns)?, &NftLb::script(changes))
     }
 
-    fn flush_conntrack(&self, netns: &Netns, backends: &BTreeSet<Ipv4Addr>) -> Result<()> {
-        conntrack::flush_backends(netns, backends).map(|_| ())
+    fn flush_conntrack(&self, netns: &str, backends: &BTreeSet<Ipv4Addr>) -> Result<()> {
+        conntrack::flush_backends(&Netns::open(netns)?, backends).map(|_| ())
     }
 
-    fn clear(&self, netns: &Netns) -> Result<()> {
-        remove_table(netns)
+    fn clear(&self, netns: &str) -> Result<()> {
+        remove_table(&Netns::open(netns)?)
     }
 }
 
@@ -309,26 +303,10 @@ impl NftState {
 
 /// Reads our table in `netns`; `None` if it does not exist.
 pub(crate) fn observe_table(netns: &Netns) -> Result<Option<NftState>> {
-    let args = ["-j", "list", "table", "ip", TABLE];
-    let mut cmd = Command::new(NFT);
-    cmd.args(args).stdin(Stdio::null());
-    netns.enter_on_exec(&mut cmd)?;
-    let out = cmd.output().map_err(|source| Error::Spawn {
-        program: NFT,
-        source,
-    })?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if stderr.contains("No such file or directory") {
-            return Ok(None);
-        }
-        return Err(Error::Command {
-            program: NFT,
-            args: format!("{} (in {})", args.join(" "), netns.name()),
-            stderr: stderr.trim().to_owned(),
-        });
-    }
-    parse_listing(&out.stdout)
+    let Some(json) = crate::nft::list_table(netns, TABLE, true)? else {
+        return Ok(None);
+    };
+    parse_listing(&json)
         .map(Some)
         .map_err(|reason| Error::LbObserve {
             netns: netns.name().to_owned(),

@@ -9,9 +9,10 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use crate::error::{Error, Result};
-use crate::link::Ipv4Cidr;
-use crate::overlay::model::{GatewayConfig, TASK_GATEWAY_IFNAME, TaskId, contains, network_of};
+use crate::overlay::ids::TaskId;
+use crate::overlay::model::{GatewayConfig, TASK_GATEWAY_IFNAME};
 use crate::overlay::observed::Observed;
+use crate::types::Ipv4Cidr;
 
 /// Hands out gateway-bridge addresses to tasks; the same task always gets the same address
 /// while it holds one.
@@ -41,7 +42,7 @@ impl GatewayAllocator {
         if let Some(addr) = self.by_task.get(task) {
             return self.cidr(*addr);
         }
-        let network = u32::from(network_of(self.bridge).addr());
+        let network = u32::from(self.bridge.network().addr());
         let size = 1u64 << (32 - u32::from(self.bridge.prefix_len()));
         // Host part 1 ..= size - 2: no network nor broadcast address.
         let hosts = (size - 2) as u32;
@@ -57,7 +58,7 @@ impl GatewayAllocator {
             return self.cidr(addr);
         }
         Err(Error::PoolExhausted {
-            pool: format!("gateway bridge {}", network_of(self.bridge)),
+            pool: format!("gateway bridge {}", self.bridge.network()),
         })
     }
 
@@ -77,7 +78,7 @@ impl GatewayAllocator {
                 reason,
             })
         };
-        if !contains(self.bridge, addr) || addr == self.bridge.addr() {
+        if !self.bridge.contains(addr) || addr == self.bridge.addr() {
             return refuse(format!("not a host address of {}", self.bridge));
         }
         match self.by_addr.get(&addr) {
@@ -116,7 +117,7 @@ impl GatewayAllocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::link::IfName;
+    use crate::types::IfName;
 
     fn config(cidr: &str) -> GatewayConfig {
         GatewayConfig {

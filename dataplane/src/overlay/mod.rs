@@ -4,13 +4,17 @@
 //! bridge with masquerade for egress.
 //!
 //! # Layout
-//! - [`model`]: the intent model ([`NodeDataplane`] and its parts) and the kernel names derived
-//!   from it.
+//! - [`ids`]: the overlay's ids ([`Vni`], [`TaskId`], the namespace [`Prefix`]) and the kernel
+//!   names derived from them.
+//! - [`model`]: the intent model ([`NodeDataplane`] and its parts).
 //! - [`observed`]: what the kernel holds in our [`Scope`], read into one shape by both
 //!   implementations.
+//! - [`op`]: the operations ([`Op`]) a plan is made of.
 //! - [`plan`](mod@plan): the pure planner, desired + observed -> [`Op`]s.
-//! - [`linux`]: [`LinuxDataplane`], which observes and applies over rtnetlink (and `nft`).
-//! - `fake` (feature `fake`): [`FakeDataplane`](fake::FakeDataplane), an in-memory kernel.
+//! - [`linux`]: [`LinuxDataplane`], which observes and applies over rtnetlink (and `nft`), and
+//!   [`overlay_mtu`].
+//! - `fake` (feature `fake`): `FakeDataplane`, the overlay's view of the
+//!   shared in-memory kernel (`crate::fake`).
 //! - `conformance` (feature `fake`): the suite both implementations pass.
 //! - [`gateway`]: the node-local allocator of gateway-bridge addresses.
 //!
@@ -41,9 +45,11 @@
 //! lock (or one task) and change both together.
 
 pub mod gateway;
+pub mod ids;
 pub mod linux;
 pub mod model;
 pub mod observed;
+pub mod op;
 pub mod plan;
 
 #[cfg(any(test, feature = "fake"))]
@@ -55,17 +61,20 @@ use std::net::Ipv4Addr;
 
 use crate::error::Result;
 
+pub use crate::netns::At;
+pub use crate::types::Mac;
 pub use gateway::GatewayAllocator;
+pub use ids::{OwnedName, Prefix, TaskId, Vni};
 pub use linux::{LinuxDataplane, overlay_mtu};
 pub use model::{
-    BRIDGE_IFNAME, DEFAULT_DATA_PORT, GatewayConfig, LocalEndpoint, Mac, NetworkSpec,
-    NodeDataplane, OwnedName, Prefix, RemoteEndpoint, Scope, TASK_GATEWAY_IFNAME, TaskId,
-    TaskSandbox, VXLAN_IFNAME, VXLAN_OVERHEAD, Vni,
+    BRIDGE_IFNAME, DEFAULT_DATA_PORT, GatewayConfig, LocalEndpoint, NetworkSpec, NodeDataplane,
+    RemoteEndpoint, Scope, TASK_GATEWAY_IFNAME, TaskSandbox, VXLAN_IFNAME, VXLAN_OVERHEAD,
 };
 pub use observed::{
     FdbEntry, LinkKind, LinkState, NsSnapshot, Observed, ObservedHost, VxlanConfig,
 };
-pub use plan::{At, Op, VxlanSpec, plan, plan_remote_change};
+pub use op::{Op, VxlanSpec};
+pub use plan::{plan, plan_remote_change};
 
 /// A kernel the overlay can be observed in and changed: Linux, or the fake.
 pub trait Dataplane {
@@ -79,7 +88,7 @@ pub trait Dataplane {
 
 /// Observes, plans and applies: afterwards the kernel matches `desired` (a second call finds
 /// nothing to do). Returns the ops applied.
-pub fn reconcile(dp: &impl Dataplane, desired: &NodeDataplane) -> Result<Vec<Op>> {
+pub fn reconcile(dp: &(impl Dataplane + ?Sized), desired: &NodeDataplane) -> Result<Vec<Op>> {
     let observed = dp.observe(&desired.scope())?;
     let ops = plan(desired, &observed)?;
     if !ops.is_empty() {
@@ -94,7 +103,7 @@ pub fn reconcile(dp: &impl Dataplane, desired: &NodeDataplane) -> Result<Vec<Op>
 /// programmed for a network without local endpoints. If applying fails, `desired` keeps the
 /// change and the next [`reconcile`] completes it.
 pub fn ensure_remote(
-    dp: &impl Dataplane,
+    dp: &(impl Dataplane + ?Sized),
     desired: &mut NodeDataplane,
     remote: RemoteEndpoint,
 ) -> Result<()> {
@@ -109,7 +118,7 @@ pub fn ensure_remote(
 /// Forgets the remote endpoint at (`vni`, `ip`) and removes its neighbor and FDB entries.
 /// Absent is success.
 pub fn remove_remote(
-    dp: &impl Dataplane,
+    dp: &(impl Dataplane + ?Sized),
     desired: &mut NodeDataplane,
     vni: Vni,
     ip: Ipv4Addr,

@@ -3,16 +3,14 @@
 //! [`NodeDataplane`] is the whole desired state of a node: the networks it knows, the task
 //! sandboxes it runs, the endpoints other nodes gossiped, and its own settings (underlay
 //! address, data-path port, gateway bridge). It is plain data, built by the agent and read by the
-//! pure planner. Kernel names (namespaces, links) are derived from it here, in one place, so the
-//! planner, the Linux implementation and the fake agree on them.
+//! pure planner. The kernel names it implies are derived in [`crate::overlay::ids`].
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::link::{IfName, Ipv4Cidr};
+use crate::overlay::ids::{Prefix, TaskId, Vni};
+use crate::types::{IfName, Ipv4Cidr, Mac};
 
 /// The bridge inside every network sandbox; it holds the subnet's gateway address.
 pub const BRIDGE_IFNAME: &str = "br0";
@@ -25,266 +23,6 @@ pub const DEFAULT_DATA_PORT: u16 = 4789;
 /// Bytes VXLAN over IPv4 adds to a frame: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner
 /// Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
-/// A VXLAN device is created under this name followed by its VNI in the daemon's namespace,
-/// then moved into its sandbox. One left behind by a crash is recognised and removed.
-pub(crate) const VXLAN_STAGING_PREFIX: &str = "mvx";
-/// Prefix of the sandbox-side veth of a task endpoint, followed by the task's short id.
-const NETWORK_PORT_PREFIX: &str = "vn";
-/// Prefix of the daemon-side veth of a task's gateway link, followed by the task's short id.
-const GATEWAY_PORT_PREFIX: &str = "vg";
-
-/// A VXLAN network identifier: 1 to 2^24 - 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Vni(u32);
-
-impl Vni {
-    /// The largest VNI (24 bits).
-    pub const MAX: u32 = (1 << 24) - 1;
-
-    pub fn new(vni: u32) -> Result<Vni> {
-        if vni == 0 || vni > Self::MAX {
-            return Err(Error::InvalidSpec {
-                item: format!("vni {vni}"),
-                reason: "not in 1..=16777215".into(),
-            });
-        }
-        Ok(Vni(vni))
-    }
-
-    pub fn get(self) -> u32 {
-        self.0
-    }
-}
-
-impl fmt::Display for Vni {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// An Ethernet address.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Mac(pub [u8; 6]);
-
-impl Mac {
-    /// The MAC of an endpoint, derived from its IPv4 address as Docker does: `02:42:` (locally
-    /// administered, unicast) followed by the four address bytes. Unique wherever the address is.
-    pub fn from_ipv4(ip: Ipv4Addr) -> Mac {
-        let [a, b, c, d] = ip.octets();
-        Mac([0x02, 0x42, a, b, c, d])
-    }
-
-    pub fn octets(&self) -> [u8; 6] {
-        self.0
-    }
-}
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let [a, b, c, d, e, g] = self.0;
-        write!(f, "{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
-    }
-}
-
-impl fmt::Debug for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl FromStr for Mac {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Mac> {
-        let invalid = || Error::InvalidSpec {
-            item: format!("mac {s:?}"),
-            reason: "not six ':'-separated hex bytes".into(),
-        };
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in &mut out {
-            let part = parts.next().ok_or_else(invalid)?;
-            if part.len() != 2 {
-                return Err(invalid());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| invalid())?;
-        }
-        if parts.next().is_some() {
-            return Err(invalid());
-        }
-        Ok(Mac(out))
-    }
-}
-
-impl TryFrom<&[u8]> for Mac {
-    type Error = Error;
-    fn try_from(bytes: &[u8]) -> Result<Mac> {
-        let octets: [u8; 6] = bytes.try_into().map_err(|_| Error::InvalidSpec {
-            item: format!("mac {bytes:02x?}"),
-            reason: "not 6 bytes".into(),
-        })?;
-        Ok(Mac(octets))
-    }
-}
-
-/// The id of a task: 1 to 64 characters among `[A-Za-z0-9_.]` (Swarm's are 25 lower-case
-/// alphanumerics). Its first [`TaskId::SHORT_LEN`] characters name its kernel objects.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TaskId(String);
-
-impl TaskId {
-    /// Length of the short id used in namespace and link names (as `docker ps`).
-    pub const SHORT_LEN: usize = 12;
-
-    pub fn new(id: impl Into<String>) -> Result<TaskId> {
-        let id = id.into();
-        let reason = if id.is_empty() || id.len() > 64 {
-            "must be 1 to 64 characters"
-        } else if !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
-        {
-            "may hold only letters, digits, '_' and '.'"
-        } else {
-            return Ok(TaskId(id));
-        };
-        Err(Error::InvalidSpec {
-            item: format!("task id {id:?}"),
-            reason: reason.into(),
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The first [`TaskId::SHORT_LEN`] characters.
-    pub fn short(&self) -> &str {
-        &self.0[..self.0.len().min(Self::SHORT_LEN)]
-    }
-
-    /// The sandbox-side veth of this task's endpoint, inside a network sandbox.
-    pub fn network_port(&self) -> IfName {
-        port_name(NETWORK_PORT_PREFIX, self.short())
-    }
-
-    /// The daemon-side veth of this task's gateway link, on the gateway bridge.
-    pub fn gateway_port(&self) -> IfName {
-        port_name(GATEWAY_PORT_PREFIX, self.short())
-    }
-}
-
-impl fmt::Display for TaskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// `prefix` + a short id: at most 2 + 12 bytes of checked characters, so always a valid name.
-pub(crate) fn port_name(prefix: &str, short: &str) -> IfName {
-    IfName::new(format!("{prefix}{short}")).expect("2-byte prefix + 12 checked chars is an ifname")
-}
-
-/// The network sandbox port name for a task whose short id is `short`.
-pub(crate) fn network_port_of_short(short: &str) -> IfName {
-    port_name(NETWORK_PORT_PREFIX, short)
-}
-
-/// The gateway port name for a task whose short id is `short`.
-pub(crate) fn gateway_port_of_short(short: &str) -> IfName {
-    port_name(GATEWAY_PORT_PREFIX, short)
-}
-
-/// The staging name of the VXLAN device of `vni` in the daemon's namespace.
-pub(crate) fn vxlan_staging_name(vni: Vni) -> IfName {
-    IfName::new(format!("{VXLAN_STAGING_PREFIX}{}", vni.get())).expect("3 + 8 digits is an ifname")
-}
-
-/// The prefix of every namespace one daemon owns, unique per daemon on a machine (namespace
-/// names under `/run/netns` are machine-wide), e.g. `mesh-ab12cd-`.
-///
-/// A namespace is ours exactly when its name is the prefix followed by a rest that holds no
-/// `-`: so with prefixes `mesh-a-` and `mesh-a-b-` neither daemon ever claims the other's.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Prefix(String);
-
-/// What a namespace name with our prefix stands for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OwnedName {
-    /// `{prefix}n{vni}`: the sandbox of an overlay network.
-    Network(Vni),
-    /// `{prefix}t{short task id}`: the sandbox of a task.
-    Task(String),
-    /// Ours by prefix but of no known shape (left by another version, or by hand).
-    Stray,
-}
-
-impl Prefix {
-    pub fn new(prefix: impl Into<String>) -> Result<Prefix> {
-        let prefix = prefix.into();
-        let reason = if prefix.len() < 2 || prefix.len() > 64 {
-            "must be 2 to 64 characters"
-        } else if !prefix.ends_with('-') {
-            "must end with '-'"
-        } else if !prefix
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        {
-            "may hold only letters, digits, '-', '_' and '.'"
-        } else {
-            return Ok(Prefix(prefix));
-        };
-        Err(Error::InvalidSpec {
-            item: format!("namespace prefix {prefix:?}"),
-            reason: reason.into(),
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// `{prefix}n{vni}`.
-    pub fn network_netns(&self, vni: Vni) -> String {
-        format!("{}n{}", self.0, vni.get())
-    }
-
-    /// `{prefix}t{short id}`.
-    pub fn task_netns(&self, id: &TaskId) -> String {
-        self.task_netns_of_short(id.short())
-    }
-
-    pub(crate) fn task_netns_of_short(&self, short: &str) -> String {
-        format!("{}t{}", self.0, short)
-    }
-
-    /// `None` if `name` is not ours, else what it stands for.
-    pub fn parse(&self, name: &str) -> Option<OwnedName> {
-        let rest = name.strip_prefix(self.0.as_str())?;
-        if rest.is_empty() || rest.contains('-') {
-            return None;
-        }
-        if let Some(digits) = rest.strip_prefix('n')
-            && let Ok(n) = digits.parse::<u32>()
-            && n.to_string() == digits
-            && let Ok(vni) = Vni::new(n)
-        {
-            return Some(OwnedName::Network(vni));
-        }
-        if let Some(short) = rest.strip_prefix('t')
-            && TaskId::new(short).is_ok()
-            && short.len() <= TaskId::SHORT_LEN
-        {
-            return Some(OwnedName::Task(short.to_owned()));
-        }
-        Some(OwnedName::Stray)
-    }
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// One overlay network as this node needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -369,29 +107,8 @@ impl Default for GatewayConfig {
 impl GatewayConfig {
     /// The subnet of the gateway bridge, as network address and prefix.
     pub fn subnet(&self) -> Ipv4Cidr {
-        network_of(self.address)
+        self.address.network()
     }
-}
-
-/// The network address of `cidr` (`10.0.1.7/24` -> `10.0.1.0/24`).
-pub fn network_of(cidr: Ipv4Cidr) -> Ipv4Cidr {
-    Ipv4Cidr::new(
-        Ipv4Addr::from(u32::from(cidr.addr()) & mask(cidr.prefix_len())),
-        cidr.prefix_len(),
-    )
-    .expect("same prefix length")
-}
-
-/// Whether `addr` is inside `subnet`.
-pub fn contains(subnet: Ipv4Cidr, addr: Ipv4Addr) -> bool {
-    let m = mask(subnet.prefix_len());
-    u32::from(addr) & m == u32::from(subnet.addr()) & m
-}
-
-fn mask(prefix_len: u8) -> u32 {
-    u32::MAX
-        .checked_shl(32 - u32::from(prefix_len))
-        .unwrap_or(0)
 }
 
 /// What [`crate::overlay::Dataplane::observe`] looks at: our namespaces, our gateway bridge and
@@ -542,7 +259,7 @@ impl NodeDataplane {
                     return invalid(item(), "interface name used twice");
                 }
                 ifnames.push(&ep.ifname);
-                if !contains(network.gateway, ep.addr.addr())
+                if !network.gateway.contains(ep.addr.addr())
                     || ep.addr.prefix_len() != network.gateway.prefix_len()
                 {
                     return invalid(
@@ -571,7 +288,7 @@ impl NodeDataplane {
                     );
                 }
                 (true, Some(addr)) => {
-                    if !contains(self.gateway.address, addr.addr())
+                    if !self.gateway.address.contains(addr.addr())
                         || addr.prefix_len() != self.gateway.address.prefix_len()
                         || addr.addr() == self.gateway.address.addr()
                     {
@@ -609,72 +326,5 @@ impl NodeDataplane {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mac_is_derived_from_the_address_and_round_trips() {
-        let mac = Mac::from_ipv4(Ipv4Addr::new(10, 0, 1, 7));
-        assert_eq!(mac.to_string(), "02:42:0a:00:01:07");
-        assert_eq!("02:42:0a:00:01:07".parse::<Mac>().unwrap(), mac);
-        for bad in [
-            "",
-            "02:42:0a:00:01",
-            "02:42:0a:00:01:07:00",
-            "2:42:0a:00:01:07",
-            "zz:42:0a:00:01:07",
-        ] {
-            assert!(bad.parse::<Mac>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn names_are_derived_and_parsed_back() {
-        let p = Prefix::new("mesh-ab12cd-").unwrap();
-        let vni = Vni::new(4097).unwrap();
-        let task = TaskId::new("abcdefghijklmnopqrstuvwxy").unwrap();
-        assert_eq!(p.network_netns(vni), "mesh-ab12cd-n4097");
-        assert_eq!(p.task_netns(&task), "mesh-ab12cd-tabcdefghijkl");
-        assert_eq!(task.network_port().as_str(), "vnabcdefghijkl");
-        assert_eq!(task.gateway_port().as_str(), "vgabcdefghijkl");
-        assert_eq!(p.parse("mesh-ab12cd-n4097"), Some(OwnedName::Network(vni)));
-        assert_eq!(
-            p.parse("mesh-ab12cd-tabcdefghijkl"),
-            Some(OwnedName::Task("abcdefghijkl".into()))
-        );
-        assert_eq!(p.parse("mesh-ab12cd-n04097"), Some(OwnedName::Stray));
-        assert_eq!(p.parse("mesh-ab12cd-x"), Some(OwnedName::Stray));
-        // Not ours: another prefix, or a longer prefix that merely starts like ours.
-        assert_eq!(p.parse("mesh-ab12ce-n4097"), None);
-        assert_eq!(p.parse("mesh-ab12cd-other-n4097"), None);
-        assert_eq!(p.parse("mesh-ab12cd-"), None);
-    }
-
-    #[test]
-    fn bad_inputs_are_refused_with_their_name() {
-        assert!(Vni::new(0).is_err() && Vni::new(1 << 24).is_err());
-        for bad in ["", "a-b", "a/b", &"x".repeat(65)] {
-            let err = TaskId::new(bad).unwrap_err();
-            assert!(err.to_string().contains(&format!("{bad:?}")), "{err}");
-        }
-        for bad in ["mesh", "-", "mesh/x-", "mesh x-"] {
-            assert!(Prefix::new(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn subnet_arithmetic() {
-        let c: Ipv4Cidr = "10.0.1.7/24".parse().unwrap();
-        assert_eq!(network_of(c).to_string(), "10.0.1.0/24");
-        assert!(contains(c, Ipv4Addr::new(10, 0, 1, 200)));
-        assert!(!contains(c, Ipv4Addr::new(10, 0, 2, 1)));
-        assert!(contains(
-            "0.0.0.0/0".parse().unwrap(),
-            Ipv4Addr::new(1, 2, 3, 4)
-        ));
     }
 }

@@ -7,10 +7,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use crate::link::{IfName, Ipv4Cidr};
 use crate::nft::Masquerade;
-use crate::overlay::Mac;
-use crate::overlay::model::{OwnedName, Scope, VXLAN_STAGING_PREFIX, Vni};
+use crate::overlay::ids::{OwnedName, VXLAN_STAGING_PREFIX, Vni};
+use crate::overlay::model::Scope;
+use crate::types::{IfName, Ipv4Cidr, Mac};
 
 /// The kind of a link, as far as the overlay cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

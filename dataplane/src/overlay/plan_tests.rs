@@ -7,9 +7,11 @@ use std::net::Ipv4Addr;
 
 use super::*;
 use crate::overlay::fake::FakeDataplane;
-use crate::overlay::model::{LocalEndpoint, NetworkSpec, Prefix, TaskId, TaskSandbox};
+use crate::overlay::ids::{Prefix, TaskId};
+use crate::overlay::model::{LocalEndpoint, NetworkSpec, TaskSandbox};
 use crate::overlay::observed::LinkState;
 use crate::overlay::{Dataplane, reconcile};
+use crate::types::Ipv4Cidr;
 
 const P: &str = "mesh-t-";
 const NET_A: &str = "mesh-t-n4100";

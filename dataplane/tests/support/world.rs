@@ -18,7 +18,6 @@ use mesh_dataplane::overlay::{
     LinuxDataplane, LocalEndpoint, Mac, NetworkSpec, NodeDataplane, Prefix, RemoteEndpoint, TaskId,
     TaskSandbox, Vni, overlay_mtu,
 };
-use mesh_dataplane::rtnl::Rtnl;
 use mesh_lab::NetnsScope;
 use mesh_lab::wait::wait_for;
 
@@ -81,7 +80,7 @@ impl World {
         let sw0 = ifname("sw0");
         in_netns(&switch, async |nl| {
             nl.ensure_bridge(&sw0).await?;
-            Rtnl::connect(switch.name())?.set_mtu(&sw0, mtu).await?;
+            nl.set_mtu(&sw0, mtu).await?;
             nl.set_up(&sw0).await
         })
         .expect("switch bridge");
@@ -93,14 +92,14 @@ impl World {
             let ul0 = ifname("ul0");
             in_netns(&switch, async |nl: &Netlink| {
                 nl.ensure_veth_pair(&ul0, &ns, &port, &switch).await?;
-                Rtnl::connect(switch.name())?.set_mtu(&port, mtu).await?;
+                nl.set_mtu(&port, mtu).await?;
                 nl.set_controller(&port, &sw0).await?;
                 nl.set_up(&port).await
             })
             .expect("switch port");
             in_netns(&ns, async |nl| {
                 nl.set_up(&ifname("lo")).await?;
-                Rtnl::connect(ns.name())?.set_mtu(&ul0, mtu).await?;
+                nl.set_mtu(&ul0, mtu).await?;
                 nl.ensure_address(&ul0, Ipv4Cidr::new(underlay, 24)?)
                     .await?;
                 nl.set_up(&ul0).await

@@ -1,35 +1,33 @@
-//! The worker's part of the routing mesh: the ingress sandbox as a router,
-//! the node's published ports, and reply routing in tasks on the ingress
-//! network. See [`mesh_dataplane::ingress`] for the packet path.
+//! The worker's part of the routing mesh: this node's [`NodeMesh`] (the ingress sandbox as a
+//! router, the node's published ports, reply routing in tasks on the ingress network),
+//! recomputed from the assignments and the records. See [`mesh_dataplane::ingress`] for the
+//! packet path.
 //!
-//! Everything here is recomputed from the assignments and the records and
-//! compared with what was last applied, so a restarted agent (which starts
-//! with nothing applied) rewrites it all once and then only follows changes.
+//! What was last applied is kept ([`Applied`]): a restarted agent observes the kernel once and
+//! then only writes what changes; a failure makes the next sync observe again. A sandbox or a
+//! task namespace that does not exist (yet) is left out until it does.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket};
 
-use mesh_dataplane::ingress::{self, Protocol, Publication};
+use mesh_dataplane::ingress::{
+    self, Applied, IngressRoute, IngressSandbox, LinuxMesh, NodeMesh, Op, Protocol, Publication,
+    ReplyRouting,
+};
 use mesh_dataplane::link::{IfName, Ipv4Cidr};
-use mesh_dataplane::netns::Netns;
+use mesh_dataplane::netns::{At, Netns};
 use mesh_dataplane::overlay::{Mac, TASK_GATEWAY_IFNAME, TaskId};
-use mesh_dataplane::rtnl;
-use mesh_proto::{PortConfig, PortProtocol, PublishMode, Task, TaskState};
+use mesh_proto::{NetworkAttachment, PortConfig, PortProtocol, PublishMode, Task, TaskState};
 use tracing::{info, warn};
 
 use super::{INGRESS_SANDBOX, Worker, parse_mac};
 
-/// What the worker last applied for the routing mesh.
+/// The routing mesh as the worker last applied it, and the kernel it applies it to.
 #[derive(Default)]
 pub(super) struct IngressApplied {
-    /// The node's route to the ingress subnet: (subnet, via the sandbox's gateway address).
-    route: Option<(Ipv4Cidr, Ipv4Addr)>,
-    /// Whether the sandbox was made a router.
-    router: bool,
-    /// The node's publication table, as last written.
-    publications: Option<Vec<Publication>>,
-    /// Per local task on the ingress network: the sandboxes its replies may go back to.
-    replies: BTreeMap<String, Vec<(Ipv4Addr, Mac)>>,
+    applied: Applied,
+    /// Made on first use, on the daemon's namespace.
+    mesh: Option<LinuxMesh>,
 }
 
 impl Worker {
@@ -48,80 +46,75 @@ impl Worker {
     /// or records of the ingress network); failures are retried with the
     /// next converge.
     pub(super) fn sync_ingress(&mut self) {
-        self.sync_ingress_sandbox();
-        let pubs = self.wanted_publications();
-        if self.ingress_applied.publications.as_ref() != Some(&pubs) {
-            let table = self.publish_table();
-            let bridge = &self.desired.gateway.bridge;
-            match ingress::apply_publications(self.dp.host(), &table, &pubs, bridge) {
-                Ok(()) => {
-                    info!(ports = ?pubs, "published ports updated");
-                    self.ingress_applied.publications = Some(pubs);
-                }
-                Err(e) => warn!(error = %e, "cannot program published ports; retrying"),
-            }
+        let desired = self.desired_mesh();
+        if let Err(e) = self.apply_mesh(&desired) {
+            warn!(error = %e, "cannot program the routing mesh; retrying");
         }
-        self.sync_reply_routing();
     }
 
-    /// Forwarding on in the ingress sandbox and the node's route to the
-    /// ingress subnet through it.
-    fn sync_ingress_sandbox(&mut self) {
-        let Some(a) = self.ingress.clone() else {
-            return;
+    /// Syncs the kernel to `desired` and logs what changed on the node.
+    fn apply_mesh(&mut self, desired: &NodeMesh) -> mesh_dataplane::Result<()> {
+        let state = &mut self.ingress_applied;
+        let mesh = match &mut state.mesh {
+            Some(mesh) => mesh,
+            None => state
+                .mesh
+                .insert(LinuxMesh::new(self.dp.host().try_clone()?)),
         };
-        let sandbox_id = TaskId::new(INGRESS_SANDBOX).expect("valid task id");
-        let Some(egress) = self.desired.tasks.get(&sandbox_id).and_then(|s| s.egress) else {
-            return;
-        };
-        let Ok(ns) = Netns::open(&self.desired.prefix.task_netns(&sandbox_id)) else {
-            return;
-        };
-        if !self.ingress_applied.router {
-            let overlay = IfName::new("eth0").expect("short interface name");
-            let gateway = IfName::new(TASK_GATEWAY_IFNAME).expect("short interface name");
-            let routed = ingress::ensure_router(&ns, &[overlay.clone(), gateway.clone()])
-                .and_then(|()| ingress::ensure_udp_snat(&ns, &gateway, &overlay));
-            match routed {
-                Ok(()) => self.ingress_applied.router = true,
-                Err(e) => warn!(error = %e, "cannot make the ingress sandbox a router"),
+        for op in state.applied.sync(mesh, desired)? {
+            match op {
+                Op::ReplacePublishTable { publications, .. } => {
+                    info!(ports = ?publications, "published ports updated");
+                }
+                Op::ReplaceRoute {
+                    at: At::Host,
+                    dst: Some(subnet),
+                    via,
+                    ..
+                } => info!(%subnet, %via, "ingress subnet routed to the ingress sandbox"),
+                _ => {}
             }
         }
-        let Some(subnet) = self
-            .networks
-            .get(&a.network_id)
-            .and_then(|n| n.subnet.parse::<Ipv4Cidr>().ok())
-        else {
-            return;
-        };
-        let want = (subnet, egress.addr());
-        if self.ingress_applied.route == Some(want) {
-            return;
-        }
-        let bridge = self.desired.gateway.bridge.clone();
-        let host = self.dp.host();
-        let name = host.name().to_owned();
-        let result = host.run_async(async move || {
-            let r = rtnl::Rtnl::connect(name)?;
-            r.replace_route(rtnl::MAIN_TABLE, Some(subnet), egress.addr(), &bridge)
-                .await
-        });
-        match result.and_then(|r| r) {
-            Ok(()) => {
-                info!(%subnet, via = %egress.addr(), "ingress subnet routed to the ingress sandbox");
-                self.ingress_applied.route = Some(want);
+        Ok(())
+    }
+
+    /// The routing mesh this node should have now.
+    fn desired_mesh(&self) -> NodeMesh {
+        let mut m = NodeMesh::new(self.publish_table(), self.desired.gateway.bridge.clone());
+        if let Some(a) = &self.ingress {
+            let sandbox_id = TaskId::new(INGRESS_SANDBOX).expect("valid task id");
+            let netns = self.desired.prefix.task_netns(&sandbox_id);
+            if let Some(egress) = self.desired.tasks.get(&sandbox_id).and_then(|s| s.egress)
+                && Netns::exists(&netns)
+            {
+                m.sandbox = Some(IngressSandbox {
+                    netns,
+                    overlay: IfName::new("eth0").expect("short interface name"),
+                    gateway: IfName::new(TASK_GATEWAY_IFNAME).expect("short interface name"),
+                });
+                m.route = self
+                    .networks
+                    .get(&a.network_id)
+                    .and_then(|n| n.subnet.parse::<Ipv4Cidr>().ok())
+                    .map(|subnet| IngressRoute {
+                        subnet,
+                        via: egress.addr(),
+                    });
             }
-            Err(e) => warn!(error = %e, "cannot route the ingress subnet; retrying"),
+            m.replies = self.wanted_replies(a);
         }
+        m.publications = Some(self.wanted_publications(m.route.is_some()));
+        m
     }
 
     /// Every port this node publishes: the routing mesh's ports (to the
     /// service VIP on the ingress network, whichever node runs the tasks)
-    /// and the host-mode ports of its own running tasks (to the task).
-    fn wanted_publications(&self) -> Vec<Publication> {
+    /// once the ingress subnet is `routed`, and the host-mode ports of its
+    /// own running tasks (to the task).
+    fn wanted_publications(&self, routed: bool) -> BTreeSet<Publication> {
         let mut out = Vec::new();
         if let Some(a) = &self.ingress
-            && self.ingress_applied.route.is_some()
+            && routed
         {
             for ((udp, published), (vip, target)) in self.endpoints.publications(&a.network_id) {
                 out.push(Publication {
@@ -164,53 +157,42 @@ impl Worker {
         }
         out.sort();
         out.dedup_by_key(|p| (p.protocol, p.published));
-        out
+        out.into_iter().collect()
     }
 
-    /// Reply routing in every local task attached to the ingress network.
-    fn sync_reply_routing(&mut self) {
-        let Some(a) = self.ingress.clone() else {
-            return;
-        };
-        let mut sandboxes: Vec<(Ipv4Addr, Mac)> = self
+    /// Reply routing in every local task attached to the ingress network
+    /// whose namespace exists, through every ingress sandbox of the cluster.
+    fn wanted_replies(&self, a: &NetworkAttachment) -> BTreeMap<String, ReplyRouting> {
+        let sandboxes: BTreeSet<(Ipv4Addr, Mac)> = self
             .endpoints
             .sandboxes(&a.network_id)
             .into_iter()
             .filter_map(|(ip, mac)| Some((ip, parse_mac(&mac)?)))
             .collect();
-        sandboxes.sort();
-        let mut local: BTreeMap<String, IfName> = BTreeMap::new();
+        let mut out = BTreeMap::new();
         for t in self.tasks.values() {
             if t.node_id != self.cfg.node_id || t.desired_state() != TaskState::Running {
                 continue;
             }
-            if let Some(i) = t.networks.iter().position(|n| n.network_id == a.network_id) {
-                local.insert(
-                    t.id.clone(),
-                    IfName::new(format!("eth{i}")).expect("short interface name"),
-                );
-            }
-        }
-        self.ingress_applied
-            .replies
-            .retain(|id, _| local.contains_key(id));
-        for (id, iface) in local {
-            if self.ingress_applied.replies.get(&id) == Some(&sandboxes) {
-                continue;
-            }
-            let Ok(tid) = TaskId::new(id.clone()) else {
+            let Some(i) = t.networks.iter().position(|n| n.network_id == a.network_id) else {
                 continue;
             };
-            let Ok(ns) = Netns::open(&self.desired.prefix.task_netns(&tid)) else {
+            let Ok(tid) = TaskId::new(t.id.clone()) else {
                 continue;
             };
-            match ingress::ensure_reply_routing(&ns, &iface, &sandboxes) {
-                Ok(()) => {
-                    self.ingress_applied.replies.insert(id, sandboxes.clone());
-                }
-                Err(e) => warn!(task = %id, error = %e, "cannot program reply routing; retrying"),
+            let netns = self.desired.prefix.task_netns(&tid);
+            if !Netns::exists(&netns) {
+                continue;
             }
+            out.insert(
+                netns,
+                ReplyRouting {
+                    iface: IfName::new(format!("eth{i}")).expect("short interface name"),
+                    sandboxes: sandboxes.clone(),
+                },
+            );
         }
+        out
     }
 
     /// Why `t` cannot start on this node, if one of its host-mode ports is
@@ -254,21 +236,10 @@ impl Worker {
 
     /// Leaving the cluster: the published ports and the route go.
     pub(super) fn tear_down_ingress(&mut self) {
-        let table = self.publish_table();
-        if let Err(e) = mesh_dataplane::nft::remove_table(self.dp.host(), &table) {
-            warn!(error = %e, "cannot remove the published ports");
-        }
-        if let Some((subnet, _)) = self.ingress_applied.route.take() {
-            let host = self.dp.host();
-            let name = host.name().to_owned();
-            let result = host.run_async(async move || {
-                rtnl::Rtnl::connect(name)?
-                    .remove_route(rtnl::MAIN_TABLE, Some(subnet))
-                    .await
-            });
-            if let Err(e) = result.and_then(|r| r) {
-                warn!(error = %e, "cannot remove the ingress route");
-            }
+        let mut gone = NodeMesh::new(self.publish_table(), self.desired.gateway.bridge.clone());
+        gone.publications = None;
+        if let Err(e) = self.apply_mesh(&gone) {
+            warn!(error = %e, "cannot remove the published ports and the ingress route");
         }
         self.ingress_applied = IngressApplied::default();
     }

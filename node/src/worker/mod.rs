@@ -1126,13 +1126,11 @@ impl Worker {
         let Ok(tid) = TaskId::new(task_id.to_string()) else {
             return false;
         };
-        let ns = match Netns::open(&self.desired.prefix.task_netns(&tid)) {
-            Ok(ns) => ns,
-            Err(e) => {
-                debug!(task = task_id, error = %e, "no namespace for the load balancer yet");
-                return false;
-            }
-        };
+        let ns = self.desired.prefix.task_netns(&tid);
+        if let Err(e) = Netns::open(&ns) {
+            debug!(task = task_id, error = %e, "no namespace for the load balancer yet");
+            return false;
+        }
         let desired = self.endpoints.lb_table(networks);
         let applied = self.lb_applied.get(task_id);
         let result = match applied {
@@ -1258,7 +1256,7 @@ impl Worker {
                 continue;
             };
             if !gone.is_empty()
-                && let Err(e) = self.lb.flush_conntrack(&ns, &gone)
+                && let Err(e) = self.lb.flush_conntrack(ns.name(), &gone)
             {
                 warn!(task = %task_id, error = %e, "cannot flush conntrack of removed backends");
             }

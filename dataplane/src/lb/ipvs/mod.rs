@@ -44,6 +44,7 @@ use super::nft::{Flavor, fwmark_of, observe_table, remove_table, run_script, scr
 use super::{BROKEN, LbChange, LbService, LbTable, LoadBalancer, conntrack};
 use crate::error::{Error, Result};
 use crate::netns::Netns;
+use crate::sysctl;
 
 /// IPVS connection timeouts of a namespace, in seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,8 +93,9 @@ pub fn available() -> bool {
     IpvsSocket::open().is_ok()
 }
 
-/// Reads the IPVS timeouts of `netns` (`GET_CONFIG`).
-pub fn read_timeouts(netns: &Netns) -> Result<IpvsTimeouts> {
+/// Reads the IPVS timeouts of the namespace `netns` (`GET_CONFIG`).
+pub fn read_timeouts(netns: &str) -> Result<IpvsTimeouts> {
+    let netns = &Netns::open(netns)?;
     with_socket(netns, |sock| {
         let replies = sock
             .query(IpvsMessage::new(IpvsCmd::GetConfig, vec![]))
@@ -212,11 +214,6 @@ fn absent_ok(r: io::Result<()>) -> io::Result<()> {
     }
 }
 
-/// Writes a sysctl of the calling thread's namespace.
-fn write_sysctl(path: &str, value: &str) -> io::Result<()> {
-    std::fs::write(path, value)
-}
-
 impl IpvsLb {
     /// Sets the timeouts and the sysctls of the namespace the socket is in.
     fn configure(&self, netns: &Netns, sock: &mut IpvsSocket) -> Result<()> {
@@ -231,12 +228,7 @@ impl IpvsLb {
         ))
         .map_err(|e| ipvs_err(netns, "set config (timeouts)".into(), e))?;
         for name in ["expire_nodest_conn", "expire_quiescent_template"] {
-            let path = format!("/proc/sys/net/ipv4/vs/{name}");
-            write_sysctl(&path, "1").map_err(|source| Error::Path {
-                op: "write sysctl",
-                path: path.into(),
-                source,
-            })?;
+            sysctl::write(&format!("/proc/sys/net/ipv4/vs/{name}"), "1")?;
         }
         Ok(())
     }
@@ -289,7 +281,8 @@ impl IpvsLb {
 }
 
 impl LoadBalancer for IpvsLb {
-    fn observe(&self, netns: &Netns) -> Result<LbTable> {
+    fn observe(&self, netns: &str) -> Result<LbTable> {
+        let netns = &Netns::open(netns)?;
         let nft = observe_table(netns)?.unwrap_or_default();
         let ipvs: BTreeMap<u32, Vec<Dest>> = with_socket(netns, |sock| {
             let marks = dump_fwmark_services(sock)
@@ -332,15 +325,12 @@ impl LoadBalancer for IpvsLb {
         Ok(table)
     }
 
-    fn apply(&self, netns: &Netns, changes: &[LbChange]) -> Result<()> {
+    fn apply(&self, netns: &str, changes: &[LbChange]) -> Result<()> {
         if changes.is_empty() {
             return Ok(());
         }
-        tracing::debug!(
-            netns = netns.name(),
-            changes = changes.len(),
-            "apply ipvs lb"
-        );
+        tracing::debug!(netns, changes = changes.len(), "apply ipvs lb");
+        let netns = &Netns::open(netns)?;
         let nft_script = script(Flavor::Mark, changes);
         with_socket(netns, |sock| {
             self.configure(netns, sock)?;
@@ -389,13 +379,14 @@ impl LoadBalancer for IpvsLb {
         })
     }
 
-    fn flush_conntrack(&self, netns: &Netns, backends: &BTreeSet<Ipv4Addr>) -> Result<()> {
+    fn flush_conntrack(&self, netns: &str, backends: &BTreeSet<Ipv4Addr>) -> Result<()> {
         // IPVS's own entries of removed destinations expire on their next packet
         // (expire_nodest_conn); conntrack may hold the same flows.
-        conntrack::flush_backends(netns, backends).map(|_| ())
+        conntrack::flush_backends(&Netns::open(netns)?, backends).map(|_| ())
     }
 
-    fn clear(&self, netns: &Netns) -> Result<()> {
+    fn clear(&self, netns: &str) -> Result<()> {
+        let netns = &Netns::open(netns)?;
         remove_table(netns)?;
         with_socket(netns, |sock| {
             let marks = dump_fwmark_services(sock)
