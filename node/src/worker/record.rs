@@ -1,11 +1,22 @@
 //! The endpoint record a node gossips for each of its tasks on each overlay
-//! network it is attached to (scope = network id, key = task id). Other
-//! nodes program FDB and neighbor entries from it; later, load balancers and
-//! DNS read it too. JSON: small, and readable when debugging.
+//! network it is attached to (scope = network id, key = task id), and the
+//! typed [`Endpoint`] it is parsed into once, where it enters the worker.
+//! Other nodes program FDB and neighbor entries, load balancers, DNS and the
+//! routing mesh from it. JSON on the wire: small, and readable when debugging.
 
 use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+use mesh_common::{NodeId, ServiceId};
+use mesh_dataplane::overlay::Mac;
 use serde::{Deserialize, Serialize};
+
+/// Longest task name, service name or alias accepted from a record.
+pub const MAX_NAME_LEN: usize = 255;
+/// Most aliases one record may carry.
+pub const MAX_ALIASES: usize = 64;
+/// Most published ports one record may carry.
+pub const MAX_PORTS: usize = 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRecord {
@@ -65,6 +76,132 @@ impl EndpointRecord {
     }
 }
 
+/// One endpoint on one network, parsed and checked: a task's attachment, or a node's
+/// ingress sandbox (no service).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The record's key: the task id (or the sandbox's own key).
+    pub key: String,
+    pub task_name: String,
+    pub node: NodeId,
+    pub addr: Ipv4Net,
+    pub mac: Mac,
+    /// Underlay address of the node running it.
+    pub vtep: Ipv4Addr,
+    /// Its process runs: only then is it a backend and a DNS answer.
+    pub running: bool,
+    pub service: Option<ServiceEndpoint>,
+}
+
+/// What an endpoint of a service says about the service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceEndpoint {
+    pub id: ServiceId,
+    pub name: String,
+    pub aliases: Vec<String>,
+    /// The service's VIP on this network (none in dnsrr mode).
+    pub vip: Option<Ipv4Addr>,
+    /// Names resolve to task addresses, not to a VIP.
+    pub dnsrr: bool,
+    /// Ports published through the routing mesh (ingress network only).
+    pub ports: Vec<PublishedPort>,
+}
+
+impl Endpoint {
+    /// The endpoint's address without its prefix.
+    pub fn ip(&self) -> Ipv4Addr {
+        self.addr.addr()
+    }
+
+    /// Parses and checks a record received as `key` (the record must name itself by it).
+    pub fn from_record(key: &str, r: &EndpointRecord) -> Result<Endpoint, String> {
+        if r.task_id != key {
+            return Err(format!("record {key:?} names task {:?}", r.task_id));
+        }
+        let name = |what: &str, s: &str| {
+            if s.len() > MAX_NAME_LEN {
+                Err(format!("{what} is longer than {MAX_NAME_LEN} bytes"))
+            } else {
+                Ok(s.to_string())
+            }
+        };
+        let addr: Ipv4Net = r
+            .addr
+            .parse()
+            .map_err(|_| format!("address {:?} is not an IPv4 CIDR", r.addr))?;
+        let mac: Mac = r
+            .mac
+            .parse()
+            .map_err(|_| format!("MAC {:?} is not valid", r.mac))?;
+        let node = NodeId::parse(&r.node_id).map_err(|e| e.to_string())?;
+        let service = if r.service_id.is_empty() {
+            None
+        } else {
+            if r.aliases.len() > MAX_ALIASES {
+                return Err(format!("more than {MAX_ALIASES} aliases"));
+            }
+            if r.ports.len() > MAX_PORTS {
+                return Err(format!("more than {MAX_PORTS} published ports"));
+            }
+            let vip = if r.vip.is_empty() {
+                None
+            } else {
+                Some(
+                    r.vip
+                        .parse::<Ipv4Net>()
+                        .map_err(|_| format!("VIP {:?} is not an IPv4 CIDR", r.vip))?
+                        .addr(),
+                )
+            };
+            Some(ServiceEndpoint {
+                id: ServiceId::parse(&r.service_id).map_err(|e| e.to_string())?,
+                name: name("service name", &r.service_name)?,
+                aliases: r
+                    .aliases
+                    .iter()
+                    .map(|a| name("alias", a))
+                    .collect::<Result<_, _>>()?,
+                vip,
+                dnsrr: r.dnsrr,
+                ports: r.ports.clone(),
+            })
+        };
+        Ok(Endpoint {
+            key: key.to_string(),
+            task_name: name("task name", &r.task_name)?,
+            node,
+            addr,
+            mac,
+            vtep: r.vtep,
+            running: r.running,
+            service,
+        })
+    }
+
+    /// The record that gossips this endpoint.
+    pub fn to_record(&self) -> EndpointRecord {
+        let service = self.service.as_ref();
+        EndpointRecord {
+            task_id: self.key.clone(),
+            task_name: self.task_name.clone(),
+            service_id: service.map(|s| s.id.to_string()).unwrap_or_default(),
+            service_name: service.map(|s| s.name.clone()).unwrap_or_default(),
+            node_id: self.node.to_string(),
+            addr: self.addr.to_string(),
+            mac: self.mac.to_string(),
+            vtep: self.vtep,
+            aliases: service.map(|s| s.aliases.clone()).unwrap_or_default(),
+            vip: service
+                .and_then(|s| s.vip)
+                .map(|vip| format!("{vip}/{}", self.addr.prefix_len()))
+                .unwrap_or_default(),
+            dnsrr: service.is_some_and(|s| s.dnsrr),
+            running: self.running,
+            ports: service.map(|s| s.ports.clone()).unwrap_or_default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +231,47 @@ mod tests {
         assert_eq!(r.ip(), Some(Ipv4Addr::new(10, 0, 1, 5)));
         assert_eq!(r.vip_ip(), Some(Ipv4Addr::new(10, 0, 1, 2)));
         assert_eq!(EndpointRecord::decode(b"{nope"), None);
+        let e = Endpoint::from_record("t", &r).unwrap();
+        assert_eq!(e.to_record(), r, "typed and back is the same record");
+        assert_eq!(
+            e.service.as_ref().unwrap().vip,
+            Some(Ipv4Addr::new(10, 0, 1, 2))
+        );
+    }
+
+    #[test]
+    fn hostile_records_are_refused_with_the_reason() {
+        let good = EndpointRecord {
+            task_id: "t".into(),
+            task_name: "web.1".into(),
+            service_id: "s".into(),
+            service_name: "web".into(),
+            node_id: "n".into(),
+            addr: "10.0.1.5/24".into(),
+            mac: "02:42:0a:00:01:05".into(),
+            vtep: Ipv4Addr::new(192, 0, 2, 1),
+            aliases: vec![],
+            vip: String::new(),
+            dnsrr: true,
+            running: true,
+            ports: vec![],
+        };
+        let bad = |f: &dyn Fn(&mut EndpointRecord)| {
+            let mut r = good.clone();
+            f(&mut r);
+            Endpoint::from_record("t", &r).unwrap_err()
+        };
+        assert!(Endpoint::from_record("t", &good).is_ok());
+        assert!(
+            Endpoint::from_record("other", &good)
+                .unwrap_err()
+                .contains("names task")
+        );
+        assert!(bad(&|r| r.addr = "10.0.1.5".into()).contains("CIDR"));
+        assert!(bad(&|r| r.mac = "02:42".into()).contains("MAC"));
+        assert!(bad(&|r| r.node_id = String::new()).contains("node id"));
+        assert!(bad(&|r| r.task_name = "x".repeat(300)).contains("longer"));
+        assert!(bad(&|r| r.aliases = vec!["a".into(); 65]).contains("aliases"));
+        assert!(bad(&|r| r.vip = "nope".into()).contains("VIP"));
     }
 }

@@ -1,0 +1,719 @@
+//! The worker actor: one owner of this node's desired state and of the kernel, driven by its
+//! inputs (see the module doc of [`super`]). Each job's state lives in its own small struct;
+//! this file is the order in which they are used.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::{Arc, RwLock};
+
+use mesh_common::{NetworkId, NodeId, ServiceId};
+use mesh_dataplane::Kernel;
+use mesh_dataplane::overlay::{RemoteEndpoint, TaskId, Vni};
+use mesh_gossip::{RecordEvent, RecordEventKind};
+use mesh_proto::{EndpointMode, NetworkAttachment, PortProtocol, PublishMode, Task, TaskState};
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::assigned::Assigned;
+use super::balancers::Balancers;
+use super::endpoints::{EndpointTable, Upserted};
+use super::env::{RecordSource, Records, Resolvers, Runtime, StatusSink, netns_path};
+use super::ingress::{self, MeshInputs, MeshState};
+use super::launch::launch_spec;
+use super::publications::Publications;
+use super::record::{Endpoint, EndpointRecord, PublishedPort, ServiceEndpoint};
+use super::reports::{Reports, status, status_of};
+use super::sandboxes::{INGRESS_SANDBOX, Sandboxes};
+use super::timers::{sleep_until, take_due};
+use super::{Msg, WorkerConfig};
+use crate::runtime::{self, TaskPhase};
+
+/// What the worker is made of: the kernel and the injected parts.
+pub struct Worker<K, R: ?Sized, D: ?Sized, S: RecordSource> {
+    pub(super) cfg: WorkerConfig,
+    pub(super) me: NodeId,
+    pub(super) kernel: K,
+    pub(super) runtime: Arc<R>,
+    pub(super) dns: Arc<D>,
+    pub(super) source: S,
+    pub(super) gossip: Option<S::Plane>,
+    pub(super) sink: Arc<dyn StatusSink>,
+    pub(super) names: Arc<RwLock<BTreeMap<String, String>>>,
+    pub(super) assigned: Assigned,
+    pub(super) sandboxes: Sandboxes,
+    pub(super) endpoints: EndpointTable,
+    pub(super) publications: Publications,
+    pub(super) balancers: Balancers,
+    pub(super) mesh: MeshState,
+    pub(super) reports: Reports,
+    /// Networks whose endpoints changed since services were last refreshed.
+    pub(super) dirty: BTreeSet<NetworkId>,
+    /// Whether what the routing mesh derives from may have changed.
+    pub(super) mesh_stale: bool,
+    /// Tasks withdrawn from load balancers and DNS, stopped once their drain ends.
+    pub(super) draining: BTreeMap<String, Instant>,
+    /// Remote endpoints withdrawn by their owners, removed once the drain ends.
+    pub(super) withdrawals: Vec<(Instant, (NetworkId, Vni, Ipv4Addr))>,
+}
+
+impl<K, R, D, S> Worker<K, R, D, S>
+where
+    K: Kernel + Send + 'static,
+    R: Runtime + ?Sized,
+    D: Resolvers + ?Sized,
+    S: RecordSource,
+{
+    pub(super) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let adopted = self.runtime.adopt().await;
+        if !adopted.is_empty() {
+            info!(tasks = adopted.len(), "adopted running tasks");
+        }
+        let mut task_events = self.runtime.watch();
+        match self
+            .kernel
+            .overlay()
+            .observe(&self.sandboxes.desired.scope())
+        {
+            Ok(observed) => {
+                let ids: Vec<TaskId> = adopted
+                    .iter()
+                    .filter_map(|id| TaskId::new(id.clone()).ok())
+                    .collect();
+                self.sandboxes.adopt(&observed, &ids);
+            }
+            Err(e) => warn!(error = %e, "cannot observe the overlay at start"),
+        }
+        let mut tick = tokio::time::interval(self.cfg.reconcile_interval);
+        let mut records: Option<mpsc::UnboundedReceiver<RecordEvent>> = None;
+        loop {
+            if records.is_none()
+                && let Some(g) = self.source.plane()
+            {
+                records = Some(g.subscribe());
+                self.gossip = Some(g);
+                self.sync_all_scopes();
+            }
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Assignments(a, port, ingress)) => {
+                        self.assigned.apply(*a, port, ingress);
+                        self.converge().await;
+                    }
+                    Some(Msg::Stop { cleanup, done }) => {
+                        if cleanup {
+                            self.tear_down().await;
+                        }
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => return,
+                },
+                Some(ev) = recv_opt(&mut records) => self.on_record(ev),
+                ev = task_events.recv() => match ev {
+                    Ok((id, st)) => self.on_task_state(&id, &st),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.refresh_states(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tick.tick() => self.converge().await,
+                _ = sleep_until(self.next_deadline()) => {
+                    // A task whose drain is over is stopped by a converge; the rest is
+                    // run_due's.
+                    let now = Instant::now();
+                    let drained = self.draining.values().any(|until| *until <= now);
+                    self.run_due();
+                    if drained {
+                        self.converge().await;
+                    }
+                }
+            }
+            self.refresh_services();
+            if std::mem::take(&mut self.mesh_stale) {
+                self.sync_mesh();
+            }
+            self.reports.flush(self.sink.as_ref()).await;
+        }
+    }
+
+    /// Queues a status report of a task the leader assigned.
+    fn queue(&mut self, task_id: &str, s: mesh_proto::TaskStatus) {
+        if self.assigned.tasks.contains_key(task_id) {
+            self.reports.queue(task_id, s);
+        }
+    }
+
+    fn on_task_state(&mut self, id: &str, st: &runtime::TaskState) {
+        if let Some(t) = self.assigned.tasks.get(id).cloned()
+            && t.desired_state() == TaskState::Running
+        {
+            self.publish(&t);
+        }
+        debug!(task = id, state = ?st.state, done = st.done, "task state");
+        self.queue(id, status_of(st));
+    }
+
+    fn refresh_states(&mut self) {
+        for (id, st) in self.runtime.list() {
+            self.on_task_state(&id, &st);
+        }
+    }
+
+    /// Makes the node match the assignments. Order when a task starts: network and task
+    /// sandboxes, then its endpoint records, then its process. When it stops: its records
+    /// are withdrawn first, then (after the drain) the process, then the sandboxes.
+    async fn converge(&mut self) {
+        if !self.assigned.have_full {
+            return;
+        }
+        // Tasks, sandboxes and networks may change here; the routing mesh follows (and
+        // whatever failed there last time is retried).
+        self.mesh_stale = true;
+        let wanted = self.assigned.wanted(&self.cfg.node_id);
+        let wanted_ids: BTreeSet<&str> = wanted.iter().map(|t| t.id.as_str()).collect();
+        *self.names.write().expect("task names lock poisoned") = wanted
+            .iter()
+            .map(|t| (t.id.clone(), t.name.clone()))
+            .collect();
+        self.reports
+            .retain(|id| self.assigned.tasks.contains_key(id));
+
+        // 1. Stop what is no longer wanted: withdraw it from every load balancer and DNS
+        // first (its records), let requests drain, then stop the process. The drain is a
+        // deadline, not a sleep: the actor keeps applying other nodes' withdrawals meanwhile.
+        let running: Vec<String> = self.runtime.list().into_iter().map(|(id, _)| id).collect();
+        let leaving: Vec<&String> = running
+            .iter()
+            .filter(|id| !wanted_ids.contains(id.as_str()))
+            .collect();
+        let now = Instant::now();
+        let mut withdrawn = false;
+        for id in &leaving {
+            if self.unpublish(id) {
+                withdrawn = true;
+                self.draining.insert((*id).clone(), now + self.cfg.drain);
+            }
+        }
+        if withdrawn {
+            self.refresh_services();
+            debug!(tasks = leaving.len(), drain = ?self.cfg.drain, "draining before stop");
+        }
+        self.draining.retain(|id, _| leaving.contains(&id));
+        for id in leaving {
+            if self.draining.get(id).is_some_and(|until| *until > now) {
+                continue;
+            }
+            self.draining.remove(id);
+            self.detach_services(id).await;
+            if let Err(e) = self.runtime.remove(id).await {
+                warn!(task = %id, error = %e, "cannot stop task");
+                continue;
+            }
+            info!(task = %id, "task stopped");
+            self.queue(id, status(TaskState::Shutdown, "stopped"));
+        }
+        let stopped: Vec<String> = self
+            .assigned
+            .tasks
+            .values()
+            .filter(|t| t.desired_state() != TaskState::Running && !running.contains(&t.id))
+            .filter(|t| {
+                !t.status
+                    .as_ref()
+                    .is_some_and(|s| mesh_common::task::is_terminal(s.state()))
+            })
+            .map(|t| t.id.clone())
+            .collect();
+        for id in stopped {
+            self.unpublish(&id);
+            self.queue(&id, status(TaskState::Shutdown, "stopped"));
+        }
+        let sandbox_key = self.sandbox_key();
+        for key in self.publications.keys() {
+            if !wanted_ids.contains(key.as_str()) && key != sandbox_key {
+                self.unpublish(&key);
+            }
+        }
+
+        // 2. Sandboxes for what is wanted.
+        self.sandboxes.plan(&self.kernel, &self.assigned, &wanted);
+        let failed = self.sandboxes.reconcile(&self.kernel).err();
+        if let Some(e) = &failed {
+            warn!(error = %e, "overlay reconcile failed; retrying on the next tick");
+        }
+
+        // 3. Gossip scopes and our endpoint records.
+        self.follow_scopes();
+        for t in &wanted {
+            self.publish(t);
+        }
+        self.publish_ingress_sandbox();
+        if failed.is_none()
+            && let Some(a) = self.assigned.ingress.clone()
+            && !self.balancers.has(INGRESS_SANDBOX)
+        {
+            self.apply_lb(INGRESS_SANDBOX, &[NetworkId::new(a.network_id)]);
+        }
+
+        // 4. Processes.
+        for t in &wanted {
+            if let Some(e) = &failed {
+                if self.runtime.state(&t.id).is_none() {
+                    let waiting = format!("waiting for its network: {e}");
+                    self.queue(&t.id, status(TaskState::Starting, waiting));
+                }
+                continue;
+            }
+            match self.runtime.state(&t.id) {
+                Some(st) if st.done => self.queue(&t.id, status_of(&st)),
+                Some(st) => {
+                    // Adopted after an agent restart, or a retry after a failure.
+                    if !self.balancers.has(&t.id)
+                        && let Err(e) = self.attach_services(t).await
+                    {
+                        warn!(task = %t.id, error = %e, "cannot attach DNS and load balancer");
+                    }
+                    self.queue(&t.id, status_of(&st));
+                }
+                None => self.start_task(t).await,
+            }
+        }
+    }
+
+    fn mesh_inputs(&self) -> MeshInputs<'_> {
+        MeshInputs {
+            node_id: &self.cfg.node_id,
+            assigned: &self.assigned,
+            endpoints: &self.endpoints,
+            sandboxes: &self.sandboxes,
+            kernel: &self.kernel,
+        }
+    }
+
+    fn sync_mesh(&mut self) {
+        let desired = ingress::desired_mesh(&self.mesh_inputs());
+        self.mesh.sync(&self.kernel, &desired);
+    }
+
+    async fn start_task(&mut self, t: &Task) {
+        let rejected = |why: String| {
+            let mut s = status(TaskState::Rejected, "rejected");
+            s.err = why;
+            s
+        };
+        if let Some(reason) = ingress::host_port_conflict(&self.mesh_inputs(), t) {
+            self.queue(&t.id, rejected(reason));
+            return;
+        }
+        let Some(netns) = self.sandboxes.netns(&t.id) else {
+            self.queue(&t.id, rejected(format!("task id {:?} is not usable", t.id)));
+            return;
+        };
+        let spec = match launch_spec(
+            t,
+            &self.cfg.node_id,
+            &self.cfg.hostname,
+            &netns_path(&netns),
+            &self.cfg.shim_binary,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                self.queue(&t.id, rejected(e));
+                return;
+            }
+        };
+        self.queue(&t.id, status(TaskState::Starting, "starting"));
+        if let Err(e) = self.attach_services(t).await {
+            let waiting = format!("waiting for its DNS and load balancer: {e}");
+            self.queue(&t.id, status(TaskState::Starting, waiting));
+            return;
+        }
+        match self.runtime.start(spec).await {
+            Ok(()) => info!(task = %t.id, name = %t.name, "task started"),
+            Err(e) => self.queue(&t.id, rejected(e)),
+        }
+    }
+
+    /// DNS at 127.0.0.11 and the load balancer, in the task's namespace: both ready before
+    /// its process starts (and again after an agent restart, for tasks that kept running).
+    async fn attach_services(&mut self, t: &Task) -> Result<(), String> {
+        let netns = self
+            .sandboxes
+            .netns(&t.id)
+            .ok_or_else(|| format!("task id {:?} is not usable", t.id))?;
+        let networks: Vec<NetworkId> = t
+            .networks
+            .iter()
+            .map(|a| NetworkId::new(a.network_id.clone()))
+            .collect();
+        let dns = self.dns.clone();
+        let (task_id, path) = (t.id.clone(), netns_path(&netns));
+        let nets = networks.iter().map(|n| n.to_string()).collect();
+        self.cfg
+            .runtime
+            .spawn(async move { dns.attach(&task_id, &path, nets).await })
+            .await
+            .map_err(|e| e.to_string())??;
+        if !self.balancers.has(&t.id) && !self.apply_lb(&t.id, &networks) {
+            return Err("the load balancer could not be programmed".into());
+        }
+        Ok(())
+    }
+
+    /// Stops serving DNS in the task's namespace and forgets its load balancer.
+    async fn detach_services(&mut self, task_id: &str) {
+        self.balancers.forget(task_id);
+        let dns = self.dns.clone();
+        let id = task_id.to_string();
+        let _ = self
+            .cfg
+            .runtime
+            .spawn(async move { dns.detach(&id).await })
+            .await;
+    }
+
+    /// Brings one sandbox's load balancer to what the endpoints say.
+    fn apply_lb(&mut self, id: &str, networks: &[NetworkId]) -> bool {
+        let Some(netns) = self.sandboxes.netns(id) else {
+            return false;
+        };
+        if !self.kernel.netns_exists(&netns) {
+            debug!(sandbox = id, "no namespace for the load balancer yet");
+            return false;
+        }
+        let desired = self.endpoints.lb_table(networks);
+        self.balancers
+            .apply(self.kernel.lb(), id, &netns, desired, self.cfg.drain)
+    }
+
+    /// Pushes changed endpoints into DNS and into the load balancer of every local sandbox
+    /// attached to a changed network. Each balancer is diffed against what it holds, so a
+    /// change costs that change.
+    fn refresh_services(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let dirty = std::mem::take(&mut self.dirty);
+        let ingress = self
+            .assigned
+            .ingress
+            .as_ref()
+            .map(|a| NetworkId::new(a.network_id.clone()));
+        if ingress.as_ref().is_some_and(|n| dirty.contains(n)) {
+            self.mesh_stale = true;
+        }
+        let table = self.dns.table();
+        for network in &dirty {
+            let entries = self.endpoints.dns_entries(network);
+            table.update(|t| {
+                if entries.is_empty() {
+                    t.remove_network(network.as_str());
+                } else {
+                    t.set_network(network.as_str(), entries);
+                }
+            });
+        }
+        let mut local: Vec<(String, Vec<NetworkId>)> = self
+            .balancers
+            .sandboxes()
+            .into_iter()
+            .filter_map(|id| self.assigned.tasks.get(&id))
+            .map(|t| {
+                let nets = t
+                    .networks
+                    .iter()
+                    .map(|a| NetworkId::new(a.network_id.clone()))
+                    .collect::<Vec<_>>();
+                (t.id.clone(), nets)
+            })
+            .filter(|(_, nets)| nets.iter().any(|n| dirty.contains(n)))
+            .collect();
+        if let Some(n) = ingress
+            && dirty.contains(&n)
+            && self.balancers.has(INGRESS_SANDBOX)
+        {
+            local.push((INGRESS_SANDBOX.to_string(), vec![n]));
+        }
+        for (id, nets) in local {
+            self.apply_lb(&id, &nets);
+        }
+    }
+
+    /// The key of this node's ingress sandbox's record.
+    fn sandbox_key(&self) -> String {
+        format!("{INGRESS_SANDBOX}.{}", self.cfg.node_id)
+    }
+
+    /// Joins the gossip scopes of the networks in use, leaves the others.
+    fn follow_scopes(&mut self) {
+        let Some(g) = self.gossip.clone() else { return };
+        let wanted: BTreeSet<NetworkId> = self
+            .assigned
+            .networks
+            .values()
+            .filter(|n| Vni::new(n.vni).is_ok_and(|v| self.sandboxes.has_network(v)))
+            .map(|n| NetworkId::new(n.id.clone()))
+            .collect();
+        let (joined, left) = self.publications.follow(&g, &wanted);
+        for scope in joined {
+            self.sync_scope(&g, &scope);
+        }
+        for scope in left {
+            self.endpoints.remove_network(&scope);
+            self.dirty.insert(scope);
+        }
+    }
+
+    fn sync_all_scopes(&mut self) {
+        let Some(g) = self.gossip.clone() else { return };
+        let scopes: Vec<NetworkId> = self
+            .assigned
+            .networks
+            .keys()
+            .map(|id| NetworkId::new(id.clone()))
+            .filter(|n| self.publications.joined(n))
+            .collect();
+        for scope in scopes {
+            self.sync_scope(&g, &scope);
+        }
+    }
+
+    /// Programs every record the scope already holds (on joining it).
+    fn sync_scope(&mut self, g: &S::Plane, scope: &NetworkId) {
+        for r in g.records(scope.as_str()) {
+            self.on_record(RecordEvent {
+                scope: r.scope.clone(),
+                key: r.key.clone(),
+                owner: r.owner.clone(),
+                kind: RecordEventKind::Upsert(r.value.clone()),
+            });
+        }
+    }
+
+    /// Publishes `e` on `network` and records it in the endpoint table.
+    fn publish_endpoint(&mut self, network: &NetworkId, e: Endpoint) {
+        let Some(g) = self.gossip.clone() else { return };
+        if self.publications.publish(&g, network, &e)
+            && self.endpoints.upsert(network, &self.me, e) != Upserted::Unchanged
+        {
+            self.dirty.insert(network.clone());
+        }
+    }
+
+    /// The endpoint of task `t` on its attachment `a`.
+    fn task_endpoint(&self, t: &Task, a: &NetworkAttachment, running: bool) -> Option<Endpoint> {
+        let addr = a.addr.parse().ok()?;
+        let mac = a.mac.parse().ok()?;
+        let vip = (!a.vip.is_empty())
+            .then(|| a.vip.parse::<ipnet::Ipv4Net>().ok().map(|n| n.addr()))
+            .flatten();
+        let ports = if self.assigned.is_ingress(&a.network_id) {
+            ingress_ports(t)
+        } else {
+            Vec::new()
+        };
+        Some(Endpoint {
+            key: t.id.clone(),
+            task_name: t.name.clone(),
+            node: self.me.clone(),
+            addr,
+            mac,
+            vtep: self.cfg.underlay_ip,
+            running,
+            service: Some(ServiceEndpoint {
+                id: ServiceId::new(t.service_id.clone()),
+                name: t.service_name.clone(),
+                aliases: a.aliases.clone(),
+                vip,
+                dnsrr: t.endpoint_mode() == EndpointMode::Dnsrr,
+                ports,
+            }),
+        })
+    }
+
+    fn publish(&mut self, t: &Task) {
+        let running = self
+            .runtime
+            .state(&t.id)
+            .is_some_and(|s| s.state == TaskPhase::Running);
+        for a in &t.networks {
+            let Some(e) = self.task_endpoint(t, a, running) else {
+                warn!(task = %t.id, network = %a.network_id, "unusable network attachment");
+                continue;
+            };
+            self.publish_endpoint(&NetworkId::new(a.network_id.clone()), e);
+        }
+    }
+
+    /// The record of this node's ingress sandbox on the ingress network: it makes the
+    /// sandbox reachable over the overlay (other nodes program its address) and tells tasks
+    /// where routed connections may enter. A record with no service is a sandbox.
+    fn publish_ingress_sandbox(&mut self) {
+        let Some(a) = self.assigned.ingress.clone() else {
+            return;
+        };
+        let (Ok(addr), Ok(mac)) = (a.addr.parse(), a.mac.parse()) else {
+            warn!(addr = %a.addr, "unusable ingress-sandbox attachment");
+            return;
+        };
+        let e = Endpoint {
+            key: self.sandbox_key(),
+            task_name: format!("{INGRESS_SANDBOX}.{}", self.cfg.hostname),
+            node: self.me.clone(),
+            addr,
+            mac,
+            vtep: self.cfg.underlay_ip,
+            running: false,
+            service: None,
+        };
+        self.publish_endpoint(&NetworkId::new(a.network_id), e);
+    }
+
+    /// Withdraws the records of `key`; true if it had any.
+    fn unpublish(&mut self, key: &str) -> bool {
+        let networks = self.publications.unpublish(self.gossip.as_ref(), key);
+        for network in &networks {
+            if self.endpoints.remove(network, &self.me, key).is_some() {
+                self.dirty.insert(network.clone());
+            }
+        }
+        !networks.is_empty()
+    }
+
+    /// The VNI of `network` if this node has a sandbox for it.
+    fn local_vni(&self, network: &NetworkId) -> Option<Vni> {
+        let n = self.assigned.networks.get(network.as_str())?;
+        Vni::new(n.vni)
+            .ok()
+            .filter(|v| self.sandboxes.has_network(*v))
+    }
+
+    fn on_record(&mut self, ev: RecordEvent) {
+        if ev.owner == self.cfg.node_id {
+            return;
+        }
+        let (Ok(network), Ok(owner)) = (NetworkId::parse(&ev.scope), NodeId::parse(&ev.owner))
+        else {
+            warn!(scope = %ev.scope, owner = %ev.owner, "endpoint record with an unusable scope or owner");
+            return;
+        };
+        match ev.kind {
+            RecordEventKind::Upsert(value) => {
+                let parsed = EndpointRecord::decode(&value)
+                    .ok_or_else(|| "not an endpoint record".to_string())
+                    .and_then(|r| Endpoint::from_record(&ev.key, &r));
+                let e = match parsed {
+                    Ok(e) => e,
+                    Err(why) => {
+                        warn!(scope = %ev.scope, key = %ev.key, %why, "refusing an endpoint record");
+                        return;
+                    }
+                };
+                let previous = self.endpoints.upsert(&network, &owner, e.clone());
+                if previous != Upserted::Unchanged {
+                    self.dirty.insert(network.clone());
+                }
+                let Some(vni) = self.local_vni(&network) else {
+                    return;
+                };
+                if let Upserted::Replaced(old) = &previous
+                    && old.ip() != e.ip()
+                {
+                    self.sandboxes.remove_remote(&self.kernel, vni, old.ip());
+                }
+                let remote = RemoteEndpoint {
+                    vni,
+                    ip: e.ip(),
+                    mac: e.mac,
+                    vtep: e.vtep,
+                };
+                self.sandboxes.ensure_remote(&self.kernel, remote);
+                debug!(scope = %ev.scope, ip = %e.ip(), vtep = %e.vtep, "remote endpoint programmed");
+            }
+            RecordEventKind::Removed => {
+                let Some(old) = self.endpoints.remove(&network, &owner, &ev.key) else {
+                    return;
+                };
+                self.dirty.insert(network.clone());
+                let Some(vni) = self.local_vni(&network) else {
+                    return;
+                };
+                // The task is draining: connections opened before its withdrawal reached our
+                // load balancers must still reach it, so its entries go after the drain.
+                let at = Instant::now() + self.cfg.drain;
+                self.withdrawals.push((at, (network, vni, old.ip())));
+            }
+        }
+    }
+
+    /// Work whose drain is over: conntrack flushes of removed backends, and the FDB and
+    /// neighbor entries of withdrawn remote endpoints (unless a newer endpoint holds the
+    /// address).
+    fn run_due(&mut self) {
+        let now = Instant::now();
+        let sandboxes = &self.sandboxes;
+        self.balancers
+            .run_due(self.kernel.lb(), now, |id| sandboxes.netns(id));
+        for (network, vni, ip) in take_due(&mut self.withdrawals, now) {
+            if self
+                .endpoints
+                .remotes(&network, &self.me)
+                .any(|e| e.ip() == ip)
+            {
+                debug!(%ip, "withdrawn address reused by a newer endpoint; kept");
+                continue;
+            }
+            self.sandboxes.remove_remote(&self.kernel, vni, ip);
+        }
+    }
+
+    /// The next instant the actor has timed work for: a drain ending, or work waiting for one.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.draining
+            .values()
+            .copied()
+            .chain(self.withdrawals.iter().map(|(at, _)| *at))
+            .chain(self.balancers.next_deadline())
+            .min()
+    }
+
+    /// Leaving the cluster: every task stopped, the overlay removed.
+    async fn tear_down(&mut self) {
+        for (id, _) in self.runtime.list() {
+            self.unpublish(&id);
+            self.detach_services(&id).await;
+            if let Err(e) = self.runtime.remove(&id).await {
+                warn!(task = %id, error = %e, "cannot stop task");
+            }
+        }
+        if let Some(g) = self.gossip.clone() {
+            self.publications.leave_all(&g);
+        }
+        self.mesh.tear_down(&self.kernel, &self.sandboxes);
+        self.sandboxes.clear();
+        if let Err(e) = self.sandboxes.reconcile(&self.kernel) {
+            warn!(error = %e, "cannot remove the overlay");
+        }
+    }
+}
+
+/// The ports a task's service publishes through the routing mesh.
+fn ingress_ports(t: &Task) -> Vec<PublishedPort> {
+    t.ports
+        .iter()
+        .filter(|p| p.publish_mode() == PublishMode::Ingress)
+        .filter_map(|p| {
+            Some(PublishedPort {
+                udp: p.protocol() == PortProtocol::Udp,
+                published: u16::try_from(p.published_port).ok()?,
+                target: u16::try_from(p.target_port).ok()?,
+            })
+        })
+        .collect()
+}
+
+async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
