@@ -6,26 +6,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::{Arc, RwLock};
 
-use mesh_common::{NetworkId, NodeId, ServiceId};
+use mesh_common::{NetworkId, NodeId};
 use mesh_dataplane::Kernel;
 use mesh_dataplane::overlay::{RemoteEndpoint, TaskId, Vni};
 use mesh_gossip::{RecordEvent, RecordEventKind};
-use mesh_proto::{EndpointMode, NetworkAttachment, PortProtocol, PublishMode, Task, TaskState};
+use mesh_proto::{Task, TaskState};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::assigned::Assigned;
-use super::balancers::Balancers;
-use super::endpoints::{EndpointTable, Upserted};
+use super::endpoints::{EndpointTable, RecordChange, Upserted};
 use super::env::{RecordSource, Records, Resolvers, Runtime, StatusSink, netns_path};
 use super::ingress::{self, MeshInputs, MeshState};
 use super::launch::launch_spec;
 use super::publications::Publications;
-use super::record::{Endpoint, EndpointRecord, PublishedPort, ServiceEndpoint};
+use super::record::Endpoint;
 use super::reports::{Reports, status, status_of};
 use super::sandboxes::{INGRESS_SANDBOX, Sandboxes};
-use super::timers::{sleep_until, take_due};
+use super::services::{Ctx, Services};
+use super::timers::{recv_opt, sleep_until, take_due};
 use super::{Msg, WorkerConfig};
 use crate::runtime::{self, TaskPhase};
 
@@ -35,7 +35,6 @@ pub struct Worker<K, R: ?Sized, D: ?Sized, S: RecordSource> {
     pub(super) me: NodeId,
     pub(super) kernel: K,
     pub(super) runtime: Arc<R>,
-    pub(super) dns: Arc<D>,
     pub(super) source: S,
     pub(super) gossip: Option<S::Plane>,
     pub(super) sink: Arc<dyn StatusSink>,
@@ -44,7 +43,7 @@ pub struct Worker<K, R: ?Sized, D: ?Sized, S: RecordSource> {
     pub(super) sandboxes: Sandboxes,
     pub(super) endpoints: EndpointTable,
     pub(super) publications: Publications,
-    pub(super) balancers: Balancers,
+    pub(super) services: Services<D>,
     pub(super) mesh: MeshState,
     pub(super) reports: Reports,
     /// Networks whose endpoints changed since services were last refreshed.
@@ -203,7 +202,7 @@ where
                 continue;
             }
             self.draining.remove(id);
-            self.detach_services(id).await;
+            self.services.detach(id).await;
             if let Err(e) = self.runtime.remove(id).await {
                 warn!(task = %id, error = %e, "cannot stop task");
                 continue;
@@ -249,9 +248,15 @@ where
         self.publish_ingress_sandbox();
         if failed.is_none()
             && let Some(a) = self.assigned.ingress.clone()
-            && !self.balancers.has(INGRESS_SANDBOX)
+            && !self.services.balancers.has(INGRESS_SANDBOX)
         {
-            self.apply_lb(INGRESS_SANDBOX, &[NetworkId::new(a.network_id)]);
+            let ctx = Ctx {
+                kernel: &self.kernel,
+                endpoints: &self.endpoints,
+                sandboxes: &self.sandboxes,
+            };
+            let ingress = [NetworkId::new(a.network_id)];
+            self.services.apply_lb(&ctx, INGRESS_SANDBOX, &ingress);
         }
 
         // 4. Processes.
@@ -267,7 +272,7 @@ where
                 Some(st) if st.done => self.queue(&t.id, status_of(&st)),
                 Some(st) => {
                     // Adopted after an agent restart, or a retry after a failure.
-                    if !self.balancers.has(&t.id)
+                    if !self.services.balancers.has(&t.id)
                         && let Err(e) = self.attach_services(t).await
                     {
                         warn!(task = %t.id, error = %e, "cannot attach DNS and load balancer");
@@ -333,109 +338,33 @@ where
         }
     }
 
-    /// DNS at 127.0.0.11 and the load balancer, in the task's namespace: both ready before
-    /// its process starts (and again after an agent restart, for tasks that kept running).
     async fn attach_services(&mut self, t: &Task) -> Result<(), String> {
-        let netns = self
-            .sandboxes
-            .netns(&t.id)
-            .ok_or_else(|| format!("task id {:?} is not usable", t.id))?;
-        let networks: Vec<NetworkId> = t
-            .networks
-            .iter()
-            .map(|a| NetworkId::new(a.network_id.clone()))
-            .collect();
-        let dns = self.dns.clone();
-        let (task_id, path) = (t.id.clone(), netns_path(&netns));
-        let nets = networks.iter().map(|n| n.to_string()).collect();
-        self.cfg
-            .runtime
-            .spawn(async move { dns.attach(&task_id, &path, nets).await })
-            .await
-            .map_err(|e| e.to_string())??;
-        if !self.balancers.has(&t.id) && !self.apply_lb(&t.id, &networks) {
-            return Err("the load balancer could not be programmed".into());
-        }
-        Ok(())
-    }
-
-    /// Stops serving DNS in the task's namespace and forgets its load balancer.
-    async fn detach_services(&mut self, task_id: &str) {
-        self.balancers.forget(task_id);
-        let dns = self.dns.clone();
-        let id = task_id.to_string();
-        let _ = self
-            .cfg
-            .runtime
-            .spawn(async move { dns.detach(&id).await })
-            .await;
-    }
-
-    /// Brings one sandbox's load balancer to what the endpoints say.
-    fn apply_lb(&mut self, id: &str, networks: &[NetworkId]) -> bool {
-        let Some(netns) = self.sandboxes.netns(id) else {
-            return false;
+        let ctx = Ctx {
+            kernel: &self.kernel,
+            endpoints: &self.endpoints,
+            sandboxes: &self.sandboxes,
         };
-        if !self.kernel.netns_exists(&netns) {
-            debug!(sandbox = id, "no namespace for the load balancer yet");
-            return false;
-        }
-        let desired = self.endpoints.lb_table(networks);
-        self.balancers
-            .apply(self.kernel.lb(), id, &netns, desired, self.cfg.drain)
+        self.services.attach(&ctx, t).await
     }
 
-    /// Pushes changed endpoints into DNS and into the load balancer of every local sandbox
-    /// attached to a changed network. Each balancer is diffed against what it holds, so a
-    /// change costs that change.
+    /// Pushes changed endpoints into DNS, the load balancers and (for the ingress network)
+    /// the routing mesh.
     fn refresh_services(&mut self) {
         if self.dirty.is_empty() {
             return;
         }
         let dirty = std::mem::take(&mut self.dirty);
-        let ingress = self
-            .assigned
-            .ingress
-            .as_ref()
-            .map(|a| NetworkId::new(a.network_id.clone()));
-        if ingress.as_ref().is_some_and(|n| dirty.contains(n)) {
+        if let Some(a) = &self.assigned.ingress
+            && dirty.contains(a.network_id.as_str())
+        {
             self.mesh_stale = true;
         }
-        let table = self.dns.table();
-        for network in &dirty {
-            let entries = self.endpoints.dns_entries(network);
-            table.update(|t| {
-                if entries.is_empty() {
-                    t.remove_network(network.as_str());
-                } else {
-                    t.set_network(network.as_str(), entries);
-                }
-            });
-        }
-        let mut local: Vec<(String, Vec<NetworkId>)> = self
-            .balancers
-            .sandboxes()
-            .into_iter()
-            .filter_map(|id| self.assigned.tasks.get(&id))
-            .map(|t| {
-                let nets = t
-                    .networks
-                    .iter()
-                    .map(|a| NetworkId::new(a.network_id.clone()))
-                    .collect::<Vec<_>>();
-                (t.id.clone(), nets)
-            })
-            .filter(|(_, nets)| nets.iter().any(|n| dirty.contains(n)))
-            .collect();
-        if let Some(n) = ingress
-            && dirty.contains(&n)
-            && self.balancers.has(INGRESS_SANDBOX)
-        {
-            local.push((INGRESS_SANDBOX.to_string(), vec![n]));
-        }
-        for (id, nets) in local {
-            self.apply_lb(&id, &nets);
-        }
+        let ctx = Ctx {
+            kernel: &self.kernel,
+            endpoints: &self.endpoints,
+            sandboxes: &self.sandboxes,
+        };
+        self.services.refresh(&ctx, &self.assigned, &dirty);
     }
 
     /// The key of this node's ingress sandbox's record.
@@ -499,44 +428,16 @@ where
         }
     }
 
-    /// The endpoint of task `t` on its attachment `a`.
-    fn task_endpoint(&self, t: &Task, a: &NetworkAttachment, running: bool) -> Option<Endpoint> {
-        let addr = a.addr.parse().ok()?;
-        let mac = a.mac.parse().ok()?;
-        let vip = (!a.vip.is_empty())
-            .then(|| a.vip.parse::<ipnet::Ipv4Net>().ok().map(|n| n.addr()))
-            .flatten();
-        let ports = if self.assigned.is_ingress(&a.network_id) {
-            ingress_ports(t)
-        } else {
-            Vec::new()
-        };
-        Some(Endpoint {
-            key: t.id.clone(),
-            task_name: t.name.clone(),
-            node: self.me.clone(),
-            addr,
-            mac,
-            vtep: self.cfg.underlay_ip,
-            running,
-            service: Some(ServiceEndpoint {
-                id: ServiceId::new(t.service_id.clone()),
-                name: t.service_name.clone(),
-                aliases: a.aliases.clone(),
-                vip,
-                dnsrr: t.endpoint_mode() == EndpointMode::Dnsrr,
-                ports,
-            }),
-        })
-    }
-
     fn publish(&mut self, t: &Task) {
         let running = self
             .runtime
             .state(&t.id)
             .is_some_and(|s| s.state == TaskPhase::Running);
         for a in &t.networks {
-            let Some(e) = self.task_endpoint(t, a, running) else {
+            let on_ingress = self.assigned.is_ingress(&a.network_id);
+            let Some(e) =
+                Endpoint::of_task(t, a, &self.me, self.cfg.underlay_ip, running, on_ingress)
+            else {
                 warn!(task = %t.id, network = %a.network_id, "unusable network attachment");
                 continue;
             };
@@ -551,19 +452,12 @@ where
         let Some(a) = self.assigned.ingress.clone() else {
             return;
         };
-        let (Ok(addr), Ok(mac)) = (a.addr.parse(), a.mac.parse()) else {
+        let name = format!("{INGRESS_SANDBOX}.{}", self.cfg.hostname);
+        let Some(e) =
+            Endpoint::of_sandbox(self.sandbox_key(), name, &a, &self.me, self.cfg.underlay_ip)
+        else {
             warn!(addr = %a.addr, "unusable ingress-sandbox attachment");
             return;
-        };
-        let e = Endpoint {
-            key: self.sandbox_key(),
-            task_name: format!("{INGRESS_SANDBOX}.{}", self.cfg.hostname),
-            node: self.me.clone(),
-            addr,
-            mac,
-            vtep: self.cfg.underlay_ip,
-            running: false,
-            service: None,
         };
         self.publish_endpoint(&NetworkId::new(a.network_id), e);
     }
@@ -591,30 +485,28 @@ where
         if ev.owner == self.cfg.node_id {
             return;
         }
-        let (Ok(network), Ok(owner)) = (NetworkId::parse(&ev.scope), NodeId::parse(&ev.owner))
-        else {
-            warn!(scope = %ev.scope, owner = %ev.owner, "endpoint record with an unusable scope or owner");
+        let change = match self.endpoints.apply_event(&ev) {
+            Ok(Some(change)) => change,
+            Ok(None) => return,
+            Err(why) => {
+                warn!(scope = %ev.scope, key = %ev.key, %why, "refusing an endpoint record");
+                return;
+            }
+        };
+        let network = change.network().clone();
+        if !matches!(change, RecordChange::Upserted { ref previous, .. } if *previous == Upserted::Unchanged)
+        {
+            self.dirty.insert(network.clone());
+        }
+        let Some(vni) = self.local_vni(&network) else {
             return;
         };
-        match ev.kind {
-            RecordEventKind::Upsert(value) => {
-                let parsed = EndpointRecord::decode(&value)
-                    .ok_or_else(|| "not an endpoint record".to_string())
-                    .and_then(|r| Endpoint::from_record(&ev.key, &r));
-                let e = match parsed {
-                    Ok(e) => e,
-                    Err(why) => {
-                        warn!(scope = %ev.scope, key = %ev.key, %why, "refusing an endpoint record");
-                        return;
-                    }
-                };
-                let previous = self.endpoints.upsert(&network, &owner, e.clone());
-                if previous != Upserted::Unchanged {
-                    self.dirty.insert(network.clone());
-                }
-                let Some(vni) = self.local_vni(&network) else {
-                    return;
-                };
+        match change {
+            RecordChange::Upserted {
+                endpoint: e,
+                previous,
+                ..
+            } => {
                 if let Upserted::Replaced(old) = &previous
                     && old.ip() != e.ip()
                 {
@@ -629,14 +521,7 @@ where
                 self.sandboxes.ensure_remote(&self.kernel, remote);
                 debug!(scope = %ev.scope, ip = %e.ip(), vtep = %e.vtep, "remote endpoint programmed");
             }
-            RecordEventKind::Removed => {
-                let Some(old) = self.endpoints.remove(&network, &owner, &ev.key) else {
-                    return;
-                };
-                self.dirty.insert(network.clone());
-                let Some(vni) = self.local_vni(&network) else {
-                    return;
-                };
+            RecordChange::Removed { endpoint: old, .. } => {
                 // The task is draining: connections opened before its withdrawal reached our
                 // load balancers must still reach it, so its entries go after the drain.
                 let at = Instant::now() + self.cfg.drain;
@@ -651,7 +536,8 @@ where
     fn run_due(&mut self) {
         let now = Instant::now();
         let sandboxes = &self.sandboxes;
-        self.balancers
+        self.services
+            .balancers
             .run_due(self.kernel.lb(), now, |id| sandboxes.netns(id));
         for (network, vni, ip) in take_due(&mut self.withdrawals, now) {
             if self
@@ -672,7 +558,7 @@ where
             .values()
             .copied()
             .chain(self.withdrawals.iter().map(|(at, _)| *at))
-            .chain(self.balancers.next_deadline())
+            .chain(self.services.balancers.next_deadline())
             .min()
     }
 
@@ -680,7 +566,7 @@ where
     async fn tear_down(&mut self) {
         for (id, _) in self.runtime.list() {
             self.unpublish(&id);
-            self.detach_services(&id).await;
+            self.services.detach(&id).await;
             if let Err(e) = self.runtime.remove(&id).await {
                 warn!(task = %id, error = %e, "cannot stop task");
             }
@@ -693,27 +579,5 @@ where
         if let Err(e) = self.sandboxes.reconcile(&self.kernel) {
             warn!(error = %e, "cannot remove the overlay");
         }
-    }
-}
-
-/// The ports a task's service publishes through the routing mesh.
-fn ingress_ports(t: &Task) -> Vec<PublishedPort> {
-    t.ports
-        .iter()
-        .filter(|p| p.publish_mode() == PublishMode::Ingress)
-        .filter_map(|p| {
-            Some(PublishedPort {
-                udp: p.protocol() == PortProtocol::Udp,
-                published: u16::try_from(p.published_port).ok()?,
-                target: u16::try_from(p.target_port).ok()?,
-            })
-        })
-        .collect()
-}
-
-async fn recv_opt<T>(rx: &mut Option<mpsc::UnboundedReceiver<T>>) -> Option<T> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
     }
 }

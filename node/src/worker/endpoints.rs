@@ -12,7 +12,9 @@ use mesh_dataplane::lb::{LbService, LbTable};
 use mesh_dataplane::overlay::Mac;
 
 use super::record::{Endpoint, PublishedPort};
-use crate::dns::{EndpointMode, ServiceEntry, ServiceInfo, TaskEntry};
+use mesh_gossip::{RecordEvent, RecordEventKind};
+
+use crate::dns::{EndpointMode, ServiceEntry, ServiceInfo, SharedTable, TaskEntry};
 
 /// Key of an endpoint within its network: (owner node, record key).
 pub type EndpointKey = (NodeId, String);
@@ -194,6 +196,72 @@ impl EndpointTable {
             }
         }
         table
+    }
+}
+
+/// What a gossip event did to the table.
+#[derive(Debug)]
+pub enum RecordChange {
+    Upserted {
+        network: NetworkId,
+        endpoint: Endpoint,
+        previous: Upserted,
+    },
+    Removed {
+        network: NetworkId,
+        endpoint: Endpoint,
+    },
+}
+
+impl RecordChange {
+    pub fn network(&self) -> &NetworkId {
+        match self {
+            RecordChange::Upserted { network, .. } | RecordChange::Removed { network, .. } => {
+                network
+            }
+        }
+    }
+}
+
+impl EndpointTable {
+    /// Applies a gossip event of another node: the record is parsed and checked first (an
+    /// unusable one changes nothing and says why). `None`: the removal of an endpoint that
+    /// was not known.
+    pub fn apply_event(&mut self, ev: &RecordEvent) -> Result<Option<RecordChange>, String> {
+        let network = NetworkId::parse(&ev.scope).map_err(|e| e.to_string())?;
+        let owner = NodeId::parse(&ev.owner).map_err(|e| e.to_string())?;
+        Ok(match &ev.kind {
+            RecordEventKind::Upsert(value) => {
+                let endpoint = Endpoint::decode(&ev.key, value)?;
+                let previous = self.upsert(&network, &owner, endpoint.clone());
+                Some(RecordChange::Upserted {
+                    network,
+                    endpoint,
+                    previous,
+                })
+            }
+            RecordEventKind::Removed => self
+                .remove(&network, &owner, &ev.key)
+                .map(|endpoint| RecordChange::Removed { network, endpoint }),
+        })
+    }
+
+    /// Writes the services of `networks` into the DNS table.
+    pub fn sync_dns<'a>(
+        &self,
+        table: &SharedTable,
+        networks: impl IntoIterator<Item = &'a NetworkId>,
+    ) {
+        for network in networks {
+            let entries = self.dns_entries(network);
+            table.update(|t| {
+                if entries.is_empty() {
+                    t.remove_network(network.as_str());
+                } else {
+                    t.set_network(network.as_str(), entries);
+                }
+            });
+        }
     }
 }
 

@@ -28,6 +28,7 @@
 //!   DNS entries, published ports, ingress sandboxes).
 //! - [`record`]: the endpoint record on the wire and its parsing into [`record::Endpoint`].
 //! - [`publications`]: this node's own records and the gossip scopes it joined.
+//! - [`services`]: the DNS server and load balancer of each local sandbox.
 //! - [`balancers`]: each local sandbox's load balancer and the conntrack flushes after drains.
 //! - [`ingress`]: the routing mesh's desired state and its sync.
 //! - [`launch`]: a task's launch spec.
@@ -49,6 +50,7 @@ pub mod publications;
 pub mod record;
 pub mod reports;
 pub mod sandboxes;
+pub mod services;
 pub mod timers;
 
 use std::collections::BTreeMap;
@@ -273,13 +275,14 @@ where
         runtime: parts.runtime.clone(),
         tasks: names.clone(),
     };
+    let services = services::Services::new(parts.dns, config.runtime.clone(), config.drain);
     let worker = Worker {
+        services,
         me: NodeId::new(config.node_id.clone()),
         sandboxes: sandboxes::Sandboxes::new(prefix, config.underlay_ip),
         cfg: config,
         kernel: parts.kernel,
         runtime: parts.runtime,
-        dns: parts.dns,
         source: parts.records,
         gossip: None,
         sink: parts.sink,
@@ -287,7 +290,6 @@ where
         assigned: Default::default(),
         endpoints: Default::default(),
         publications: Default::default(),
-        balancers: Default::default(),
         mesh: Default::default(),
         reports: Default::default(),
         dirty: Default::default(),

@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use mesh_common::{NodeId, ServiceId};
 use mesh_dataplane::overlay::Mac;
+use mesh_proto::{EndpointMode, NetworkAttachment, PortProtocol, PublishMode, Task};
 use serde::{Deserialize, Serialize};
 
 /// Longest task name, service name or alias accepted from a record.
@@ -178,6 +179,71 @@ impl Endpoint {
         })
     }
 
+    /// Decodes and checks a record's bytes received as `key`.
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Endpoint, String> {
+        let r =
+            EndpointRecord::decode(bytes).ok_or_else(|| "not an endpoint record".to_string())?;
+        Endpoint::from_record(key, &r)
+    }
+
+    /// The endpoint of task `t` on its attachment `a`, run by node `node` at `vtep`;
+    /// `on_ingress`: `a` is on the ingress network, where published ports are announced.
+    pub fn of_task(
+        t: &Task,
+        a: &NetworkAttachment,
+        node: &NodeId,
+        vtep: Ipv4Addr,
+        running: bool,
+        on_ingress: bool,
+    ) -> Option<Endpoint> {
+        let vip = if a.vip.is_empty() {
+            None
+        } else {
+            Some(a.vip.parse::<Ipv4Net>().ok()?.addr())
+        };
+        Some(Endpoint {
+            key: t.id.clone(),
+            task_name: t.name.clone(),
+            node: node.clone(),
+            addr: a.addr.parse().ok()?,
+            mac: a.mac.parse().ok()?,
+            vtep,
+            running,
+            service: Some(ServiceEndpoint {
+                id: ServiceId::new(t.service_id.clone()),
+                name: t.service_name.clone(),
+                aliases: a.aliases.clone(),
+                vip,
+                dnsrr: t.endpoint_mode() == EndpointMode::Dnsrr,
+                ports: if on_ingress {
+                    ingress_ports(t)
+                } else {
+                    Vec::new()
+                },
+            }),
+        })
+    }
+
+    /// The endpoint of a node's ingress sandbox (`key`, `name`) on its attachment `a`.
+    pub fn of_sandbox(
+        key: String,
+        name: String,
+        a: &NetworkAttachment,
+        node: &NodeId,
+        vtep: Ipv4Addr,
+    ) -> Option<Endpoint> {
+        Some(Endpoint {
+            key,
+            task_name: name,
+            node: node.clone(),
+            addr: a.addr.parse().ok()?,
+            mac: a.mac.parse().ok()?,
+            vtep,
+            running: false,
+            service: None,
+        })
+    }
+
     /// The record that gossips this endpoint.
     pub fn to_record(&self) -> EndpointRecord {
         let service = self.service.as_ref();
@@ -200,6 +266,21 @@ impl Endpoint {
             ports: service.map(|s| s.ports.clone()).unwrap_or_default(),
         }
     }
+}
+
+/// The ports a task's service publishes through the routing mesh.
+fn ingress_ports(t: &Task) -> Vec<PublishedPort> {
+    t.ports
+        .iter()
+        .filter(|p| p.publish_mode() == PublishMode::Ingress)
+        .filter_map(|p| {
+            Some(PublishedPort {
+                udp: p.protocol() == PortProtocol::Udp,
+                published: u16::try_from(p.published_port).ok()?,
+                target: u16::try_from(p.target_port).ok()?,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

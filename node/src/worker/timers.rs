@@ -18,3 +18,11 @@ pub async fn sleep_until(until: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// The next item of `rx`; never, while there is no receiver yet.
+pub async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
