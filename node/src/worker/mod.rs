@@ -53,6 +53,9 @@ pub mod sandboxes;
 pub mod services;
 pub mod timers;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;

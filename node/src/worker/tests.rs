@@ -1,0 +1,394 @@
+//! The worker in memory: a fake kernel, runtime, DNS and gossip plane, real assignments and
+//! records. Each test drives the worker through its inputs and checks what it did to its
+//! parts.
+
+use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use hickory_server::proto::rr::RecordType;
+use mesh_dataplane::kernel::fake::FakeKernel;
+use mesh_dataplane::link::Ipv4Cidr;
+use mesh_dataplane::overlay::{Mac, Prefix, Vni};
+use mesh_lab::wait::wait_for_async;
+use mesh_proto::{
+    Assignments, Network, NetworkAttachment, NetworkSpec, Task, TaskSpec, TaskState, TaskStatus,
+};
+
+use super::env::Resolvers;
+use super::fake::{CollectingSink, FakeRecords, FakeResolvers, FakeRuntime};
+use super::record::{EndpointRecord, ServiceEndpoint};
+use super::{Parts, WorkerConfig, WorkerHandle, spawn};
+use crate::dns::Answer;
+
+const NODE: &str = "node1";
+const NET: &str = "net1";
+const DRAIN: Duration = Duration::from_millis(300);
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn prefix() -> Prefix {
+    Prefix::new("wt-").unwrap()
+}
+
+/// One worker on fakes, and handles on each fake to watch and drive it.
+struct Harness {
+    kernel: FakeKernel,
+    runtime: Arc<FakeRuntime>,
+    dns: Arc<FakeResolvers>,
+    records: FakeRecords,
+    sink: Arc<CollectingSink>,
+    handle: WorkerHandle,
+}
+
+impl Harness {
+    fn start() -> Harness {
+        let kernel = FakeKernel::new()
+            .with_underlay("192.0.2.1/24".parse::<Ipv4Cidr>().unwrap(), 1500)
+            .unwrap();
+        Harness::start_on(kernel, FakeRuntime::new(), FakeRecords::default())
+    }
+
+    /// A worker on `kernel` and `runtime` as another worker left them (an agent restart).
+    fn start_on(kernel: FakeKernel, runtime: Arc<FakeRuntime>, records: FakeRecords) -> Harness {
+        let dns = FakeResolvers::new();
+        let sink = CollectingSink::new();
+        let config = WorkerConfig {
+            node_id: NODE.into(),
+            hostname: "host1".into(),
+            underlay_ip: Ipv4Addr::new(192, 0, 2, 1),
+            netns_prefix: prefix().as_str().into(),
+            tasks_dir: "/nonexistent".into(),
+            shim_binary: "/usr/bin/mesh".into(),
+            reconcile_interval: Duration::from_millis(100),
+            drain: DRAIN,
+            lb_backend: None,
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let handle = spawn(
+            config,
+            Parts {
+                kernel: kernel.clone(),
+                runtime: runtime.clone(),
+                dns: dns.clone(),
+                records: records.clone(),
+                sink: sink.clone(),
+            },
+        )
+        .unwrap();
+        Harness {
+            kernel,
+            runtime,
+            dns,
+            records,
+            sink,
+            handle,
+        }
+    }
+
+    fn assign(&self, tasks: Vec<Task>) {
+        self.handle.assignments(
+            Assignments {
+                full: true,
+                tasks,
+                networks: vec![network()],
+                ..Default::default()
+            },
+            4789,
+            None,
+        );
+    }
+
+    fn network_netns(&self) -> String {
+        prefix().network_netns(Vni::new(4096).unwrap())
+    }
+
+    fn task_netns(&self, id: &str) -> String {
+        prefix().task_netns(&mesh_dataplane::overlay::TaskId::new(id).unwrap())
+    }
+
+    /// The record this node publishes for `task`, decoded.
+    fn published(&self, task: &str) -> Option<EndpointRecord> {
+        let bytes = self
+            .records
+            .published()
+            .get(&(NET.to_string(), task.to_string()))
+            .cloned()?;
+        EndpointRecord::decode(&bytes)
+    }
+
+    fn last_state(&self, task: &str) -> Option<TaskState> {
+        self.sink
+            .sent()
+            .iter()
+            .rev()
+            .find(|u| u.task_id == task)
+            .and_then(|u| u.status.as_ref())
+            .map(|s| s.state())
+    }
+}
+
+fn network() -> Network {
+    Network {
+        id: NET.into(),
+        version: 1,
+        spec: Some(NetworkSpec {
+            name: "appnet".into(),
+            ..Default::default()
+        }),
+        subnet: "10.20.0.0/24".into(),
+        gateway: "10.20.0.1".into(),
+        vni: 4096,
+        ..Default::default()
+    }
+}
+
+/// Task `id` of service `web` at `10.20.0.<host>`, behind VIP 10.20.0.2.
+fn task(id: &str, host: u8, desired: TaskState) -> Task {
+    let mut t = Task {
+        id: id.into(),
+        service_id: "svc1".into(),
+        service_name: "web".into(),
+        name: format!("web.{host}"),
+        node_id: NODE.into(),
+        spec: Some(TaskSpec {
+            command: vec!["sleep".into(), "1000".into()],
+            ..Default::default()
+        }),
+        networks: vec![NetworkAttachment {
+            network_id: NET.into(),
+            addr: format!("10.20.0.{host}/24"),
+            mac: Mac::from_ipv4(Ipv4Addr::new(10, 20, 0, host)).to_string(),
+            aliases: vec![],
+            vip: "10.20.0.2/24".into(),
+        }],
+        status: Some(TaskStatus {
+            state: TaskState::Assigned as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    t.set_desired_state(desired);
+    t
+}
+
+/// The record another node gossips for its task at `10.20.0.<host>`.
+fn remote_record(id: &str, host: u8, node: &str, running: bool) -> Vec<u8> {
+    let ip = Ipv4Addr::new(10, 20, 0, host);
+    super::record::Endpoint {
+        key: id.into(),
+        task_name: format!("web.{host}"),
+        node: node.into(),
+        addr: ipnet::Ipv4Net::new(ip, 24).unwrap(),
+        mac: Mac::from_ipv4(ip),
+        vtep: Ipv4Addr::new(192, 0, 2, 2),
+        running,
+        service: Some(ServiceEndpoint {
+            id: "svc1".into(),
+            name: "web".into(),
+            aliases: vec!["www".into()],
+            vip: Some(Ipv4Addr::new(10, 20, 0, 2)),
+            dnsrr: false,
+            ports: vec![],
+        }),
+    }
+    .to_record()
+    .encode()
+}
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+async fn until<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+    wait_for_async(what, PATIENCE, async || Ok(check())).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_assigned_task_gets_its_sandbox_dns_load_balancer_and_record_before_it_runs()
+-> Result<()> {
+    let h = Harness::start();
+    h.assign(vec![task("t1", 3, TaskState::Running)]);
+    until("the task to run", || h.runtime.spec("t1")).await?;
+    let spec = h.runtime.spec("t1").unwrap();
+    assert_eq!(spec.argv, ["sleep", "1000"]);
+    assert!(
+        spec.env.contains(&("MESH_TASK_NAME".into(), "web.3".into())),
+        "{:?}",
+        spec.env
+    );
+    let namespaces = h.kernel.namespaces();
+    assert!(namespaces.contains(&h.task_netns("t1")), "{namespaces:?}");
+    assert!(namespaces.contains(&h.network_netns()), "{namespaces:?}");
+    assert_eq!(h.dns.attached().get("t1"), Some(&vec![NET.to_string()]));
+    let lb = h.kernel.lb_table(&h.task_netns("t1")).expect("a load balancer");
+    assert!(lb.get(ip("10.20.0.2")).is_some(), "the service's own VIP: {lb:?}");
+    let rec = until("the task's running record", || {
+        h.published("t1").filter(|r| r.running)
+    })
+    .await?;
+    assert_eq!((rec.addr.as_str(), rec.vip.as_str()), ("10.20.0.3/24", "10.20.0.2/24"));
+    until("running reported", || {
+        (h.last_state("t1") == Some(TaskState::Running)).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_record_becomes_overlay_load_balancer_and_dns_intent() -> Result<()> {
+    let h = Harness::start();
+    h.assign(vec![task("t1", 3, TaskState::Running)]);
+    until("the task to run", || h.runtime.spec("t1")).await?;
+    h.records
+        .remote_upsert(NET, "node2", "t9", remote_record("t9", 9, "node2", true));
+    let lb_ns = h.task_netns("t1");
+    let backends = until("the remote backend in the task's load balancer", || {
+        let lb = h.kernel.lb_table(&lb_ns)?;
+        let svc = lb.get(ip("10.20.0.2"))?;
+        svc.backends.contains(&ip("10.20.0.9")).then(|| svc.backends.clone())
+    })
+    .await?;
+    assert!(backends.contains(&ip("10.20.0.3")), "{backends:?}");
+    let net_ns = h.network_netns();
+    let neighbors = h.kernel.neighbors(&net_ns);
+    assert_eq!(
+        neighbors.get(&ip("10.20.0.9")),
+        Some(&Mac::from_ipv4(ip("10.20.0.9")))
+    );
+    assert!(
+        h.kernel
+            .fdb(&net_ns)
+            .iter()
+            .any(|f| f.mac == Mac::from_ipv4(ip("10.20.0.9")) && f.vtep == ip("192.0.2.2")),
+        "{:?}",
+        h.kernel.fdb(&net_ns)
+    );
+    let table = h.dns.table();
+    let nets = [NET.to_string()];
+    assert_eq!(
+        table.resolve(&nets, "web", RecordType::A),
+        Answer::Addrs(vec![ip("10.20.0.2")])
+    );
+    assert_eq!(
+        table.resolve(&nets, "www", RecordType::A),
+        Answer::Addrs(vec![ip("10.20.0.2")]),
+        "aliases resolve too"
+    );
+    // The owner withdraws it: gone from the load balancer at once, from the overlay after
+    // the drain.
+    h.records.remote_remove(NET, "node2", "t9");
+    until("the backend gone", || {
+        let lb = h.kernel.lb_table(&lb_ns)?;
+        (!lb.get(ip("10.20.0.2"))?.backends.contains(&ip("10.20.0.9"))).then_some(())
+    })
+    .await?;
+    until("the neighbor gone after the drain", || {
+        (!h.kernel.neighbors(&net_ns).contains_key(&ip("10.20.0.9"))).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_leaving_is_withdrawn_everywhere_before_it_is_stopped() -> Result<()> {
+    let h = Harness::start();
+    h.assign(vec![task("t1", 3, TaskState::Running)]);
+    until("the running record", || h.published("t1").filter(|r| r.running)).await?;
+    // At the moment the runtime is asked to stop the task, its record must be gone.
+    let seen_at_stop: Arc<Mutex<Option<bool>>> = Arc::default();
+    {
+        let records = h.records.clone();
+        let seen = seen_at_stop.clone();
+        h.runtime.on_stop(Box::new(move |id| {
+            let published = records
+                .published()
+                .contains_key(&(NET.to_string(), id.to_string()));
+            *seen.lock().unwrap() = Some(published);
+        }));
+    }
+    let started = tokio::time::Instant::now();
+    h.assign(vec![task("t1", 3, TaskState::Shutdown)]);
+    until("the task stopped", || {
+        h.runtime.stopped().contains(&"t1".to_string()).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        *seen_at_stop.lock().unwrap(),
+        Some(false),
+        "the record was still published when the task was stopped"
+    );
+    assert!(
+        started.elapsed() >= DRAIN,
+        "stopped {:?} after the withdrawal, before the {DRAIN:?} drain ended",
+        started.elapsed()
+    );
+    until("shutdown reported", || {
+        (h.last_state("t1") == Some(TaskState::Shutdown)).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostile_record_is_refused_and_changes_nothing() -> Result<()> {
+    let h = Harness::start();
+    h.assign(vec![task("t1", 3, TaskState::Running)]);
+    until("the task to run", || h.runtime.spec("t1")).await?;
+    let mut bad = EndpointRecord::decode(&remote_record("t8", 8, "node2", true)).unwrap();
+    bad.mac = "not-a-mac".into();
+    h.records.remote_upsert(NET, "node2", "t8", bad.encode());
+    h.records
+        .remote_upsert(NET, "node2", "t9", b"{\"garbage\": true}".to_vec());
+    // A good record after them shows the worker went past both.
+    h.records
+        .remote_upsert(NET, "node2", "t7", remote_record("t7", 7, "node2", true));
+    let lb_ns = h.task_netns("t1");
+    let backends = until("the good record programmed", || {
+        let svc = h.kernel.lb_table(&lb_ns)?.get(ip("10.20.0.2"))?.clone();
+        svc.backends.contains(&ip("10.20.0.7")).then_some(svc.backends)
+    })
+    .await?;
+    assert!(!backends.contains(&ip("10.20.0.8")), "{backends:?}");
+    assert!(!h.kernel.neighbors(&h.network_netns()).contains_key(&ip("10.20.0.8")));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_worker_adopts_running_tasks_without_restarting_them() -> Result<()> {
+    let h = Harness::start();
+    h.assign(vec![task("t1", 3, TaskState::Running)]);
+    until("the running record", || h.published("t1").filter(|r| r.running)).await?;
+    h.handle.stop(false).await;
+    // The next agent: same kernel, same task processes; its load balancer state is new.
+    let again = Harness::start_on(h.kernel.clone(), h.runtime.clone(), h.records.clone());
+    again.assign(vec![task("t1", 3, TaskState::Running)]);
+    until("running reported by the new worker", || {
+        (again.last_state("t1") == Some(TaskState::Running)).then_some(())
+    })
+    .await?;
+    assert!(h.runtime.stopped().is_empty(), "the task was stopped");
+    assert_eq!(again.dns.attached().get("t1"), Some(&vec![NET.to_string()]));
+    assert!(h.kernel.namespaces().contains(&h.task_netns("t1")));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_touched_before_the_full_assignment_set() -> Result<()> {
+    let h = Harness::start();
+    h.handle.assignments(
+        Assignments {
+            full: false,
+            tasks: vec![task("t1", 3, TaskState::Running)],
+            networks: vec![network()],
+            ..Default::default()
+        },
+        4789,
+        None,
+    );
+    let quiet = mesh_lab::wait::watch(Duration::from_millis(500), || {
+        Ok(h.runtime.spec("t1").map(|_| "started"))
+    });
+    assert_eq!(quiet?, None, "a delta before the full set started a task");
+    Ok(())
+}
