@@ -25,6 +25,8 @@
 //! - [`nodes`], [`info`]: the CLI's `--format json` output, parsed.
 //! - [`ops`]: operations and observations through the CLI (leader, every node's view, writes
 //!   expected to succeed or to be refused with one line).
+//! - [`in_process`]: clusters of real daemons in this one process, workers on fakes (no
+//!   root): the in-process layer of tests.
 //! - [`grpc`]: in-process gRPC clients of the daemons (unix socket, 2377 with or without a
 //!   client certificate).
 //! - [`services`]: networks and services through the CLI, and what each host's kernel shows
@@ -45,6 +47,7 @@ pub mod bench;
 pub mod config;
 pub mod entry;
 pub mod grpc;
+pub mod in_process;
 pub mod ops;
 pub mod services;
 pub mod traffic;

@@ -2,7 +2,7 @@
 //! gRPC call to the local daemon, which forwards to the leader when needed.
 //! Failures print one line on stderr and exit non-zero.
 
-mod client;
+pub mod client;
 mod logs;
 mod network;
 mod node;

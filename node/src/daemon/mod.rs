@@ -93,6 +93,14 @@ pub(crate) fn not_in_cluster() -> Status {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    serve(opts, shutdown).await
+}
+
+/// Runs the daemon until `shutdown` fires. Tasks keep running afterwards: the next start
+/// adopts them.
+pub async fn serve(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let dir = StateDir::new(&opts.state_dir);
     dir.create()?;
     let _lock = dir.lock()?;
@@ -123,8 +131,6 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     }
     tokio::spawn(daemon.clone().handle_events(events_rx));
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
     let local = |mut req: tonic::Request<()>| {
         req.extensions_mut().insert(Caller::Local);
         Ok(req)

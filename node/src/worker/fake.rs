@@ -330,3 +330,69 @@ impl StatusSink for CollectingSink {
         Ok(())
     }
 }
+
+/// One host's fakes: its kernel and task processes outlive a restart of its agent (as a real
+/// host's do); its DNS servers belong to the agent and are new at each start.
+#[derive(Clone)]
+pub struct FakeHost {
+    pub kernel: mesh_dataplane::kernel::fake::FakeKernel,
+    pub runtime: Arc<FakeRuntime>,
+    pub dns: Arc<FakeResolvers>,
+}
+
+/// Starts workers on fakes (for daemons run in one process), real gossip and real reports:
+/// one [`FakeHost`] per node id, kept across agent restarts.
+#[derive(Default)]
+pub struct FakeWorkers {
+    hosts: Mutex<BTreeMap<String, FakeHost>>,
+}
+
+impl FakeWorkers {
+    pub fn new() -> Arc<FakeWorkers> {
+        Arc::new(FakeWorkers::default())
+    }
+
+    /// The fakes of node `node_id`, once its worker started.
+    pub fn host(&self, node_id: &str) -> Option<FakeHost> {
+        lock(&self.hosts).get(node_id).cloned()
+    }
+}
+
+impl super::WorkerEnv for FakeWorkers {
+    fn start(
+        &self,
+        config: super::WorkerConfig,
+        membership: crate::membership::Membership,
+        reporter: super::Reporter,
+    ) -> anyhow::Result<super::WorkerHandle> {
+        use mesh_dataplane::kernel::fake::FakeKernel;
+        use mesh_dataplane::link::Ipv4Cidr;
+        let host = {
+            let mut hosts = lock(&self.hosts);
+            let host = match hosts.get(&config.node_id) {
+                Some(h) => FakeHost {
+                    dns: FakeResolvers::new(),
+                    ..h.clone()
+                },
+                None => FakeHost {
+                    kernel: FakeKernel::new()
+                        .with_underlay(Ipv4Cidr::new(config.underlay_ip, 8)?, 1500)?,
+                    runtime: FakeRuntime::new(),
+                    dns: FakeResolvers::new(),
+                },
+            };
+            hosts.insert(config.node_id.clone(), host.clone());
+            host
+        };
+        super::spawn(
+            config,
+            super::Parts {
+                kernel: host.kernel,
+                runtime: host.runtime,
+                dns: host.dns,
+                records: membership,
+                sink: Arc::new(reporter),
+            },
+        )
+    }
+}

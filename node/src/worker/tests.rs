@@ -213,7 +213,8 @@ async fn an_assigned_task_gets_its_sandbox_dns_load_balancer_and_record_before_i
     let spec = h.runtime.spec("t1").unwrap();
     assert_eq!(spec.argv, ["sleep", "1000"]);
     assert!(
-        spec.env.contains(&("MESH_TASK_NAME".into(), "web.3".into())),
+        spec.env
+            .contains(&("MESH_TASK_NAME".into(), "web.3".into())),
         "{:?}",
         spec.env
     );
@@ -221,13 +222,22 @@ async fn an_assigned_task_gets_its_sandbox_dns_load_balancer_and_record_before_i
     assert!(namespaces.contains(&h.task_netns("t1")), "{namespaces:?}");
     assert!(namespaces.contains(&h.network_netns()), "{namespaces:?}");
     assert_eq!(h.dns.attached().get("t1"), Some(&vec![NET.to_string()]));
-    let lb = h.kernel.lb_table(&h.task_netns("t1")).expect("a load balancer");
-    assert!(lb.get(ip("10.20.0.2")).is_some(), "the service's own VIP: {lb:?}");
+    let lb = h
+        .kernel
+        .lb_table(&h.task_netns("t1"))
+        .expect("a load balancer");
+    assert!(
+        lb.get(ip("10.20.0.2")).is_some(),
+        "the service's own VIP: {lb:?}"
+    );
     let rec = until("the task's running record", || {
         h.published("t1").filter(|r| r.running)
     })
     .await?;
-    assert_eq!((rec.addr.as_str(), rec.vip.as_str()), ("10.20.0.3/24", "10.20.0.2/24"));
+    assert_eq!(
+        (rec.addr.as_str(), rec.vip.as_str()),
+        ("10.20.0.3/24", "10.20.0.2/24")
+    );
     until("running reported", || {
         (h.last_state("t1") == Some(TaskState::Running)).then_some(())
     })
@@ -246,7 +256,9 @@ async fn a_remote_record_becomes_overlay_load_balancer_and_dns_intent() -> Resul
     let backends = until("the remote backend in the task's load balancer", || {
         let lb = h.kernel.lb_table(&lb_ns)?;
         let svc = lb.get(ip("10.20.0.2"))?;
-        svc.backends.contains(&ip("10.20.0.9")).then(|| svc.backends.clone())
+        svc.backends
+            .contains(&ip("10.20.0.9"))
+            .then(|| svc.backends.clone())
     })
     .await?;
     assert!(backends.contains(&ip("10.20.0.3")), "{backends:?}");
@@ -294,7 +306,10 @@ async fn a_remote_record_becomes_overlay_load_balancer_and_dns_intent() -> Resul
 async fn a_task_leaving_is_withdrawn_everywhere_before_it_is_stopped() -> Result<()> {
     let h = Harness::start();
     h.assign(vec![task("t1", 3, TaskState::Running)]);
-    until("the running record", || h.published("t1").filter(|r| r.running)).await?;
+    until("the running record", || {
+        h.published("t1").filter(|r| r.running)
+    })
+    .await?;
     // At the moment the runtime is asked to stop the task, its record must be gone.
     let seen_at_stop: Arc<Mutex<Option<bool>>> = Arc::default();
     {
@@ -310,7 +325,10 @@ async fn a_task_leaving_is_withdrawn_everywhere_before_it_is_stopped() -> Result
     let started = tokio::time::Instant::now();
     h.assign(vec![task("t1", 3, TaskState::Shutdown)]);
     until("the task stopped", || {
-        h.runtime.stopped().contains(&"t1".to_string()).then_some(())
+        h.runtime
+            .stopped()
+            .contains(&"t1".to_string())
+            .then_some(())
     })
     .await?;
     assert_eq!(
@@ -346,11 +364,17 @@ async fn a_hostile_record_is_refused_and_changes_nothing() -> Result<()> {
     let lb_ns = h.task_netns("t1");
     let backends = until("the good record programmed", || {
         let svc = h.kernel.lb_table(&lb_ns)?.get(ip("10.20.0.2"))?.clone();
-        svc.backends.contains(&ip("10.20.0.7")).then_some(svc.backends)
+        svc.backends
+            .contains(&ip("10.20.0.7"))
+            .then_some(svc.backends)
     })
     .await?;
     assert!(!backends.contains(&ip("10.20.0.8")), "{backends:?}");
-    assert!(!h.kernel.neighbors(&h.network_netns()).contains_key(&ip("10.20.0.8")));
+    assert!(
+        !h.kernel
+            .neighbors(&h.network_netns())
+            .contains_key(&ip("10.20.0.8"))
+    );
     Ok(())
 }
 
@@ -358,7 +382,10 @@ async fn a_hostile_record_is_refused_and_changes_nothing() -> Result<()> {
 async fn a_restarted_worker_adopts_running_tasks_without_restarting_them() -> Result<()> {
     let h = Harness::start();
     h.assign(vec![task("t1", 3, TaskState::Running)]);
-    until("the running record", || h.published("t1").filter(|r| r.running)).await?;
+    until("the running record", || {
+        h.published("t1").filter(|r| r.running)
+    })
+    .await?;
     h.handle.stop(false).await;
     // The next agent: same kernel, same task processes; its load balancer state is new.
     let again = Harness::start_on(h.kernel.clone(), h.runtime.clone(), h.records.clone());
