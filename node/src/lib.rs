@@ -12,6 +12,10 @@
 //! - [`config`]: the daemon's config file (timing knobs).
 //! - [`runtime`]: tasks as processes under per-task shims that outlive the agent; `mesh exec`.
 //! - [`whoami`]: `mesh whoami`, the small server tasks run in demos and tests.
+//! - [`worker`]: turns assignments and gossiped endpoints into sandboxes, processes, load
+//!   balancers, DNS and the routing mesh; generic over the kernel, runtime, DNS and gossip it
+//!   is handed (fakes behind the `test-util` feature).
+//! - [`state_dir`]: what a node keeps on disk to come back after a restart.
 
 pub mod agent;
 pub mod cli;
