@@ -28,4 +28,8 @@ pub mod time;
 pub mod tls;
 
 pub use ids::{NetworkId, NodeId, ServiceId, TaskId};
+
+/// The subnet of every node's gateway bridge (`mesh_gwbridge`), which tasks reach the outside
+/// world through: no overlay network may overlap it.
+pub const GATEWAY_BRIDGE_SUBNET: &str = "172.30.0.0/16";
 pub use liveness::Liveness;

@@ -3,7 +3,7 @@
 //! `ingress` network) and the credentials of that first manager. The daemon calls
 //! [`new_cluster`] and bootstraps raft with the transaction it returns.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
@@ -32,6 +32,26 @@ pub struct FirstNode {
     pub addr: IpAddr,
     pub control_port: u16,
     pub gossip_port: u16,
+    /// The host's IPv4 routes (the default route left out) and DNS resolvers: no network may
+    /// take their addresses, or the host would route them into an overlay.
+    pub routes: Vec<Ipv4Net>,
+    pub resolvers: Vec<Ipv4Addr>,
+}
+
+impl FirstNode {
+    /// The host's routes and resolvers as reserved ranges, with why.
+    fn reserved(&self) -> Vec<(Ipv4Net, String)> {
+        let routes = self
+            .routes
+            .iter()
+            .filter(|r| r.prefix_len() > 0)
+            .map(|r| (*r, "route".to_string()));
+        let resolvers = self
+            .resolvers
+            .iter()
+            .map(|ip| (Ipv4Net::from(*ip), "resolver".to_string()));
+        routes.chain(resolvers).collect()
+    }
 }
 
 /// What [`new_cluster`] made.
@@ -131,11 +151,17 @@ pub fn cluster_spec(
         default_addr_pool_mask_length: mask,
         data_path_port,
         cert_validity_secs,
+        reserved_subnets: Vec::new(),
     })
 }
 
 /// The routing-mesh network of a new cluster.
-fn ingress_network(req: &InitRequest, cluster: &ClusterSpec, now: i64) -> Result<Network> {
+fn ingress_network(
+    req: &InitRequest,
+    cluster: &ClusterSpec,
+    node: &FirstNode,
+    now: i64,
+) -> Result<Network> {
     let subnet = if req.ingress_subnet.is_empty() {
         DEFAULT_INGRESS_SUBNET
     } else {
@@ -148,7 +174,15 @@ fn ingress_network(req: &InitRequest, cluster: &ClusterSpec, now: i64) -> Result
         ingress: true,
         ..Default::default()
     };
-    let alloc = allocator::allocate_network_as("--ingress-subnet", &spec, &[], cluster)?;
+    let mut avoid: Vec<(Ipv4Net, String)> = node
+        .reserved()
+        .into_iter()
+        .map(|(net, why)| (net, format!("a {why} of this host ({net})")))
+        .collect();
+    if let IpAddr::V4(ip) = node.addr {
+        avoid.push((Ipv4Net::from(ip), format!("this node's address ({ip})")));
+    }
+    let alloc = allocator::allocate_network_as("--ingress-subnet", &spec, &[], cluster, &avoid)?;
     Ok(Network {
         id: random_id().map_err(internal)?,
         spec: Some(spec),
@@ -167,12 +201,17 @@ pub fn new_cluster(
     node: FirstNode,
     default_cert_validity_secs: u64,
 ) -> Result<NewCluster> {
-    let spec = cluster_spec(
+    let mut spec = cluster_spec(
         req,
         default_cert_validity_secs,
         node.control_port,
         node.gossip_port,
     )?;
+    spec.reserved_subnets = node
+        .reserved()
+        .into_iter()
+        .map(|(net, why)| format!("{net} {why}"))
+        .collect();
     let validity = Duration::from_secs(spec.cert_validity_secs);
     let cluster_id = random_id().map_err(internal)?;
     let node_id = random_id().map_err(internal)?;
@@ -186,7 +225,7 @@ pub fn new_cluster(
         validity,
     )?;
     let now = now_ms();
-    let ingress = ingress_network(req, &spec, now)?;
+    let ingress = ingress_network(req, &spec, &node, now)?;
     let cluster = Cluster {
         id: cluster_id.clone(),
         spec: Some(spec),

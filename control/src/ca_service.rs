@@ -128,6 +128,19 @@ impl CaService {
                         "join token is not valid: its secret matches no current token (was it rotated?)".into(),
                     ));
                 };
+                for (port, what) in [(r.control_port, "control"), (r.gossip_port, "gossip")] {
+                    if let Some(svc) = s.services.values().find(|v| {
+                        v.ports.iter().any(|p| {
+                            p.publish_mode() == mesh_proto::PublishMode::Ingress
+                                && p.published_port == port
+                        })
+                    }) {
+                        return Err(ControlError::FailedPrecondition(format!(
+                            "the {what} port {port} of this node is published by service {}: give the node another port or unpublish it",
+                            crate::objects::service_name(svc)
+                        )));
+                    }
+                }
                 if let Some(other) = s
                     .nodes
                     .values()

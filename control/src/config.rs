@@ -85,6 +85,37 @@ impl Default for OrchestratorConfig {
     }
 }
 
+/// Bounds on what the cluster accepts, so that no request, however large, can take it down:
+/// a bigger request is refused with one line naming the limit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most replicas one service may have.
+    pub max_replicas: u64,
+    /// Most services the cluster holds.
+    pub max_services: u64,
+    /// Most networks the cluster holds (the ingress network included).
+    pub max_networks: u64,
+    /// Largest write to the raft store (one encoded transaction), in bytes: as etcd's
+    /// request limit, it keeps every raft entry small enough to replicate.
+    pub max_write_bytes: u64,
+    /// Most objects a manager component writes at once: larger changes (a service of many
+    /// replicas, removing one) are made in batches.
+    pub batch_objects: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_replicas: 1000,
+            max_services: 1000,
+            max_networks: 256,
+            max_write_bytes: 1_572_864,
+            batch_objects: 128,
+        }
+    }
+}
+
 /// Everything a manager takes from config.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -92,4 +123,5 @@ pub struct ManagerConfig {
     pub raft: RaftConfig,
     pub ca: CaConfig,
     pub orchestrator: OrchestratorConfig,
+    pub limits: LimitsConfig,
 }

@@ -158,6 +158,7 @@ impl Manager {
             shutdown: shutdown.clone(),
         };
         let grace = Duration::from_millis(self.config.orchestrator.node_down_grace_ms);
+        let batch = self.config.limits.batch_objects.max(1);
         let (me, live) = (&self.node_id, &self.liveness);
         vec![
             runner.run(RoleReconciler::new(store.clone())),
@@ -166,16 +167,23 @@ impl Manager {
                 me.clone(),
                 live.clone(),
                 grace,
+                batch,
             )),
             runner.run(GlobalOrchestrator::new(
                 store.clone(),
                 me.clone(),
                 live.clone(),
                 grace,
+                batch,
             )),
-            runner.run(Allocator::new(store.clone())),
-            runner.run(Scheduler::new(store.clone(), me.clone(), live.clone())),
-            runner.run(TaskReaper::new(store.clone())),
+            runner.run(Allocator::new(store.clone(), batch)),
+            runner.run(Scheduler::new(
+                store.clone(),
+                me.clone(),
+                live.clone(),
+                batch,
+            )),
+            runner.run(TaskReaper::new(store.clone(), batch)),
         ]
     }
 }

@@ -101,7 +101,7 @@ pub fn plan(state: &StoreState, ready: &dyn Fn(&str) -> bool, now_ms: i64) -> Ve
                 });
             }
             None => {
-                let message = if wanted.is_empty() {
+                let why = if wanted.is_empty() {
                     "no node is ready to run it"
                 } else {
                     "no ready node has its host-mode port(s) free"
@@ -109,13 +109,14 @@ pub fn plan(state: &StoreState, ready: &dyn Fn(&str) -> bool, now_ms: i64) -> Ve
                 if task
                     .status
                     .as_ref()
-                    .is_some_and(|s| s.state() == TaskState::Pending && s.message == message)
+                    .is_some_and(|s| s.state() == TaskState::Pending && s.err == why)
                 {
                     continue;
                 }
                 t.status = Some(TaskStatus {
                     state: TaskState::Pending as i32,
-                    message: message.into(),
+                    message: "no suitable node".into(),
+                    err: why.into(),
                     timestamp_ms: now_ms,
                     ..Default::default()
                 });
@@ -131,14 +132,22 @@ pub struct Scheduler {
     store: Store,
     self_id: String,
     liveness: Arc<dyn Liveness>,
+    /// Most objects written at once.
+    batch: usize,
 }
 
 impl Scheduler {
-    pub fn new(store: Store, self_id: String, liveness: Arc<dyn Liveness>) -> Scheduler {
+    pub fn new(
+        store: Store,
+        self_id: String,
+        liveness: Arc<dyn Liveness>,
+        batch: usize,
+    ) -> Scheduler {
         Scheduler {
             store,
             self_id,
             liveness,
+            batch,
         }
     }
 }
@@ -152,9 +161,9 @@ impl Component for Scheduler {
         let ready = |id: &str| id == self.self_id || self.liveness.status(id) == NodeStatus::Ready;
         self.store
             .update(|s| {
-                Ok::<_, ControlError>(Transaction {
-                    ops: plan(s, &ready, now_ms()),
-                })
+                let mut ops = plan(s, &ready, now_ms());
+                ops.truncate(self.batch);
+                Ok::<_, ControlError>(Transaction { ops })
             })
             .await?;
         Ok(())
@@ -283,7 +292,7 @@ mod tests {
         assert!(e3.node_id.is_empty());
         assert_eq!(e3.status.as_ref().unwrap().state(), TaskState::Pending);
         assert!(
-            e3.status.as_ref().unwrap().message.contains("port"),
+            e3.status.as_ref().unwrap().err.contains("port"),
             "{:?}",
             e3.status
         );

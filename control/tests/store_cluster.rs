@@ -156,6 +156,7 @@ impl TestCluster {
             addr: m.addr.clone(),
             config,
             channels: m.channels.clone(),
+            max_write_bytes: mesh_control::config::LimitsConfig::default().max_write_bytes,
         })
         .await
         .with_context(|| format!("open store {raft_id}"))?;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use mesh_control::config::{CaConfig, ManagerConfig, OrchestratorConfig, RaftConfig};
+use mesh_control::config::{CaConfig, LimitsConfig, ManagerConfig, OrchestratorConfig, RaftConfig};
 use mesh_gossip::GossipConfig;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,9 @@ pub struct AgentConfig {
     /// Load-balancing backend: "auto" (IPVS when the kernel has it,
     /// nftables otherwise), "ipvs" or "nftables".
     pub lb_backend: String,
+    /// Longest wait between restarts of a task that keeps failing quickly: the restart
+    /// delay doubles with each run shorter than 10 s, up to this.
+    pub restart_backoff_max_ms: u64,
 }
 
 impl Default for AgentConfig {
@@ -45,6 +48,7 @@ impl Default for AgentConfig {
             reconcile_ms: 5000,
             drain_ms: 1000,
             lb_backend: "auto".into(),
+            restart_backoff_max_ms: 60_000,
         }
     }
 }
@@ -63,6 +67,7 @@ pub struct DaemonConfig {
     pub orchestrator: OrchestratorConfig,
     pub gossip: GossipConfig,
     pub agent: AgentConfig,
+    pub limits: LimitsConfig,
 }
 
 impl DaemonConfig {
@@ -77,6 +82,7 @@ impl DaemonConfig {
             raft: self.raft.clone(),
             ca: self.ca.clone(),
             orchestrator: self.orchestrator.clone(),
+            limits: self.limits.clone(),
         }
     }
 }

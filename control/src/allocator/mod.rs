@@ -28,8 +28,9 @@ pub use address::{
 };
 pub use network::{
     FIRST_VNI, MAX_VNI, NetworkAlloc, allocate_network, allocate_network_as, parse_subnet,
+    reserved_subnets, unusable_subnets,
 };
-pub use service::{DYNAMIC_PORTS, allocate_ports, allocate_vips};
+pub use service::{DYNAMIC_PORTS, allocate_ports, allocate_vips, reserved_ports};
 pub use tasks::Allocator;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -61,8 +61,33 @@ pub fn allocate_network(
     spec: &NetworkSpec,
     existing: &[&Network],
     cluster: &ClusterSpec,
+    avoid: &[(Ipv4Net, String)],
 ) -> Result<NetworkAlloc, AllocError> {
-    allocate_network_as("--subnet", spec, existing, cluster)
+    allocate_network_as("--subnet", spec, existing, cluster, avoid)
+}
+
+/// Ranges no overlay network can work on, whatever the cluster: they are not unicast on a
+/// link, or they are the gateway bridge every node has.
+pub fn unusable_subnets() -> Vec<(Ipv4Net, String)> {
+    [
+        ("0.0.0.0/8", "\"this network\" (0.0.0.0/8)"),
+        ("127.0.0.0/8", "loopback (127.0.0.0/8)"),
+        ("169.254.0.0/16", "link-local (169.254.0.0/16)"),
+        ("224.0.0.0/4", "multicast (224.0.0.0/4)"),
+        ("240.0.0.0/4", "reserved (240.0.0.0/4)"),
+        (
+            mesh_common::GATEWAY_BRIDGE_SUBNET,
+            "the nodes' gateway bridge (mesh_gwbridge, 172.30.0.0/16)",
+        ),
+    ]
+    .into_iter()
+    .map(|(net, what)| {
+        (
+            net.parse().expect("constant subnets parse"),
+            what.to_string(),
+        )
+    })
+    .collect()
 }
 
 /// [`allocate_network`], with errors about the subnet naming `subnet_flag` (the flag the
@@ -72,8 +97,11 @@ pub fn allocate_network_as(
     spec: &NetworkSpec,
     existing: &[&Network],
     cluster: &ClusterSpec,
+    avoid: &[(Ipv4Net, String)],
 ) -> Result<NetworkAlloc, AllocError> {
     let used = subnets_in_use(existing);
+    let mut taken: Vec<(Ipv4Net, String)> = unusable_subnets();
+    taken.extend(avoid.iter().cloned());
     let subnet = if spec.subnet.is_empty() {
         if !spec.gateway.is_empty() {
             return Err(invalid(format!("--gateway: needs {subnet_flag}")));
@@ -81,7 +109,9 @@ pub fn allocate_network_as(
         if !spec.ip_range.is_empty() {
             return Err(invalid(format!("--ip-range: needs {subnet_flag}")));
         }
-        subnet_from_pools(&used, cluster)?
+        let mut busy = used.clone();
+        busy.extend(taken.iter().cloned());
+        subnet_from_pools(&busy, cluster)?
     } else {
         let subnet = parse_subnet(subnet_flag, &spec.subnet)?;
         if subnet.prefix_len() > 29 {
@@ -92,6 +122,11 @@ pub fn allocate_network_as(
         if let Some((other, name)) = used.iter().find(|(u, _)| overlaps(u, &subnet)) {
             return Err(invalid(format!(
                 "{subnet_flag}: {subnet} overlaps network {name} ({other})"
+            )));
+        }
+        if let Some((_, what)) = taken.iter().find(|(u, _)| overlaps(u, &subnet)) {
+            return Err(invalid(format!(
+                "{subnet_flag}: {subnet} cannot be an overlay subnet: it overlaps {what}"
             )));
         }
         subnet
@@ -129,6 +164,38 @@ pub fn allocate_network_as(
         gateway,
         vni,
     })
+}
+
+/// What no new network of the cluster in `state` may overlap besides other networks and
+/// [`unusable_subnets`]: the underlay addresses of its nodes and the ranges recorded at init
+/// (the first host's routes and resolvers).
+pub fn reserved_subnets(state: &crate::store::StoreState) -> Vec<(Ipv4Net, String)> {
+    let mut out: Vec<(Ipv4Net, String)> = state
+        .nodes
+        .values()
+        .filter_map(|n| {
+            let ip: Ipv4Addr = n.addr.parse().ok()?;
+            Some((
+                Ipv4Net::from(ip),
+                format!("the address of node {} ({ip})", n.hostname),
+            ))
+        })
+        .collect();
+    let recorded = state
+        .cluster
+        .as_ref()
+        .and_then(|c| c.spec.as_ref())
+        .map(|s| s.reserved_subnets.clone())
+        .unwrap_or_default();
+    for r in recorded {
+        let mut parts = r.splitn(2, ' ');
+        let Some(net) = parts.next().and_then(|n| n.parse::<Ipv4Net>().ok()) else {
+            continue;
+        };
+        let why = parts.next().unwrap_or("reserved");
+        out.push((net, format!("a {why} of the host mesh init ran on ({net})")));
+    }
+    out
 }
 
 /// The subnet's first host address (the default gateway).
@@ -248,7 +315,7 @@ mod tests {
             ),
         ];
         for (spec, want) in cases {
-            let got = allocate_network(&spec, &existing, &pool);
+            let got = allocate_network(&spec, &existing, &pool, &[]);
             match want {
                 Ok(w) => assert_eq!(got, Ok(w), "{spec:?}"),
                 Err(msg) => assert_eq!(got.unwrap_err().to_string(), msg, "{spec:?}"),
@@ -257,14 +324,47 @@ mod tests {
     }
 
     #[test]
+    fn subnets_that_cannot_work_are_refused_and_pools_go_around_them() {
+        let pool = cluster(&["10.0.0.0/8"], 24);
+        let node: Vec<(Ipv4Net, String)> = vec![(
+            "10.0.0.5/32".parse().unwrap(),
+            "the address of node n1 (10.0.0.5)".into(),
+        )];
+        for (subnet, why) in [
+            ("224.1.0.0/24", "multicast"),
+            ("127.0.0.0/24", "loopback"),
+            ("169.254.1.0/24", "link-local"),
+            ("240.0.0.0/24", "reserved"),
+            ("0.0.0.0/24", "this network"),
+            ("172.30.4.0/24", "gateway bridge"),
+            ("10.0.0.0/29", "the address of node n1"),
+        ] {
+            let err = allocate_network(&spec(subnet, "", ""), &[], &pool, &node)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("--subnet: {subnet} cannot be an overlay subnet"))
+                    && err.contains(why),
+                "{subnet}: {err}"
+            );
+        }
+        let got = allocate_network(&spec("", "", ""), &[], &pool, &node).unwrap();
+        assert_eq!(
+            got.subnet.to_string(),
+            "10.0.1.0/24",
+            "the node's /24 is skipped"
+        );
+    }
+
+    #[test]
     fn pool_exhaustion_is_a_clear_error() {
         let pool = cluster(&["10.50.0.0/23"], 24);
         let a = net("a", "10.50.0.0/24", 4096);
         let b = net("b", "10.50.1.0/24", 4097);
-        let err = allocate_network(&spec("", "", ""), &[&a, &b], &pool).unwrap_err();
+        let err = allocate_network(&spec("", "", ""), &[&a, &b], &pool, &[]).unwrap_err();
         assert!(matches!(err, AllocError::Exhausted(_)));
         assert!(err.to_string().contains("exhausted"), "{err}");
-        let got = allocate_network(&spec("", "", ""), &[&a], &pool).unwrap();
+        let got = allocate_network(&spec("", "", ""), &[&a], &pool, &[]).unwrap();
         assert_eq!(got.subnet.to_string(), "10.50.1.0/24");
     }
 
@@ -274,11 +374,13 @@ mod tests {
         let a = net("a", "10.0.0.0/24", 4096);
         let c = net("c", "10.0.2.0/24", 4098);
         assert_eq!(
-            allocate_network(&spec("", "", ""), &[], &pool).unwrap().vni,
+            allocate_network(&spec("", "", ""), &[], &pool, &[])
+                .unwrap()
+                .vni,
             FIRST_VNI
         );
         assert_eq!(
-            allocate_network(&spec("", "", ""), &[&a, &c], &pool)
+            allocate_network(&spec("", "", ""), &[&a, &c], &pool, &[])
                 .unwrap()
                 .vni,
             4097

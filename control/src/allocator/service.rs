@@ -22,9 +22,29 @@ fn service_name(v: &mesh_proto::Service) -> &str {
     v.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("")
 }
 
+/// Ports the cluster itself uses on nodes, with what uses them: every node's control and
+/// gossip ports and the VXLAN data path. None of them may be published: a published port
+/// DNATs traffic to a node's address, and would capture the cluster's own traffic.
+pub fn reserved_ports(s: &StoreState) -> BTreeMap<u32, String> {
+    let mut out = BTreeMap::new();
+    for n in s.nodes.values() {
+        out.entry(n.control_port)
+            .or_insert_with(|| format!("the control port of node {}", n.hostname));
+        out.entry(n.gossip_port)
+            .or_insert_with(|| format!("the gossip port of node {}", n.hostname));
+    }
+    if let Some(spec) = s.cluster.as_ref().and_then(|c| c.spec.as_ref()) {
+        out.entry(spec.data_path_port)
+            .or_insert_with(|| "the VXLAN data path".to_string());
+    }
+    out.remove(&0);
+    out
+}
+
 /// Published ports of a service as allocated: ingress ports without a number get one from
-/// [`DYNAMIC_PORTS`]; a number another service already publishes through the routing mesh
-/// is refused. `service_id` is the service being updated (its own ports do not conflict).
+/// [`DYNAMIC_PORTS`]; a number another service already publishes through the routing mesh,
+/// or one the cluster uses itself ([`reserved_ports`]), is refused. `service_id` is the
+/// service being updated (its own ports do not conflict).
 pub fn allocate_ports(
     s: &StoreState,
     ports: &[PortConfig],
@@ -41,16 +61,26 @@ pub fn allocate_ports(
                 .map(move |p| ((p.published_port, p.protocol), service_name(v)))
         })
         .collect();
+    let reserved = reserved_ports(s);
     let mut mine: BTreeSet<(u32, i32)> = BTreeSet::new();
     let mut out = Vec::new();
     for p in ports {
         let mut p = *p;
+        if let Some(what) = reserved.get(&p.published_port) {
+            return Err(AllocError::Conflict(format!(
+                "port {}/{} cannot be published: it is {what}",
+                p.published_port,
+                protocol_name(p.protocol())
+            )));
+        }
         if p.publish_mode() == PublishMode::Ingress {
             if p.published_port == 0 {
                 p.published_port = DYNAMIC_PORTS
                     .clone()
                     .find(|n| {
-                        !taken.contains_key(&(*n, p.protocol)) && !mine.contains(&(*n, p.protocol))
+                        !taken.contains_key(&(*n, p.protocol))
+                            && !mine.contains(&(*n, p.protocol))
+                            && !reserved.contains_key(n)
                     })
                     .ok_or_else(|| {
                         AllocError::Exhausted("no published port left in 30000-32767".into())

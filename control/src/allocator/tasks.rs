@@ -91,14 +91,17 @@ pub fn plan_task_addresses(state: &StoreState, now_ms: i64) -> Vec<StoreOp> {
             }
             None => t.status = status(TaskState::Assigned, "assigned".into(), now_ms),
             Some(e) => {
-                let message = format!("{WAITING_FOR_ADDRESS}: {e}");
-                if task.status.as_ref().is_some_and(|s| s.message == message) {
+                let why = e.to_string();
+                if task.status.as_ref().is_some_and(|s| s.err == why) {
                     continue;
                 }
                 // Addresses handed to this task in this pass stay reserved until the next
                 // pass, which starts from the store again: nothing is held for it meanwhile.
                 t.networks = task.networks.clone();
-                t.status = status(TaskState::New, message, now_ms);
+                t.status = status(TaskState::New, WAITING_FOR_ADDRESS.into(), now_ms);
+                if let Some(s) = t.status.as_mut() {
+                    s.err = why;
+                }
             }
         }
         ops.push(txn::put_if_unchanged(t));
@@ -109,11 +112,13 @@ pub fn plan_task_addresses(state: &StoreState, now_ms: i64) -> Vec<StoreOp> {
 /// The allocator as a leader component.
 pub struct Allocator {
     store: Store,
+    /// Most objects written at once.
+    batch: usize,
 }
 
 impl Allocator {
-    pub fn new(store: Store) -> Allocator {
-        Allocator { store }
+    pub fn new(store: Store, batch: usize) -> Allocator {
+        Allocator { store, batch }
     }
 }
 
@@ -127,6 +132,7 @@ impl Component for Allocator {
             .update(|s| {
                 let mut ops = plan_node_attachments(s).map_err(ControlError::from)?;
                 ops.extend(plan_task_addresses(s, now_ms()));
+                ops.truncate(self.batch);
                 Ok::<_, ControlError>(Transaction { ops })
             })
             .await?;

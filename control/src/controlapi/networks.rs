@@ -98,6 +98,13 @@ impl NetworkApi {
         self.ctx
             .store
             .update(|s| {
+                let limit = self.ctx.config.limits.max_networks;
+                if s.networks.len() as u64 >= limit {
+                    return Err(ControlError::FailedPrecondition(format!(
+                        "the cluster already has {} networks, the most it may hold ([limits] max_networks)",
+                        s.networks.len()
+                    )));
+                }
                 if let Some(other) = s.networks.values().find(|n| network_name(n) == spec.name) {
                     return Err(ControlError::AlreadyExists(format!(
                         "network {} already exists ({})",
@@ -110,7 +117,8 @@ impl NetworkApi {
                     .and_then(|c| c.spec.clone())
                     .unwrap_or_default();
                 let existing: Vec<&Network> = s.networks.values().collect();
-                let alloc = allocator::allocate_network(&spec, &existing, &cluster)?;
+                let avoid = allocator::reserved_subnets(s);
+                let alloc = allocator::allocate_network(&spec, &existing, &cluster, &avoid)?;
                 let now = now_ms();
                 let network = Network {
                     id: id.clone(),

@@ -39,6 +39,15 @@ pub fn resolve<'a, T>(
     ) {
         return r;
     }
+    // Names are compared as DNS compares them.
+    if let Some(r) = pick(
+        map.values()
+            .filter(|o| name_of(o).eq_ignore_ascii_case(reference))
+            .collect(),
+        "name",
+    ) {
+        return r;
+    }
     if let Some(r) = pick(
         map.iter()
             .filter(|(id, _)| id.starts_with(reference))
@@ -68,7 +77,36 @@ pub fn resolve_network<'a>(s: &'a StoreState, reference: &str) -> Result<&'a Net
     resolve(&s.networks, "network", reference, network_name)
 }
 
-/// Names of networks, services: what DNS and humans can use.
+/// The word DNS names of tasks start with (`tasks.web`): no service or alias may be it.
+const TASKS_PREFIX: &str = "tasks";
+
+/// A service name or network alias: what DNS answers for, by Docker's (swarmkit's) rule: a
+/// DNS label of letters and digits, with `-` or `_` only between them, at most 63. Dots are
+/// not allowed (task names are `service.slot`, and `tasks.service` lists a service's tasks),
+/// nor the bare word `tasks`.
+pub fn check_dns_name(flag: &str, kind: &str, name: &str) -> Result<()> {
+    let bytes = name.as_bytes();
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+    if !ok {
+        return Err(ControlError::InvalidArgument(format!(
+            "{flag}: {name:?} is not a valid {kind} name (letters and digits, with '-' or '_' only between them, at most 63; no dots: DNS uses them for task names)"
+        )));
+    }
+    if name.eq_ignore_ascii_case(TASKS_PREFIX) {
+        return Err(ControlError::InvalidArgument(format!(
+            "{flag}: {name:?} is reserved (DNS answers `tasks.SERVICE` with a service's tasks)"
+        )));
+    }
+    Ok(())
+}
+
+/// Names of networks: letters, digits, `-`, `_` and `.`, starting with a letter or digit.
 pub fn check_name(flag: &str, kind: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63

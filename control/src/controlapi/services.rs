@@ -4,7 +4,7 @@
 //! lives beside it: the networks by id ([`mesh_proto::Service::networks`]), the VIPs and the
 //! published ports as allocated.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use mesh_common::auth::Caller;
@@ -19,11 +19,11 @@ use mesh_proto::{
 use tracing::info;
 
 use super::context::{ApiContext, manager_check};
-use super::resolve::{check_name, resolve_network, resolve_node, resolve_service};
+use super::resolve::{check_dns_name, resolve_network, resolve_node, resolve_service};
 use crate::allocator::{self, service::protocol_name};
+use crate::config::LimitsConfig;
 use crate::error::{ControlError, Result};
 use crate::objects::service_name;
-use crate::orchestrator::shut_down;
 use crate::store::{StoreState, txn};
 
 fn invalid(msg: impl Into<String>) -> ControlError {
@@ -36,16 +36,46 @@ fn validate(
     s: &StoreState,
     spec: &ServiceSpec,
     id: Option<&str>,
+    limits: &LimitsConfig,
 ) -> Result<Vec<NetworkAttachmentConfig>> {
-    check_name("--name", "service", &spec.name)?;
-    if let Some(other) = s
-        .services
-        .values()
-        .find(|v| service_name(v) == spec.name && Some(v.id.as_str()) != id)
-    {
+    check_dns_name("--name", "service", &spec.name)?;
+    if spec.replicas > limits.max_replicas {
+        return Err(invalid(format!(
+            "--replicas: {} is more than the {} replicas a service may have ([limits] max_replicas)",
+            spec.replicas, limits.max_replicas
+        )));
+    }
+    if id.is_none() && s.services.len() as u64 >= limits.max_services {
+        return Err(ControlError::FailedPrecondition(format!(
+            "the cluster already has {} services, the most it may hold ([limits] max_services)",
+            s.services.len()
+        )));
+    }
+    // DNS compares names without case: `web` and `WEB` are one name there.
+    let others = || s.services.values().filter(|v| Some(v.id.as_str()) != id);
+    if let Some(other) = others().find(|v| service_name(v).eq_ignore_ascii_case(&spec.name)) {
         return Err(ControlError::AlreadyExists(format!(
             "service {} already exists ({})",
-            spec.name, other.id
+            service_name(other),
+            other.id
+        )));
+    }
+    let aliases = |v: &Service| -> Vec<String> {
+        v.spec
+            .iter()
+            .flat_map(|sp| sp.networks.iter())
+            .flat_map(|a| a.aliases.iter().cloned())
+            .collect()
+    };
+    if let Some(other) = others().find(|v| {
+        aliases(v)
+            .iter()
+            .any(|a| a.eq_ignore_ascii_case(&spec.name))
+    }) {
+        return Err(ControlError::AlreadyExists(format!(
+            "--name: {} is a network alias of service {}",
+            spec.name,
+            service_name(other)
         )));
     }
     let task = spec.task.clone().unwrap_or_default();
@@ -82,7 +112,13 @@ fn validate(
             return Err(invalid(format!("--network: {name} is given twice")));
         }
         for alias in &attach.aliases {
-            check_name("--network alias", "alias", alias)?;
+            check_dns_name("--network alias", "alias", alias)?;
+            if let Some(other) = others().find(|v| service_name(v).eq_ignore_ascii_case(alias)) {
+                return Err(ControlError::AlreadyExists(format!(
+                    "--network alias: {alias} is the name of service {}",
+                    service_name(other)
+                )));
+            }
         }
         resolved.push(NetworkAttachmentConfig {
             target: network.id.clone(),
@@ -124,9 +160,14 @@ fn validate(
 }
 
 /// Resolves and allocates what `spec` needs, onto `service` (keeping VIPs it already had).
-fn resolve_and_allocate(s: &StoreState, spec: &ServiceSpec, service: &mut Service) -> Result<()> {
+fn resolve_and_allocate(
+    s: &StoreState,
+    spec: &ServiceSpec,
+    service: &mut Service,
+    limits: &LimitsConfig,
+) -> Result<()> {
     let id = (!service.id.is_empty()).then_some(service.id.as_str());
-    let networks = validate(s, spec, id)?;
+    let networks = validate(s, spec, id, limits)?;
     let endpoint = spec.endpoint.clone().unwrap_or_default();
     let ports = allocator::allocate_ports(s, &endpoint.ports, id)?;
     service.vips = allocator::allocate_vips(
@@ -147,13 +188,14 @@ fn view(s: &StoreState, v: &Service) -> ServiceView {
         .values()
         .filter(|t| t.service_id == v.id && t.desired_state() == TaskState::Running);
     let (mut running, mut total) = (0, 0);
+    let mut problems: BTreeMap<String, usize> = BTreeMap::new();
     for t in live {
         total += 1;
-        if t.status
-            .as_ref()
-            .is_some_and(|st| st.state() == TaskState::Running)
-        {
+        let st = t.status.clone().unwrap_or_default();
+        if st.state() == TaskState::Running {
             running += 1;
+        } else if !st.err.is_empty() {
+            *problems.entry(st.err).or_default() += 1;
         }
     }
     let spec = v.spec.as_ref();
@@ -166,6 +208,13 @@ fn view(s: &StoreState, v: &Service) -> ServiceView {
         service: Some(v.clone()),
         running,
         desired,
+        problems: problems
+            .into_iter()
+            .map(|(why, n)| {
+                let tasks = if n == 1 { "task" } else { "tasks" };
+                format!("{n} {tasks}: {why}")
+            })
+            .collect(),
     }
 }
 
@@ -200,7 +249,7 @@ impl ServiceApi {
                 };
                 // Its own id does not exist yet: nothing of it can conflict.
                 service.id.clear();
-                resolve_and_allocate(s, &spec, &mut service)?;
+                resolve_and_allocate(s, &spec, &mut service, &self.ctx.config.limits)?;
                 service.id = id.clone();
                 service.spec = Some(spec.clone());
                 created = Some(service.clone());
@@ -267,7 +316,7 @@ impl ServiceApi {
                     return Err(invalid("--mode: a service's mode cannot change"));
                 }
                 let mut next = current.clone();
-                resolve_and_allocate(s, &spec, &mut next)?;
+                resolve_and_allocate(s, &spec, &mut next, &self.ctx.config.limits)?;
                 // Tasks carry their networks, endpoint mode and published ports: a change of
                 // any of them replaces the tasks.
                 let mode = |s: &ServiceSpec| s.endpoint.as_ref().map(|e| e.mode()).unwrap_or_default();
@@ -306,17 +355,13 @@ impl ServiceApi {
         self.ctx
             .store
             .update(|s| {
+                // The orchestrator shuts its tasks down, in batches: however many there
+                // are, removing a service is one small write.
                 let v = resolve_service(s, &req.service)?;
                 removed = v.id.clone();
-                let now = now_ms();
-                let mut ops = vec![txn::delete_if_unchanged(v)];
-                ops.extend(
-                    s.tasks
-                        .values()
-                        .filter(|t| t.service_id == v.id && t.desired_state() == TaskState::Running)
-                        .map(|t| shut_down(t, now)),
-                );
-                Ok::<_, ControlError>(Transaction { ops })
+                Ok::<_, ControlError>(Transaction {
+                    ops: vec![txn::delete_if_unchanged(v)],
+                })
             })
             .await?;
         info!(service = %removed, "service removed");

@@ -66,6 +66,8 @@ pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
 pub struct GlobalOrchestrator {
     store: Store,
     failures: NodeFailures,
+    /// Most objects written at once.
+    batch: usize,
 }
 
 impl GlobalOrchestrator {
@@ -74,10 +76,12 @@ impl GlobalOrchestrator {
         self_id: String,
         liveness: Arc<dyn Liveness>,
         grace: Duration,
+        batch: usize,
     ) -> GlobalOrchestrator {
         GlobalOrchestrator {
             store,
             failures: NodeFailures::new(self_id, liveness, grace),
+            batch,
         }
     }
 }
@@ -98,9 +102,9 @@ impl Component for GlobalOrchestrator {
                     new_id: &mut new_id,
                     node_failed: &node_failed,
                 };
-                Ok::<_, ControlError>(Transaction {
-                    ops: plan(s, &mut ctx),
-                })
+                let mut ops = plan(s, &mut ctx);
+                ops.truncate(self.batch);
+                Ok::<_, ControlError>(Transaction { ops })
             })
             .await?;
         Ok(())

@@ -27,11 +27,13 @@ pub fn plan_reap(state: &StoreState) -> Vec<StoreOp> {
 /// The reaper as a leader component.
 pub struct TaskReaper {
     store: Store,
+    /// Most objects deleted at once.
+    batch: usize,
 }
 
 impl TaskReaper {
-    pub fn new(store: Store) -> TaskReaper {
-        TaskReaper { store }
+    pub fn new(store: Store, batch: usize) -> TaskReaper {
+        TaskReaper { store, batch }
     }
 }
 
@@ -42,7 +44,11 @@ impl Component for TaskReaper {
 
     async fn reconcile(&mut self) -> Result<(), ControlError> {
         self.store
-            .update(|s| Ok::<_, ControlError>(Transaction { ops: plan_reap(s) }))
+            .update(|s| {
+                let mut ops = plan_reap(s);
+                ops.truncate(self.batch);
+                Ok::<_, ControlError>(Transaction { ops })
+            })
             .await?;
         Ok(())
     }

@@ -78,6 +78,8 @@ pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
 pub struct ReplicatedOrchestrator {
     store: Store,
     failures: NodeFailures,
+    /// Most objects written at once.
+    batch: usize,
 }
 
 impl ReplicatedOrchestrator {
@@ -86,10 +88,12 @@ impl ReplicatedOrchestrator {
         self_id: String,
         liveness: Arc<dyn Liveness>,
         grace: Duration,
+        batch: usize,
     ) -> ReplicatedOrchestrator {
         ReplicatedOrchestrator {
             store,
             failures: NodeFailures::new(self_id, liveness, grace),
+            batch,
         }
     }
 }
@@ -110,9 +114,9 @@ impl Component for ReplicatedOrchestrator {
                     new_id: &mut new_id,
                     node_failed: &node_failed,
                 };
-                Ok::<_, ControlError>(Transaction {
-                    ops: plan(s, &mut ctx),
-                })
+                let mut ops = plan(s, &mut ctx);
+                ops.truncate(self.batch);
+                Ok::<_, ControlError>(Transaction { ops })
             })
             .await?;
         Ok(())

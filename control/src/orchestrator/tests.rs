@@ -232,7 +232,7 @@ fn exhausted_network_leaves_the_tasks_it_cannot_address_waiting_with_the_reason(
     for t in waiting {
         let st = t.status.as_ref().unwrap();
         assert_eq!(st.state(), TaskState::New);
-        assert!(st.message.contains("no free address"), "{st:?}");
+        assert!(st.err.contains("no free address"), "{st:?}");
     }
     assert!(
         plan_task_addresses(&s, 2).is_empty(),

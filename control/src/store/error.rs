@@ -30,6 +30,12 @@ pub enum StoreError {
     #[error("invalid transaction: {0}")]
     Invalid(String),
 
+    /// The transaction is bigger than one write may be (`[limits] max_write_bytes`).
+    #[error(
+        "the request is too large: {size} bytes, more than the {limit} bytes one write may be ([limits] max_write_bytes)"
+    )]
+    TooLarge { size: u64, limit: u64 },
+
     /// Removing this voter would leave the cluster without any.
     #[error("refusing to remove raft voter {raft_id}: it is the last voter")]
     LastVoter { raft_id: u64 },
@@ -126,6 +132,7 @@ impl From<StoreError> for tonic::Status {
             StoreError::Conflict(_) => tonic::Status::aborted(msg),
             StoreError::LastVoter { .. } => tonic::Status::failed_precondition(msg),
             StoreError::Invalid(_) => tonic::Status::invalid_argument(msg),
+            StoreError::TooLarge { .. } => tonic::Status::resource_exhausted(msg),
             StoreError::Storage { .. } | StoreError::Raft(_) => tonic::Status::internal(msg),
         }
     }

@@ -100,6 +100,8 @@ pub struct StoreOptions {
     pub addr: String,
     pub config: RaftConfig,
     pub channels: Arc<dyn ChannelProvider>,
+    /// Largest encoded transaction [`Store::propose`] accepts.
+    pub max_write_bytes: u64,
 }
 
 /// Handle to the raft store. Cheap to clone; all clones share one raft node.
@@ -118,6 +120,7 @@ struct Inner {
     leader: watch::Receiver<Option<LeaderInfo>>,
     update_lock: tokio::sync::Mutex<()>,
     membership_lock: tokio::sync::Mutex<()>,
+    max_write_bytes: u64,
     /// Closed when the database is dropped (its file lock released).
     disk_closed: watch::Receiver<()>,
 }
@@ -189,6 +192,7 @@ impl Store {
                 leader,
                 update_lock: tokio::sync::Mutex::new(()),
                 membership_lock: tokio::sync::Mutex::new(()),
+                max_write_bytes: opts.max_write_bytes,
                 disk_closed,
             }),
         })
@@ -249,27 +253,36 @@ impl Store {
     ) -> Result<R, StoreError> {
         let timeout = self.inner.config.write_timeout();
         let start = Instant::now();
-        match tokio::time::timeout(timeout, self.inner.raft.ensure_linearizable()).await {
-            Err(_) => Err(StoreError::NoQuorum { waited: timeout }),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
-                Err(StoreError::NotLeader {
-                    leader: f
-                        .leader_id
-                        .zip(f.leader_node)
-                        .map(|(raft_id, n)| LeaderInfo {
-                            raft_id,
-                            addr: n.addr,
-                        }),
-                })
+        // A quorum that did not answer one round of heartbeats in time (a busy machine, a
+        // lost packet) is asked again until the write timeout: only a quorum still missing
+        // then means there is none.
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            match tokio::time::timeout(left, self.inner.raft.ensure_linearizable()).await {
+                Err(_) => return Err(StoreError::NoQuorum { waited: timeout }),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    return Err(StoreError::NotLeader {
+                        leader: f
+                            .leader_id
+                            .zip(f.leader_node)
+                            .map(|(raft_id, n)| LeaderInfo {
+                                raft_id,
+                                addr: n.addr,
+                            }),
+                    });
+                }
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+                    tracing::debug!(error = %e, "consistent read without quorum yet");
+                    if start.elapsed() + self.inner.config.heartbeat() >= timeout {
+                        return Err(StoreError::NoQuorum {
+                            waited: start.elapsed(),
+                        });
+                    }
+                    tokio::time::sleep(self.inner.config.heartbeat()).await;
+                }
+                Ok(Err(RaftError::Fatal(f))) => return Err(fatal(f)),
+                Ok(Ok(_)) => return Ok(self.read(f)),
             }
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
-                tracing::debug!(error = %e, "consistent read without quorum");
-                Err(StoreError::NoQuorum {
-                    waited: start.elapsed(),
-                })
-            }
-            Ok(Err(RaftError::Fatal(f))) => Err(fatal(f)),
-            Ok(Ok(_)) => Ok(self.read(f)),
         }
     }
 
@@ -284,6 +297,13 @@ impl Store {
             return Ok(*self.inner.shared.applied.borrow());
         }
         state::validate(&txn).map_err(StoreError::Invalid)?;
+        let size = prost::Message::encoded_len(&txn) as u64;
+        if size > self.inner.max_write_bytes {
+            return Err(StoreError::TooLarge {
+                size,
+                limit: self.inner.max_write_bytes,
+            });
+        }
         let timeout = self.inner.config.write_timeout();
         let resp =
             match tokio::time::timeout(timeout, self.inner.raft.client_write(StoreRequest(txn)))

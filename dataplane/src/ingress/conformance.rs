@@ -280,19 +280,28 @@ pub fn changing_publications_rewrites_the_publication_table_only<M: RoutingMesh,
         ops,
         vec![Op::ReplacePublishTable {
             table: TABLE.into(),
-            publications: want
+            publications: want.clone()
         }]
     );
-    // Nothing published: an empty table stays, so that is observable too.
+    // Nothing published: an empty table stays, so that is observable too, and the flows
+    // every port translated are flushed.
     desired.publications = Some(BTreeSet::new());
     let ops = reconcile(&h.mesh, &desired).expect("reconcile");
-    assert_eq!(
-        ops,
-        vec![Op::ReplacePublishTable {
+    let mut flushed: Vec<Op> = want
+        .iter()
+        .map(|p| Op::FlushPublished {
+            protocol: p.protocol,
+            port: p.published,
+        })
+        .collect();
+    flushed.insert(
+        0,
+        Op::ReplacePublishTable {
             table: TABLE.into(),
-            publications: vec![]
-        }]
+            publications: vec![],
+        },
     );
+    assert_eq!(ops, flushed);
     assert_eq!(
         observe(&h, &desired).node.publications,
         Table::Ours(BTreeSet::new())
@@ -385,19 +394,27 @@ pub fn leaving_removes_the_publication_table_and_the_route<M: RoutingMesh, D: Da
     let mut gone = NodeMesh::new(TABLE, desired.bridge.clone());
     gone.publications = None;
     let ops = reconcile(&h.mesh, &gone).expect("leave");
-    assert_eq!(
-        ops,
-        vec![
-            Op::RemoveRoute {
-                at: At::Host,
-                table: MAIN_TABLE,
-                dst: Some(cidr("10.255.0.0/16")),
-            },
-            Op::RemovePublishTable {
-                table: TABLE.into()
-            },
-        ]
+    let mut want = vec![
+        Op::RemoveRoute {
+            at: At::Host,
+            table: MAIN_TABLE,
+            dst: Some(cidr("10.255.0.0/16")),
+        },
+        Op::RemovePublishTable {
+            table: TABLE.into(),
+        },
+    ];
+    want.extend(
+        desired
+            .publications
+            .iter()
+            .flatten()
+            .map(|p| Op::FlushPublished {
+                protocol: p.protocol,
+                port: p.published,
+            }),
     );
+    assert_eq!(ops, want);
     let o = observe(&h, &gone);
     assert_eq!(
         (o.node.publications, o.node.routes.len()),

@@ -18,8 +18,8 @@ use crate::error::{Error, Result};
 use crate::fake::{FakeNet, Parts};
 use crate::ingress::RoutingMesh;
 use crate::ingress::model::{
-    Publication, REPLY_TABLE, ReplyRouting, SANDBOX_SNAT_TABLE, Scope, Sysctl, is_reply_table,
-    reply_sysctls,
+    Protocol, Publication, REPLY_TABLE, ReplyRouting, SANDBOX_SNAT_TABLE, Scope, Sysctl,
+    is_reply_table, reply_sysctls,
 };
 use crate::ingress::observed::{
     Observed, ObservedNode, ObservedSandbox, ObservedTask, ReplyTable, Snat, Table, reply_table,
@@ -59,6 +59,8 @@ pub struct MeshNs {
     pub routes: BTreeMap<(u32, Option<Ipv4Cidr>), FakeRoute>,
     /// Policy rules at the reply priority: fwmark -> table.
     pub rules: BTreeMap<u32, u32>,
+    /// Published ports whose translated flows were flushed, in order.
+    pub flushed: Vec<(Protocol, u16)>,
 }
 
 /// The serial number of the link `name` of a namespace, if it exists.
@@ -238,7 +240,9 @@ impl RoutingMesh for FakeMesh {
                 Op::SetSysctl { at, .. }
                 | Op::ReplaceRoute { at, .. }
                 | Op::RemoveRoute { at, .. } => at.clone(),
-                Op::ReplacePublishTable { .. } | Op::RemovePublishTable { .. } => At::Host,
+                Op::ReplacePublishTable { .. }
+                | Op::RemovePublishTable { .. }
+                | Op::FlushPublished { .. } => At::Host,
                 Op::ReplaceSnatTable { netns, .. }
                 | Op::ReplaceReplyTable { netns, .. }
                 | Op::AddReplyRule { netns, .. }
@@ -330,6 +334,9 @@ fn apply_one(parts: &mut Parts, at: &At, op: &Op) -> Result<()> {
         }
         Op::RemovePublishTable { table } => {
             parts.get_mut::<MeshNs>().tables.remove(table);
+        }
+        Op::FlushPublished { protocol, port } => {
+            parts.get_mut::<MeshNs>().flushed.push((*protocol, *port));
         }
         Op::ReplaceSnatTable { from, to, .. } => {
             let snat = Snat {

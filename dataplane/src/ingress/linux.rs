@@ -138,6 +138,9 @@ async fn apply_one(s: &mut Session<'_>, op: &Op) -> Result<()> {
             nft::run_script(s.home_ns(), &publish_script(table, publications))
         }
         Op::RemovePublishTable { table } => nft::remove_table(s.home_ns(), table),
+        Op::FlushPublished { protocol, port } => {
+            crate::lb::conntrack::flush_dnat_port(s.home_ns(), protocol.as_str(), *port).map(|_| ())
+        }
         Op::ReplaceReplyTable {
             netns,
             iface,

@@ -16,7 +16,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::error::Result;
-use crate::ingress::model::{NodeMesh, Publication, REPLY_RULE_PRIORITY, Sysctl};
+use crate::ingress::model::{NodeMesh, Protocol, Publication, REPLY_RULE_PRIORITY, Sysctl};
 use crate::ingress::observed::{Observed, ObservedTask, Snat, Table, reply_table};
 use crate::netlink::MAIN_TABLE;
 use crate::netns::At;
@@ -56,6 +56,10 @@ pub enum Op {
     },
     /// Deletes the node's publication table.
     RemovePublishTable { table: String },
+    /// Deletes the conntrack entries of connections a publication that is gone had
+    /// translated (the port's destination-NATed flows), so none keeps going to the old target:
+    /// a UDP flow would never end, and a port that is free again must be free at once.
+    FlushPublished { protocol: Protocol, port: u16 },
     /// Replaces the task's table `ip mesh_reply` by one marking connections from `sandboxes`
     /// entering by `iface`.
     ReplaceReplyTable {
@@ -107,6 +111,11 @@ impl fmt::Display for Op {
                 publications.len()
             ),
             Op::RemovePublishTable { table } => write!(f, "remove table ip {table}"),
+            Op::FlushPublished { protocol, port } => write!(
+                f,
+                "flush destination-NATed {}/{port} flows",
+                protocol.as_str()
+            ),
             Op::ReplaceReplyTable {
                 netns,
                 iface,
@@ -174,6 +183,11 @@ pub fn plan(desired: &NodeMesh, observed: &Observed) -> Result<Vec<Op>> {
     }
 
     sysctls(&mut ops, &host, desired.host_sysctls(), &node.sysctls);
+    let before: Vec<Publication> = match &node.publications {
+        Table::Ours(old) => old.iter().copied().collect(),
+        _ => Vec::new(),
+    };
+    let after: Vec<Publication> = desired.publications.iter().flatten().copied().collect();
     match &desired.publications {
         Some(pubs) if node.publications != Table::Ours(pubs.clone()) => {
             ops.push(Op::ReplacePublishTable {
@@ -185,6 +199,16 @@ pub fn plan(desired: &NodeMesh, observed: &Observed) -> Result<Vec<Op>> {
             table: desired.publish_table.clone(),
         }),
         _ => {}
+    }
+    // Flows of a port that is no longer published, or that now goes elsewhere, after the
+    // table no longer translates new ones.
+    for old in &before {
+        if !after.contains(old) {
+            ops.push(Op::FlushPublished {
+                protocol: old.protocol,
+                port: old.published,
+            });
+        }
     }
 
     for (netns, reply) in &desired.replies {

@@ -80,6 +80,13 @@ fn publish(pubs: &[Publication]) -> Op {
     }
 }
 
+fn flush(p: &Publication) -> Op {
+    Op::FlushPublished {
+        protocol: p.protocol,
+        port: p.published,
+    }
+}
+
 fn node_route(via: &str) -> Op {
     Op::ReplaceRoute {
         at: At::Host,
@@ -175,18 +182,41 @@ fn planner_table() {
             vec![publish(&[web(), other])],
         ),
         (
-            "nothing published: an empty table, route_localnet left alone",
+            "nothing published: an empty table, route_localnet left alone, old flows flushed",
             desired(&|m| m.publications = Some(BTreeSet::new())),
             converged.clone(),
-            vec![publish(&[])],
+            vec![publish(&[]), flush(&web())],
         ),
         (
-            "leaving: the table goes",
+            "a port now goes elsewhere: its translated flows are flushed",
+            desired(&|m| {
+                let mut moved = web();
+                moved.target.set_port(8081);
+                m.publications = Some([moved].into_iter().collect());
+            }),
+            converged.clone(),
+            vec![
+                publish(&[Publication {
+                    target: {
+                        let mut t = web().target;
+                        t.set_port(8081);
+                        t
+                    },
+                    ..web()
+                }]),
+                flush(&web()),
+            ],
+        ),
+        (
+            "leaving: the table goes, and its flows",
             desired(&|m| m.publications = None),
             converged.clone(),
-            vec![Op::RemovePublishTable {
-                table: "mesh_ingress".into(),
-            }],
+            vec![
+                Op::RemovePublishTable {
+                    table: "mesh_ingress".into(),
+                },
+                flush(&web()),
+            ],
         ),
         (
             "leaving, table already gone",

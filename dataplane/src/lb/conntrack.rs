@@ -40,6 +40,16 @@ pub fn flush_destination(netns: &Netns, dst: Ipv4Addr) -> Result<u64> {
 }
 
 /// `conntrack -D -f ipv4 FILTER...` in `netns`: how many entries it deleted.
+/// Deletes the destination-NATed flows of `protocol` (`tcp`, `udp`) to port `port` in
+/// `netns`: what a published port translated.
+pub fn flush_dnat_port(netns: &Netns, protocol: &str, port: u16) -> Result<u64> {
+    let port = port.to_string();
+    delete(
+        netns,
+        &["-p", protocol, "--orig-port-dst", &port, "--dst-nat"],
+    )
+}
+
 fn delete(netns: &Netns, filter: &[&str]) -> Result<u64> {
     let mut args = vec!["-D", "-f", "ipv4"];
     args.extend_from_slice(filter);

@@ -54,6 +54,7 @@ pub async fn wait_converged(
             .with_prefix("overall"),
     );
     let deadline = tokio::time::Instant::now() + CONVERGE_TIMEOUT;
+    let mut last: Option<String> = None;
     loop {
         let view = control
             .get_service(GetServiceRequest {
@@ -116,8 +117,13 @@ pub async fn wait_converged(
             } else {
                 format!(" on {}", t.node_hostname)
             };
+            let why = if status.err.is_empty() || status.state() == TaskState::Running {
+                String::new()
+            } else {
+                format!(": {}", status.err)
+            };
             bar.set_message(format!(
-                "{}{node} {}",
+                "{}{node} {}{why}",
                 state_name(status.state()),
                 status.message
             ));
@@ -141,8 +147,22 @@ pub async fn wait_converged(
             })
             .filter(|t| state_of(t) == TaskState::Running)
             .count() as u64;
-        overall.set_message(format!("{current}/{} tasks running", view.desired));
+        let summary = if view.problems.is_empty() {
+            format!("{current}/{} tasks running", view.desired)
+        } else {
+            format!(
+                "{current}/{} tasks running; waiting: {}",
+                view.desired,
+                view.problems.join("; ")
+            )
+        };
+        overall.set_message(summary.clone());
         overall.tick();
+        // Without a terminal the bars are not drawn: say what changes, a line at a time.
+        if multi.is_hidden() && last.as_deref() != Some(summary.as_str()) {
+            eprintln!("{name}: {summary}");
+            last = Some(summary);
+        }
         if current == view.desired && wanted.len() as u64 == view.desired && leaving == 0 {
             multi.clear().ok();
             println!(
@@ -153,8 +173,13 @@ pub async fn wait_converged(
         }
         if tokio::time::Instant::now() >= deadline {
             multi.clear().ok();
+            let why = if view.problems.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", view.problems.join("; "))
+            };
             bail!(
-                "service {name} did not converge within {}s: {current}/{} tasks running (see `mesh service ps {name}`)",
+                "service {name} did not converge within {}s: {current}/{} tasks running{why} (see `mesh service ps {name}`)",
                 CONVERGE_TIMEOUT.as_secs(),
                 view.desired
             );

@@ -81,6 +81,7 @@ pub fn service_json(v: &ServiceView) -> Value {
         "endpoint_mode": if endpoint.mode() == EndpointMode::Dnsrr { "dnsrr" } else { "vip" },
         "vips": s.vips.iter().map(|v| json!({"network": v.network_id, "addr": v.addr})).collect::<Vec<_>>(),
         "ports": s.ports.iter().map(port).collect::<Vec<_>>(),
+        "problems": v.problems,
         "labels": spec.labels,
         "spec_version": s.spec_version,
         "created_at_ms": s.created_at_ms,

@@ -63,6 +63,8 @@ impl Daemon {
                 addr: advertise,
                 control_port: listen.port(),
                 gossip_port,
+                routes: super::host_net::routes(),
+                resolvers: super::host_net::resolvers(),
             },
             self.config.ca.cert_validity_secs,
         )

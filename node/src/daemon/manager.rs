@@ -72,6 +72,7 @@ impl RunningManager {
             addr: raft_addr.clone(),
             config: config.raft.clone(),
             channels: shared.clone(),
+            max_write_bytes: config.limits.max_write_bytes,
         })
         .await
         .context("cannot open the raft store")?;

@@ -228,11 +228,13 @@ fn start_worker(
         shim_binary: std::env::current_exe()
             .context("cannot find this binary for the task shims")?,
         reconcile_interval: Duration::from_millis(agent.reconcile_ms.max(100)),
+        restart_backoff_max: Duration::from_millis(agent.restart_backoff_max_ms),
         drain: Duration::from_millis(agent.drain_ms),
         lb_backend: match agent.lb_backend.as_str() {
             "" | "auto" => None,
             other => Some(other.to_string()),
         },
+        reserved_ports: vec![state.control_port, state.gossip_port],
         runtime: tokio::runtime::Handle::current(),
     };
     let reporter = Reporter {

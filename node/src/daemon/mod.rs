@@ -15,8 +15,10 @@
 //! - [`manager`]: the manager role ([`manager::RunningManager`]).
 //! - [`local`]: the node-local API (init, join, leave, info, exec).
 //! - [`join`]: the join handshake.
+//! - [`host_net`]: the host's routes and resolvers, which no network may take.
 //! - [`logs`]: the control port every node serves (task output).
 
+pub mod host_net;
 pub mod join;
 pub mod local;
 pub mod logs;

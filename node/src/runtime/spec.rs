@@ -68,6 +68,25 @@ pub struct RestartPolicy {
     pub delay: Duration,
     /// Most restarts (not counting the first start); 0 is unlimited.
     pub max_attempts: u32,
+    /// Longest wait between restarts of a task that keeps failing quickly (see
+    /// [`RestartPolicy::delay_after`]).
+    #[serde(
+        with = "millis",
+        rename = "backoff_max_ms",
+        default = "default_backoff_max"
+    )]
+    pub backoff_max: Duration,
+}
+
+/// A run shorter than this counts as a quick failure: the next restart waits longer.
+pub const QUICK_RUN: Duration = Duration::from_secs(10);
+/// The shortest backoff step, for policies without a delay.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// [`RestartPolicy::backoff_max`] unless configured.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+fn default_backoff_max() -> Duration {
+    DEFAULT_BACKOFF_MAX
 }
 
 /// Which exits are followed by a restart.
@@ -90,6 +109,7 @@ impl Default for RestartPolicy {
             condition: RestartCondition::Any,
             delay: Duration::from_secs(5),
             max_attempts: 0,
+            backoff_max: DEFAULT_BACKOFF_MAX,
         }
     }
 }
@@ -104,6 +124,21 @@ impl RestartPolicy {
             RestartCondition::None => false,
         };
         wanted && (self.max_attempts == 0 || restarts < self.max_attempts)
+    }
+
+    /// The wait before the next start after `quick` runs in a row that each lasted less than
+    /// [`QUICK_RUN`] (or did not start): the policy's delay for the first, then doubled for
+    /// each more (from at least 100 ms), never more than `backoff_max`. A task that cannot
+    /// start does not restart every second for ever.
+    pub fn delay_after(&self, quick: u32) -> Duration {
+        if quick <= 1 {
+            return self.delay;
+        }
+        let factor = 1u32.checked_shl(quick - 1).unwrap_or(u32::MAX);
+        self.delay
+            .max(MIN_BACKOFF)
+            .saturating_mul(factor)
+            .min(self.backoff_max.max(self.delay))
     }
 }
 
@@ -220,6 +255,7 @@ mod tests {
             condition: RestartCondition::OnFailure,
             delay: Duration::from_millis(250),
             max_attempts: 3,
+            ..RestartPolicy::default()
         };
         let json = serde_json::to_value(&spec).unwrap();
         assert_eq!(json["restart"]["condition"], "on-failure");
@@ -235,6 +271,7 @@ mod tests {
             condition,
             delay: Duration::ZERO,
             max_attempts,
+            ..RestartPolicy::default()
         };
         use RestartCondition::*;
         // (condition, max_attempts, success, restarts so far, restart?)
@@ -287,6 +324,31 @@ mod tests {
         assert_eq!(
             err,
             "invalid spec of task t: working directory relative is not absolute"
+        );
+    }
+
+    #[test]
+    fn a_task_failing_quickly_waits_longer_each_time_up_to_the_cap() {
+        let p = RestartPolicy {
+            delay: Duration::from_secs(1),
+            ..RestartPolicy::default()
+        };
+        let waits: Vec<u64> = (1..=9).map(|q| p.delay_after(q).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        let no_delay = RestartPolicy {
+            delay: Duration::ZERO,
+            ..RestartPolicy::default()
+        };
+        assert_eq!(
+            no_delay.delay_after(1),
+            Duration::ZERO,
+            "the policy's own delay first"
+        );
+        assert_eq!(no_delay.delay_after(3), Duration::from_millis(400));
+        assert_eq!(
+            no_delay.delay_after(100),
+            DEFAULT_BACKOFF_MAX,
+            "no overflow"
         );
     }
 }

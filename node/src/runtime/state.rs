@@ -28,6 +28,9 @@ pub enum TaskPhase {
     Failed,
 }
 
+/// The message of a task whose supervisor died.
+pub const SUPERVISOR_DIED: &str = "supervisor died";
+
 /// The observed state of a task: the content of `state.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskState {
@@ -85,12 +88,18 @@ impl TaskState {
         self.done
     }
 
+    /// Whether the task ended because its supervisor died (with the host, a container
+    /// restart, a kill), not by anything the task did.
+    pub fn supervisor_died(&self) -> bool {
+        self.done && self.message.starts_with(SUPERVISOR_DIED)
+    }
+
     /// This state as seen once its shim is known to be dead: unchanged if it was final,
     /// else `failed` with the message `supervisor died`.
     pub fn with_dead_shim(mut self) -> TaskState {
         if !self.done {
             self.state = TaskPhase::Failed;
-            self.message = "supervisor died".to_owned();
+            self.message = SUPERVISOR_DIED.to_owned();
             self.finished_at_ms.get_or_insert_with(now_ms);
             self.done = true;
         }

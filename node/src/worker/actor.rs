@@ -19,7 +19,7 @@ use super::assigned::Assigned;
 use super::endpoints::{EndpointTable, RecordChange, Upserted};
 use super::env::{RecordSource, Records, Resolvers, Runtime, StatusSink, netns_path};
 use super::ingress::{self, MeshInputs, MeshState};
-use super::launch::launch_spec;
+use super::launch::{Host, launch_spec};
 use super::publications::Publications;
 use super::record::Endpoint;
 use super::reports::{Reports, status, status_of};
@@ -269,6 +269,19 @@ where
                 continue;
             }
             match self.runtime.state(&t.id) {
+                Some(st) if st.supervisor_died() => {
+                    // Its supervisor died with the host (a reboot, a container restart) or
+                    // was killed: the task did nothing wrong and is still wanted here, so it
+                    // starts again.
+                    info!(task = %t.id, name = %t.name, "the task's supervisor is gone; starting it again");
+                    self.services.detach(&t.id).await;
+                    match self.runtime.remove(&t.id).await {
+                        Ok(()) => self.start_task(t).await,
+                        Err(e) => {
+                            warn!(task = %t.id, error = %e, "cannot clear the task's old run")
+                        }
+                    }
+                }
                 Some(st) if st.done => self.queue(&t.id, status_of(&st)),
                 Some(st) => {
                     // Adopted after an agent restart, or a retry after a failure.
@@ -287,6 +300,7 @@ where
     fn mesh_inputs(&self) -> MeshInputs<'_> {
         MeshInputs {
             node_id: &self.cfg.node_id,
+            reserved_ports: &self.cfg.reserved_ports,
             assigned: &self.assigned,
             endpoints: &self.endpoints,
             sandboxes: &self.sandboxes,
@@ -313,13 +327,15 @@ where
             self.queue(&t.id, rejected(format!("task id {:?} is not usable", t.id)));
             return;
         };
-        let spec = match launch_spec(
-            t,
-            &self.cfg.node_id,
-            &self.cfg.hostname,
-            &netns_path(&netns),
-            &self.cfg.shim_binary,
-        ) {
+        let netns = netns_path(&netns);
+        let host = Host {
+            node_id: &self.cfg.node_id,
+            hostname: &self.cfg.hostname,
+            netns: &netns,
+            shim_binary: &self.cfg.shim_binary,
+            backoff_max: self.cfg.restart_backoff_max,
+        };
+        let spec = match launch_spec(t, &host) {
             Ok(s) => s,
             Err(e) => {
                 self.queue(&t.id, rejected(e));

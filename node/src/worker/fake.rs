@@ -30,6 +30,7 @@ pub struct FakeRuntime {
     tasks: Mutex<BTreeMap<String, (TaskSpec, TaskState)>>,
     events: Mutex<Option<broadcast::Sender<(String, TaskState)>>>,
     stopped: Mutex<Vec<String>>,
+    started: Mutex<Vec<String>>,
     on_stop: Mutex<Option<StopHook>>,
 }
 
@@ -77,6 +78,11 @@ impl FakeRuntime {
         lock(&self.tasks).keys().cloned().collect()
     }
 
+    /// Ids of the tasks started so far (again after a restart), in order.
+    pub fn started(&self) -> Vec<String> {
+        lock(&self.started).clone()
+    }
+
     /// Ids of the tasks stopped so far, in order.
     pub fn stopped(&self) -> Vec<String> {
         lock(&self.stopped).clone()
@@ -112,6 +118,7 @@ impl Runtime for FakeRuntime {
     async fn start(&self, spec: TaskSpec) -> Result<(), String> {
         let id = spec.id.clone();
         lock(&self.tasks).insert(id.clone(), (spec, Self::running()));
+        lock(&self.started).push(id.clone());
         let _ = self.sender().send((id, Self::running()));
         Ok(())
     }

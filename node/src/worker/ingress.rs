@@ -28,6 +28,8 @@ use super::sandboxes::{INGRESS_SANDBOX, Sandboxes};
 /// What the routing mesh is derived from.
 pub struct MeshInputs<'a> {
     pub node_id: &'a str,
+    /// Ports the cluster uses on this node (control, gossip): never published.
+    pub reserved_ports: &'a [u16],
     pub assigned: &'a Assigned,
     pub endpoints: &'a EndpointTable,
     pub sandboxes: &'a Sandboxes,
@@ -160,6 +162,20 @@ fn wanted_publications(i: &MeshInputs<'_>, routed: bool) -> BTreeSet<Publication
             });
         }
     }
+    // The cluster's own ports are refused when a service is created; this keeps any that
+    // slipped through (an older manager, a node joining with a published port) from ever
+    // capturing the cluster's traffic.
+    out.retain(|p| {
+        let reserved =
+            i.reserved_ports.contains(&p.published) || p.published == i.assigned.data_port;
+        if reserved {
+            warn!(
+                port = p.published,
+                "not publishing a port the cluster uses itself"
+            );
+        }
+        !reserved
+    });
     out.sort();
     out.dedup_by_key(|p| (p.protocol, p.published));
     out.into_iter().collect()

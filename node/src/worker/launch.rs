@@ -9,15 +9,26 @@ use mesh_proto::Task;
 
 use crate::runtime;
 
-/// The launch spec of `t` on this node (`node_id`, `hostname`), in the namespace at `netns`;
-/// `shim_binary` is what `mesh` in a command stands for.
-pub fn launch_spec(
-    t: &Task,
-    node_id: &str,
-    hostname: &str,
-    netns: &Path,
-    shim_binary: &Path,
-) -> Result<runtime::TaskSpec, String> {
+/// Where a task runs: this node (`node_id`, `hostname`), the task's namespace at `netns`,
+/// what `mesh` in a command stands for, and the longest wait between restarts of a task that
+/// keeps failing.
+pub struct Host<'a> {
+    pub node_id: &'a str,
+    pub hostname: &'a str,
+    pub netns: &'a Path,
+    pub shim_binary: &'a Path,
+    pub backoff_max: Duration,
+}
+
+/// The launch spec of `t` on `host`.
+pub fn launch_spec(t: &Task, host: &Host<'_>) -> Result<runtime::TaskSpec, String> {
+    let Host {
+        node_id,
+        hostname,
+        netns,
+        shim_binary,
+        backoff_max,
+    } = *host;
     let spec = t.spec.clone().unwrap_or_default();
     let mut argv = spec.command.clone();
     // `mesh ...` in a task means this very binary (whoami and friends).
@@ -71,6 +82,7 @@ pub fn launch_spec(
         },
         delay: Duration::from_millis(restart.delay_ms),
         max_attempts: restart.max_attempts,
+        backoff_max,
     };
     if spec.stop_grace_ms > 0 {
         rs.stop_grace = Duration::from_millis(spec.stop_grace_ms);

@@ -98,11 +98,16 @@ pub struct WorkerConfig {
     pub shim_binary: PathBuf,
     /// How often the whole node is reconciled even when nothing happened.
     pub reconcile_interval: Duration,
+    /// Longest wait between restarts of a task that keeps failing quickly.
+    pub restart_backoff_max: Duration,
     /// Between withdrawing a task from every load balancer and stopping it, so requests in
     /// flight elsewhere finish and no new one reaches it.
     pub drain: Duration,
     /// Load-balancing backend: `None` picks IPVS when the kernel has it, nftables otherwise.
     pub lb_backend: Option<String>,
+    /// Ports this node's agent uses itself (control, gossip): never published, whatever an
+    /// assignment says.
+    pub reserved_ports: Vec<u16>,
     /// The daemon's runtime: the DNS servers of the tasks run there, not on the worker's own
     /// thread (which blocks on kernel calls).
     pub runtime: tokio::runtime::Handle,

@@ -10,6 +10,9 @@ use tracing::debug;
 use super::env::StatusSink;
 use crate::runtime::{self, TaskPhase};
 
+/// What a supervisor appends to the last run's outcome while it waits to restart.
+const RESTARTING_IN: &str = "; restarting in";
+
 /// A status of `state` now.
 pub fn status(state: TaskState, message: impl Into<String>) -> TaskStatus {
     TaskStatus {
@@ -34,7 +37,16 @@ pub fn status_of(st: &runtime::TaskState) -> TaskStatus {
             s.err = st.message.clone();
             s
         }
-        (_, false) => status(TaskState::Starting, format!("restarting ({})", st.message)),
+        (_, false) => {
+            let mut s = status(TaskState::Starting, format!("restarting ({})", st.message));
+            // While it waits to restart, why the last run ended is the task's error.
+            if let Some((last, _)) = st.message.split_once(RESTARTING_IN)
+                && st.state == TaskPhase::Failed
+            {
+                s.err = last.to_string();
+            }
+            s
+        }
     };
     s.exit_code = st.exit_code.unwrap_or(0);
     s.restarts = st.restarts;

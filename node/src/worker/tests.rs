@@ -16,7 +16,7 @@ use mesh_proto::{
     Assignments, Network, NetworkAttachment, NetworkSpec, Task, TaskSpec, TaskState, TaskStatus,
 };
 
-use super::env::Resolvers;
+use super::env::{Resolvers, Runtime};
 use super::fake::{CollectingSink, FakeRecords, FakeResolvers, FakeRuntime};
 use super::record::{EndpointRecord, ServiceEndpoint};
 use super::{Parts, WorkerConfig, WorkerHandle, spawn};
@@ -61,8 +61,10 @@ impl Harness {
             tasks_dir: "/nonexistent".into(),
             shim_binary: "/usr/bin/mesh".into(),
             reconcile_interval: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_secs(60),
             drain: DRAIN,
             lb_backend: None,
+            reserved_ports: vec![2377, 7946],
             runtime: tokio::runtime::Handle::current(),
         };
         let handle = spawn(
@@ -417,5 +419,27 @@ async fn nothing_is_touched_before_the_full_assignment_set() -> Result<()> {
         Ok(h.runtime.spec("t1").map(|_| "started"))
     });
     assert_eq!(quiet?, None, "a delta before the full set started a task");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_whose_supervisor_died_is_started_again() -> Result<()> {
+    let h = Harness::start();
+    h.assign(vec![task("t1", 3, TaskState::Running)]);
+    until("the task to run", || h.runtime.spec("t1")).await?;
+    // What the runtime reports after a reboot: the supervisor is gone with its process.
+    let mut dead = h.runtime.list().remove(0).1;
+    dead.state = crate::runtime::TaskPhase::Failed;
+    dead.message = crate::runtime::state::SUPERVISOR_DIED.into();
+    dead.done = true;
+    h.runtime.set_state("t1", dead);
+    until("the task started again", || {
+        (h.runtime.started().iter().filter(|id| *id == "t1").count() == 2).then_some(())
+    })
+    .await?;
+    until("running reported again", || {
+        (h.last_state("t1") == Some(TaskState::Running)).then_some(())
+    })
+    .await?;
     Ok(())
 }

@@ -30,7 +30,7 @@ use super::launch::{self, Prepared};
 use super::output::{OutputLog, Stream, pump};
 use super::{record_final, send_ready, take_lock, write_pid_file};
 use crate::runtime::proc::ProcIdentity;
-use crate::runtime::spec::TaskSpec;
+use crate::runtime::spec::{QUICK_RUN, TaskSpec};
 use crate::runtime::state::{TaskDir, TaskPhase, TaskState, now_ms};
 
 /// How long the output of a finished run may take to drain (grandchildren that escaped the
@@ -149,11 +149,20 @@ struct Supervisor {
 impl Supervisor {
     async fn run(&mut self, stop: &mut StopSignals) {
         let mut restarts = 0;
+        // Runs in a row that ended within QUICK_RUN: each makes the next wait longer.
+        let mut quick = 0;
         loop {
+            let started = tokio::time::Instant::now();
             let end = self.run_once(restarts, stop).await;
+            quick = if started.elapsed() < QUICK_RUN {
+                quick + 1
+            } else {
+                1
+            };
             let restart = matches!(end, RunEnd::Exited { success }
                 if self.spec.restart.should_restart(success, restarts));
-            if !restart || !self.wait_restart_delay(stop).await {
+            let delay = self.spec.restart.delay_after(quick);
+            if !restart || !self.wait_restart_delay(delay, stop).await {
                 break;
             }
             restarts += 1;
@@ -164,8 +173,7 @@ impl Supervisor {
 
     /// Records that a restart is pending and waits the policy's delay; false if a stop
     /// request came first (the state then says so).
-    async fn wait_restart_delay(&mut self, stop: &mut StopSignals) -> bool {
-        let delay = self.spec.restart.delay;
+    async fn wait_restart_delay(&mut self, delay: Duration, stop: &mut StopSignals) -> bool {
         let last = std::mem::take(&mut self.state.message);
         self.state.message = format!(
             "{last}; restarting in {}",
@@ -307,6 +315,11 @@ impl Supervisor {
 
     fn start_failed(&mut self, message: String) -> RunEnd {
         tracing::warn!(task = %self.spec.id, "{message}");
+        // In the task's own output too, so `mesh service logs` says why it is not running.
+        self.log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .write_record(Stream::Stderr, format!("mesh: {message}").as_bytes());
         self.state.state = TaskPhase::Failed;
         self.state.message = message;
         self.state.finished_at_ms = Some(now_ms());

@@ -66,6 +66,7 @@ fn runtime_restart_any_restarts_after_clean_exits_up_to_max_attempts() {
         condition: RestartCondition::Any,
         delay: Duration::from_millis(50),
         max_attempts: 3,
+        ..RestartPolicy::default()
     };
     f.start(spec);
     let state = f.wait_done("any");
@@ -84,6 +85,7 @@ fn runtime_restart_any_without_limit_keeps_restarting_until_stopped() {
         condition: RestartCondition::Any,
         delay: Duration::from_millis(20),
         max_attempts: 0,
+        ..RestartPolicy::default()
     };
     f.start(spec);
     f.wait_state("forever", "3 restarts", |s| s.restarts >= 3);
@@ -109,6 +111,7 @@ fn runtime_restart_on_failure_restarts_only_failures() {
         condition: RestartCondition::OnFailure,
         delay: Duration::from_millis(20),
         max_attempts: 0,
+        ..RestartPolicy::default()
     };
     f.start(spec);
     let state = f.wait_done("onfail");
@@ -152,6 +155,7 @@ fn runtime_restart_delay_is_honoured() {
         condition: RestartCondition::Any,
         delay,
         max_attempts: 2,
+        ..RestartPolicy::default()
     };
     f.start(spec);
     let state = f.wait_done("delay");

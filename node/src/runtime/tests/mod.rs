@@ -175,6 +175,7 @@ fn sh(id: &str, script: &str) -> TaskSpec {
         condition: RestartCondition::None,
         delay: Duration::ZERO,
         max_attempts: 0,
+        ..RestartPolicy::default()
     };
     spec.stop_grace = Duration::from_secs(5);
     spec
