@@ -15,14 +15,19 @@ use mesh_proto::{
     StoreOp, Transaction, store_op::Op,
 };
 
-use crate::allocator;
+use crate::allocator::{self, AllocError};
 use crate::ca::{RootCa, new_symmetric_key};
 use crate::error::{ControlError, Result};
 
 pub const DEFAULT_DATA_PATH_PORT: u32 = 4789;
 pub const DEFAULT_ADDR_POOL: &str = "10.0.0.0/8";
 pub const DEFAULT_ADDR_POOL_MASK: u32 = 24;
+/// The routing-mesh subnet of a new cluster when `--ingress-subnet` is not given, unless it
+/// overlaps this host's routes or resolvers: then the next free /16 below it (10.254.0.0/16,
+/// 10.253.0.0/16, ... down to [`LAST_INGRESS_CANDIDATE`]).
 pub const DEFAULT_INGRESS_SUBNET: &str = "10.255.0.0/16";
+/// The lowest second octet tried for a default ingress subnet (10.N.0.0/16).
+pub const LAST_INGRESS_CANDIDATE: u8 = 128;
 /// Name of the routing-mesh network `mesh init` creates.
 pub const INGRESS_NETWORK: &str = "ingress";
 
@@ -162,18 +167,6 @@ fn ingress_network(
     node: &FirstNode,
     now: i64,
 ) -> Result<Network> {
-    let subnet = if req.ingress_subnet.is_empty() {
-        DEFAULT_INGRESS_SUBNET
-    } else {
-        req.ingress_subnet.as_str()
-    };
-    let spec = NetworkSpec {
-        name: INGRESS_NETWORK.into(),
-        driver: "overlay".into(),
-        subnet: subnet.into(),
-        ingress: true,
-        ..Default::default()
-    };
     let mut avoid: Vec<(Ipv4Net, String)> = node
         .reserved()
         .into_iter()
@@ -182,7 +175,41 @@ fn ingress_network(
     if let IpAddr::V4(ip) = node.addr {
         avoid.push((Ipv4Net::from(ip), format!("this node's address ({ip})")));
     }
-    let alloc = allocator::allocate_network_as("--ingress-subnet", &spec, &[], cluster, &avoid)?;
+    let ingress_spec = |subnet: String| NetworkSpec {
+        name: INGRESS_NETWORK.into(),
+        driver: "overlay".into(),
+        subnet,
+        ingress: true,
+        ..Default::default()
+    };
+    let (spec, alloc) = if req.ingress_subnet.is_empty() {
+        // The default, or the first candidate this host does not already use: a resolver
+        // inside the ingress subnet would be routed into the overlay.
+        let mut found = None;
+        for octet in (LAST_INGRESS_CANDIDATE..=255).rev() {
+            let spec = ingress_spec(format!("10.{octet}.0.0/16"));
+            match allocator::allocate_network_as("--ingress-subnet", &spec, &[], cluster, &avoid)
+            {
+                Ok(alloc) => {
+                    found = Some((spec, alloc));
+                    break;
+                }
+                Err(AllocError::Invalid(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        found.ok_or_else(|| {
+            invalid(format!(
+                "--ingress-subnet: every 10.N.0.0/16 from 10.255 down to 10.{LAST_INGRESS_CANDIDATE} \
+                 overlaps this host's routes or resolvers; give one"
+            ))
+        })?
+    } else {
+        let spec = ingress_spec(req.ingress_subnet.clone());
+        let alloc =
+            allocator::allocate_network_as("--ingress-subnet", &spec, &[], cluster, &avoid)?;
+        (spec, alloc)
+    };
     Ok(Network {
         id: random_id().map_err(internal)?,
         spec: Some(spec),
@@ -287,4 +314,60 @@ pub fn new_cluster(
             ],
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn first_node(routes: &[&str], resolvers: &[&str]) -> FirstNode {
+        FirstNode {
+            hostname: "h1".into(),
+            addr: "192.0.2.2".parse().unwrap(),
+            control_port: 2377,
+            gossip_port: 7946,
+            routes: routes.iter().map(|r| r.parse().unwrap()).collect(),
+            resolvers: resolvers.iter().map(|r| r.parse().unwrap()).collect(),
+        }
+    }
+
+    fn ingress_subnet(req: &InitRequest, node: FirstNode) -> Result<String> {
+        let spec = cluster_spec(req, 86_400, 2377, 7946)?;
+        Ok(ingress_network(req, &spec, &node, 0)?.subnet)
+    }
+
+    #[test]
+    fn default_ingress_subnet_when_the_host_leaves_it_free() {
+        let got = ingress_subnet(&InitRequest::default(), first_node(&["172.17.0.0/16"], &[]));
+        assert_eq!(got.unwrap(), DEFAULT_INGRESS_SUBNET);
+    }
+
+    #[test]
+    fn default_ingress_subnet_steps_around_the_hosts_resolver_and_routes() {
+        // A resolver inside 10.255/16 and a route over 10.254/16: the next free /16 is used.
+        let node = first_node(&["10.254.0.0/16"], &["10.255.255.53"]);
+        let got = ingress_subnet(&InitRequest::default(), node);
+        assert_eq!(got.unwrap(), "10.253.0.0/16");
+    }
+
+    #[test]
+    fn explicit_ingress_subnet_over_a_resolver_is_refused() {
+        let req = InitRequest {
+            ingress_subnet: "10.255.0.0/16".into(),
+            ..Default::default()
+        };
+        let err = ingress_subnet(&req, first_node(&[], &["10.255.255.53"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--ingress-subnet: 10.255.0.0/16 cannot be an overlay subnet"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn no_free_default_ingress_subnet_is_an_error() {
+        let err = ingress_subnet(&InitRequest::default(), first_node(&["10.0.0.0/8"], &[]));
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains("--ingress-subnet: every 10.N.0.0/16"), "{err}");
+    }
 }

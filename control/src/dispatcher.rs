@@ -10,8 +10,8 @@ use std::pin::Pin;
 use futures::Stream;
 use mesh_proto::dispatcher_server::Dispatcher;
 use mesh_proto::{
-    Assignments, LeaveClusterRequest, LeaveClusterResponse, Network, Peer, SessionMessage,
-    SessionRequest, StoreOp, Task, TaskState, Transaction, UpdateTaskStatusRequest,
+    Assignments, LeaveClusterRequest, LeaveClusterResponse, Network, Peer, PublishMode, RoutedPort,
+    SessionMessage, SessionRequest, StoreOp, Task, TaskState, Transaction, UpdateTaskStatusRequest,
     UpdateTaskStatusResponse, store_op::Op,
 };
 use tokio::sync::mpsc;
@@ -141,6 +141,7 @@ pub fn session_message(s: &StoreState, node_id: &str) -> Option<SessionMessage> 
             gossip_port: n.gossip_port,
             control_port: n.control_port,
             role: n.role,
+            ingress: n.ingress.clone(),
         })
         .collect();
     Some(SessionMessage {
@@ -155,7 +156,35 @@ pub fn session_message(s: &StoreState, node_id: &str) -> Option<SessionMessage> 
             .map(|c| c.data_path_port)
             .unwrap_or_default(),
         assignments: None,
+        routed_ports: routed_ports(s),
     })
+}
+
+/// Every port published through the routing mesh, with its service's ingress VIP.
+fn routed_ports(s: &StoreState) -> Vec<RoutedPort> {
+    let Some(ingress) = crate::allocator::ingress_network(s) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for v in s.services.values() {
+        let Some(vip) = v.vips.iter().find(|vip| vip.network_id == ingress.id) else {
+            continue;
+        };
+        for p in v
+            .ports
+            .iter()
+            .filter(|p| p.publish_mode() == PublishMode::Ingress)
+        {
+            out.push(RoutedPort {
+                protocol: p.protocol,
+                published: p.published_port,
+                target: p.target_port,
+                vip: vip.addr.clone(),
+            });
+        }
+    }
+    out.sort_by_key(|p| (p.published, p.protocol));
+    out
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<SessionMessage, Status>> + Send>>;

@@ -185,6 +185,12 @@ impl Gossip {
             .with_core(|c, now| c.delete_local(scope, key, now))
     }
 
+    /// Whether the scope's records were exchanged in full since joining it. See
+    /// [`Core::scope_synced`].
+    pub fn scope_synced(&self, scope: &str) -> bool {
+        self.shared.core().scope_synced(scope)
+    }
+
     /// Live records of a joined scope.
     pub fn records(&self, scope: &str) -> Vec<Record> {
         self.shared.core().records(scope)

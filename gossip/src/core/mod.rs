@@ -103,6 +103,9 @@ pub struct Core {
     last_heard: HashMap<String, Instant>,
     table: Table,
     scopes: BTreeSet<String>,
+    /// Joined scopes whose records this node has had a full exchange of since joining (or
+    /// that had no other member): what it knows of them is the cluster's view, not a start.
+    synced: BTreeSet<String>,
     counter: u64,
     timers: BTreeMap<(Instant, u64), CoreTimer>,
     timer_seq: u64,
@@ -144,6 +147,7 @@ impl Core {
             pending: HashMap::new(),
             table: Table::default(),
             scopes: BTreeSet::new(),
+            synced: BTreeSet::new(),
             counter: 0,
             timers: BTreeMap::new(),
             timer_seq: 0,

@@ -94,6 +94,8 @@ impl Core {
         debug!(%from, node_id = %envelope.from, records = state.records.len(), "sync reply");
         self.stats.syncs_completed += 1;
         self.merge_remote(state.records, now);
+        let scopes: Vec<String> = self.scopes.iter().cloned().collect();
+        self.synced.extend(scopes);
         self.drain(now);
     }
 

@@ -25,8 +25,12 @@ impl Core {
         // Owners push their records when our membership reaches them; one sync now also
         // fetches what they relay for others and anything whose push is lost.
         let members = self.recipients(scope);
-        if let Some(peer) = members.choose(&mut self.rng).cloned() {
-            self.request_sync(&peer);
+        match members.choose(&mut self.rng).cloned() {
+            Some(peer) => self.request_sync(&peer),
+            // Nobody else has it: what this node knows of it is all there is.
+            None => {
+                self.synced.insert(scope.to_owned());
+            }
         }
         self.drain(now);
         Ok(())
@@ -39,6 +43,7 @@ impl Core {
         if !self.scopes.remove(scope) {
             return Ok(());
         }
+        self.synced.remove(scope);
         info!(scope, "left gossip scope");
         let record = self.write_own(MEMBERSHIP_SCOPE, scope, Vec::new(), true, now);
         let to = self.recipients(MEMBERSHIP_SCOPE);
@@ -115,6 +120,13 @@ impl Core {
     }
 
     /// Live records of a scope this node joined, its own included.
+    /// Whether this node has had a full exchange of `scope`'s records with another member
+    /// since it joined it (or it had no other member then): until then, what it holds of the
+    /// scope may be only part of it (right after an agent restart, say).
+    pub fn scope_synced(&self, scope: &str) -> bool {
+        self.synced.contains(scope)
+    }
+
     pub fn records(&self, scope: &str) -> Vec<Record> {
         if scope == MEMBERSHIP_SCOPE || !self.scopes.contains(scope) {
             return Vec::new();

@@ -456,3 +456,31 @@ async fn stale_copy_met_after_tombstone_sweep_is_retombstoned_by_its_owner() {
         "it came back again"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_scope_is_synced_alone_at_once_and_with_others_after_an_exchange() {
+    let mut sim = cluster(3, GossipConfig::default(), 17).await;
+    join(&mut sim, 0, NET_A);
+    assert!(
+        sim.core(0).scope_synced(NET_A),
+        "no other member: nothing more to learn"
+    );
+    upsert(&mut sim, 0, NET_A, "ep-1", b"10.0.0.2");
+    scope_known(&mut sim, &[1], &[0], NET_A).await;
+    join(&mut sim, 1, NET_A);
+    assert!(
+        !sim.core(1).scope_synced(NET_A),
+        "others hold records of it: not synced before an exchange"
+    );
+    sim.run_until(Duration::from_secs(5), |s| s.core(1).scope_synced(NET_A))
+        .await
+        .expect("the exchange completes");
+    assert!(
+        has(&sim, 1, NET_A, 0, "ep-1", b"10.0.0.2"),
+        "synced means it has them"
+    );
+    sim.core_mut(1)
+        .leave_scope(NET_A, Instant::now())
+        .expect("leave");
+    assert!(!sim.core(1).scope_synced(NET_A));
+}

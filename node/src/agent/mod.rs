@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::config::AgentConfig;
 use crate::membership::Membership;
 use crate::state_dir::{Certs, StateDir};
-use crate::worker::WorkerHandle;
+use crate::worker::{Session, WorkerHandle};
 
 /// What the agent asks the daemon to do.
 #[derive(Debug)]
@@ -171,10 +171,14 @@ impl Agent {
         }
         self.membership.set_keys(&msg.gossip_keys);
         self.membership.set_peers(&msg.peers);
-        if let Some(a) = msg.assignments {
-            let ingress = msg.node.as_ref().and_then(|n| n.ingress.clone());
-            self.worker
-                .assignments(a, u16::try_from(msg.data_path_port).unwrap_or(0), ingress);
+        if let Some(assignments) = msg.assignments {
+            self.worker.session(Session {
+                assignments,
+                data_port: u16::try_from(msg.data_path_port).unwrap_or(0),
+                ingress: msg.node.as_ref().and_then(|n| n.ingress.clone()),
+                peers: msg.peers.clone(),
+                routed: msg.routed_ports.clone(),
+            });
         }
         let Some(node) = msg.node else { return Ok(()) };
         let desired = node

@@ -27,7 +27,6 @@ use mesh_proto::{
 use tonic::transport::Channel;
 
 pub use client::DEFAULT_HOST;
-use mesh_control::bootstrap::DEFAULT_INGRESS_SUBNET;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -130,8 +129,9 @@ pub struct InitArgs {
     /// Validity of node certificates (e.g. 90d, 2160h).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub cert_expiry: Option<Duration>,
-    /// Subnet of the routing-mesh network published ports go through.
-    #[arg(long, default_value = DEFAULT_INGRESS_SUBNET)]
+    /// Subnet of the routing-mesh network published ports go through [default: 10.255.0.0/16,
+    /// or the next free 10.N.0.0/16 below it when this host's routes or resolvers use it].
+    #[arg(long, default_value = "")]
     pub ingress_subnet: String,
 }
 

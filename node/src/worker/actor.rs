@@ -29,6 +29,19 @@ use super::timers::{recv_opt, sleep_until, take_due};
 use super::{Msg, WorkerConfig};
 use crate::runtime::{self, TaskPhase};
 
+/// The services' view of the worker's parts (a macro: the fields are borrowed apart from
+/// the services they are given to).
+macro_rules! ctx {
+    ($w:ident) => {
+        Ctx {
+            kernel: &$w.kernel,
+            endpoints: &$w.endpoints,
+            sandboxes: &$w.sandboxes,
+            keep: !$w.settled,
+        }
+    };
+}
+
 /// What the worker is made of: the kernel and the injected parts.
 pub struct Worker<K, R: ?Sized, D: ?Sized, S: RecordSource> {
     pub(super) cfg: WorkerConfig,
@@ -54,7 +67,15 @@ pub struct Worker<K, R: ?Sized, D: ?Sized, S: RecordSource> {
     pub(super) draining: BTreeMap<String, Instant>,
     /// Remote endpoints withdrawn by their owners, removed once the drain ends.
     pub(super) withdrawals: Vec<(Instant, (NetworkId, Vni, Ipv4Addr))>,
+    /// Whether the endpoint table holds the cluster's view (see [`Worker::check_settled`]);
+    /// until then load balancers only gain backends.
+    pub(super) settled: bool,
+    pub(super) started: Instant,
 }
+
+/// Longest a restarted agent keeps what its load balancers hold before trusting a partial
+/// endpoint table.
+const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl<K, R, D, S> Worker<K, R, D, S>
 where
@@ -95,8 +116,8 @@ where
             }
             tokio::select! {
                 msg = rx.recv() => match msg {
-                    Some(Msg::Assignments(a, port, ingress)) => {
-                        self.assigned.apply(*a, port, ingress);
+                    Some(Msg::Session(session)) => {
+                        self.assigned.apply(*session);
                         self.converge().await;
                     }
                     Some(Msg::Stop { cleanup, done }) => {
@@ -126,12 +147,33 @@ where
                     }
                 }
             }
+            self.check_settled();
             self.refresh_services();
             if std::mem::take(&mut self.mesh_stale) {
                 self.sync_mesh();
             }
             self.reports.flush(self.sink.as_ref()).await;
         }
+    }
+
+    /// An agent that starts knows only what its kernel holds and what the leader assigns;
+    /// the endpoints of other nodes arrive by gossip. Until every scope it joined has been
+    /// exchanged in full with another member (or [`SETTLE_MAX`] passed), its load balancers
+    /// keep what they hold and only gain backends; then every network is refreshed, and what
+    /// is gone goes.
+    fn check_settled(&mut self) {
+        if self.settled || !self.assigned.have_full {
+            return;
+        }
+        let Some(g) = &self.gossip else { return };
+        let joined = self.publications.joined_scopes();
+        let synced = joined.iter().all(|s| g.scope_synced(s.as_str()));
+        if !synced && self.started.elapsed() < SETTLE_MAX {
+            return;
+        }
+        self.settled = true;
+        info!(after = ?self.started.elapsed(), synced, "endpoints settled: load balancers now follow them exactly");
+        self.dirty.extend(joined);
     }
 
     /// Queues a status report of a task the leader assigned.
@@ -226,9 +268,8 @@ where
             self.unpublish(&id);
             self.queue(&id, status(TaskState::Shutdown, "stopped"));
         }
-        let sandbox_key = self.sandbox_key();
         for key in self.publications.keys() {
-            if !wanted_ids.contains(key.as_str()) && key != sandbox_key {
+            if !wanted_ids.contains(key.as_str()) {
                 self.unpublish(&key);
             }
         }
@@ -245,16 +286,12 @@ where
         for t in &wanted {
             self.publish(t);
         }
-        self.publish_ingress_sandbox();
+        self.sync_peer_sandboxes();
         if failed.is_none()
             && let Some(a) = self.assigned.ingress.clone()
             && !self.services.balancers.has(INGRESS_SANDBOX)
         {
-            let ctx = Ctx {
-                kernel: &self.kernel,
-                endpoints: &self.endpoints,
-                sandboxes: &self.sandboxes,
-            };
+            let ctx = ctx!(self);
             let ingress = [NetworkId::new(a.network_id)];
             self.services.apply_lb(&ctx, INGRESS_SANDBOX, &ingress);
         }
@@ -302,7 +339,6 @@ where
             node_id: &self.cfg.node_id,
             reserved_ports: &self.cfg.reserved_ports,
             assigned: &self.assigned,
-            endpoints: &self.endpoints,
             sandboxes: &self.sandboxes,
             kernel: &self.kernel,
         }
@@ -355,11 +391,7 @@ where
     }
 
     async fn attach_services(&mut self, t: &Task) -> Result<(), String> {
-        let ctx = Ctx {
-            kernel: &self.kernel,
-            endpoints: &self.endpoints,
-            sandboxes: &self.sandboxes,
-        };
+        let ctx = ctx!(self);
         self.services.attach(&ctx, t).await
     }
 
@@ -375,17 +407,8 @@ where
         {
             self.mesh_stale = true;
         }
-        let ctx = Ctx {
-            kernel: &self.kernel,
-            endpoints: &self.endpoints,
-            sandboxes: &self.sandboxes,
-        };
+        let ctx = ctx!(self);
         self.services.refresh(&ctx, &self.assigned, &dirty);
-    }
-
-    /// The key of this node's ingress sandbox's record.
-    fn sandbox_key(&self) -> String {
-        format!("{INGRESS_SANDBOX}.{}", self.cfg.node_id)
     }
 
     /// Joins the gossip scopes of the networks in use, leaves the others.
@@ -450,10 +473,7 @@ where
             .state(&t.id)
             .is_some_and(|s| s.state == TaskPhase::Running);
         for a in &t.networks {
-            let on_ingress = self.assigned.is_ingress(&a.network_id);
-            let Some(e) =
-                Endpoint::of_task(t, a, &self.me, self.cfg.underlay_ip, running, on_ingress)
-            else {
+            let Some(e) = Endpoint::of_task(t, a, &self.me, self.cfg.underlay_ip, running) else {
                 warn!(task = %t.id, network = %a.network_id, "unusable network attachment");
                 continue;
             };
@@ -461,21 +481,17 @@ where
         }
     }
 
-    /// The record of this node's ingress sandbox on the ingress network: it makes the
-    /// sandbox reachable over the overlay (other nodes program its address) and tells tasks
-    /// where routed connections may enter. A record with no service is a sandbox.
-    fn publish_ingress_sandbox(&mut self) {
+    /// The other nodes' ingress sandboxes, from the store, as remote endpoints.
+    fn sync_peer_sandboxes(&mut self) {
         let Some(a) = self.assigned.ingress.clone() else {
             return;
         };
-        let name = format!("{INGRESS_SANDBOX}.{}", self.cfg.hostname);
-        let Some(e) =
-            Endpoint::of_sandbox(self.sandbox_key(), name, &a, &self.me, self.cfg.underlay_ip)
-        else {
-            warn!(addr = %a.addr, "unusable ingress-sandbox attachment");
-            return;
-        };
-        self.publish_endpoint(&NetworkId::new(a.network_id), e);
+        if let Some(vni) = self.local_vni(&NetworkId::new(a.network_id.clone())) {
+            let peers = self.assigned.ingress_sandboxes(&a.network_id);
+            let others = peers.into_iter().filter(|p| p.3 != self.cfg.node_id);
+            self.sandboxes
+                .sync_peer_sandboxes(&self.kernel, vni, others);
+        }
     }
 
     /// Withdraws the records of `key`; true if it had any.

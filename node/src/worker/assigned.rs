@@ -4,10 +4,15 @@
 //! set; later ones are deltas.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 
+use ipnet::Ipv4Net;
+use mesh_dataplane::overlay::Mac;
 use mesh_proto::{
-    Assignments, Network, NetworkAttachment, PortConfig, PublishMode, Task, TaskState,
+    Network, NetworkAttachment, Peer, PortConfig, PublishMode, RoutedPort, Task, TaskState,
 };
+
+use super::Session;
 
 /// The assignments as the session delivered them.
 #[derive(Default)]
@@ -20,11 +25,24 @@ pub struct Assigned {
     pub ingress: Option<NetworkAttachment>,
     /// The VXLAN UDP port (0: not known yet).
     pub data_port: u16,
+    /// Every node of the cluster, from the store.
+    pub peers: Vec<Peer>,
+    /// Every port published through the routing mesh, from the store.
+    pub routed: Vec<RoutedPort>,
 }
 
 impl Assigned {
-    /// Applies one session message's assignments.
-    pub fn apply(&mut self, a: Assignments, data_port: u16, ingress: Option<NetworkAttachment>) {
+    /// Applies what one session message said.
+    pub fn apply(&mut self, session: Session) {
+        let Session {
+            assignments: a,
+            data_port,
+            ingress,
+            peers,
+            routed,
+        } = session;
+        self.peers = peers;
+        self.routed = routed;
         if a.full {
             self.tasks.clear();
             self.networks.clear();
@@ -58,6 +76,24 @@ impl Assigned {
         self.tasks
             .values()
             .filter(move |t| t.desired_state() == TaskState::Running && t.node_id == node_id)
+    }
+
+    /// The ingress sandboxes of the cluster's nodes, on the ingress network `network_id`:
+    /// (address, MAC, the node's underlay address), from the store, so a node whose agent is
+    /// down keeps its place in every task's reply routing and every overlay.
+    pub fn ingress_sandboxes(&self, network_id: &str) -> Vec<(Ipv4Net, Mac, Ipv4Addr, &str)> {
+        self.peers
+            .iter()
+            .filter_map(|p| {
+                let a = p.ingress.as_ref().filter(|a| a.network_id == network_id)?;
+                Some((
+                    a.addr.parse().ok()?,
+                    a.mac.parse().ok()?,
+                    p.addr.parse().ok()?,
+                    p.node_id.as_str(),
+                ))
+            })
+            .collect()
     }
 
     pub fn is_ingress(&self, network_id: &str) -> bool {

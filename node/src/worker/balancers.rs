@@ -40,8 +40,10 @@ impl Balancers {
     }
 
     /// Brings sandbox `id`'s load balancer (in namespace `netns`) to `desired`; backends
-    /// that left get their conntrack entries flushed after `drain`. False when it failed
-    /// (the next call observes the namespace again).
+    /// that left get their conntrack entries flushed after `drain`. With `keep` (the
+    /// endpoint table may be partial, right after an agent restart), nothing it holds is
+    /// removed: `desired` is added to it. False when it failed (the next call observes the
+    /// namespace again).
     pub fn apply(
         &mut self,
         balancer: &dyn LoadBalancer,
@@ -49,7 +51,17 @@ impl Balancers {
         netns: &str,
         desired: LbTable,
         drain: Duration,
+        keep: bool,
     ) -> bool {
+        let desired = if keep {
+            let held = match self.applied.get(id) {
+                Some(applied) => applied.clone(),
+                None => balancer.observe(netns).unwrap_or_default(),
+            };
+            union(desired, &held)
+        } else {
+            desired
+        };
         let applied = self.applied.get(id);
         let result = match applied {
             Some(applied) => {
@@ -111,8 +123,59 @@ impl Balancers {
         }
     }
 
+    /// Forgets every sandbox's applied table: each is observed again at its next apply.
+    pub fn forget_all(&mut self) {
+        self.applied.clear();
+    }
+
     /// When the next flush is due.
     pub fn next_deadline(&self) -> Option<Instant> {
         self.flushes.iter().map(|(at, _)| *at).min()
+    }
+}
+
+/// `a` with every service and backend of `b` added (what is broken in `b` is left out).
+fn union(mut a: LbTable, b: &LbTable) -> LbTable {
+    for (vip, svc) in &b.services {
+        let backends = svc.backends.iter().filter(|ip| **ip != lb::BROKEN).copied();
+        match a.services.get_mut(vip) {
+            Some(mine) => mine.backends.extend(backends),
+            None => {
+                a.upsert(lb::LbService::new(*vip, backends));
+            }
+        }
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(rows: &[(&str, &[&str])]) -> LbTable {
+        rows.iter()
+            .map(|(vip, backends)| {
+                lb::LbService::new(
+                    vip.parse().unwrap(),
+                    backends.iter().map(|b| b.parse().unwrap()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_table_adds_to_what_is_held_and_removes_nothing() {
+        let held = table(&[
+            ("10.0.0.2", &["10.0.0.5", "0.0.0.0"]),
+            ("10.0.0.3", &["10.0.0.7"]),
+        ]);
+        let partial = table(&[("10.0.0.2", &["10.0.0.6"])]);
+        assert_eq!(
+            union(partial, &held),
+            table(&[
+                ("10.0.0.2", &["10.0.0.5", "10.0.0.6"]),
+                ("10.0.0.3", &["10.0.0.7"])
+            ])
+        );
     }
 }

@@ -9,9 +9,8 @@ use std::net::Ipv4Addr;
 
 use mesh_common::{NetworkId, NodeId};
 use mesh_dataplane::lb::{LbService, LbTable};
-use mesh_dataplane::overlay::Mac;
 
-use super::record::{Endpoint, PublishedPort};
+use super::record::Endpoint;
 use mesh_gossip::{RecordEvent, RecordEventKind};
 
 use crate::dns::{EndpointMode, ServiceEntry, ServiceInfo, SharedTable, TaskEntry};
@@ -99,37 +98,6 @@ impl EndpointTable {
             .get(network)
             .into_iter()
             .flat_map(|m| m.values())
-    }
-
-    /// Addresses and MACs of the ingress sandboxes on `network`: where routed connections
-    /// may enter a task from.
-    pub fn sandboxes(&self, network: &NetworkId) -> Vec<(Ipv4Addr, Mac)> {
-        let mut out: Vec<(Ipv4Addr, Mac)> = self
-            .all(network)
-            .filter(|e| e.service.is_none())
-            .map(|e| (e.ip(), e.mac))
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// What the routing mesh publishes, from the endpoints on the ingress network:
-    /// (protocol is udp, published port) -> (VIP, target port).
-    pub fn publications(&self, network: &NetworkId) -> BTreeMap<(bool, u16), (Ipv4Addr, u16)> {
-        let mut out = BTreeMap::new();
-        for e in self.tasks(network).filter(|e| e.running) {
-            let Some(s) = &e.service else { continue };
-            let Some(vip) = s.vip else { continue };
-            for p in &s.ports {
-                let PublishedPort {
-                    udp,
-                    published,
-                    target,
-                } = *p;
-                out.insert((udp, published), (vip, target));
-            }
-        }
-        out
     }
 
     /// The services of `network` as DNS sees them (running tasks only).
@@ -233,6 +201,11 @@ impl EndpointTable {
         Ok(match &ev.kind {
             RecordEventKind::Upsert(value) => {
                 let endpoint = Endpoint::decode(&ev.key, value)?;
+                // Records without a service are ingress sandboxes of older agents: the
+                // sandboxes come from the store's node list now.
+                if endpoint.service.is_none() {
+                    return Ok(None);
+                }
                 let previous = self.upsert(&network, &owner, endpoint.clone());
                 Some(RecordChange::Upserted {
                     network,
@@ -269,6 +242,7 @@ impl EndpointTable {
 mod tests {
     use super::*;
     use crate::worker::record::ServiceEndpoint;
+    use mesh_dataplane::overlay::Mac;
 
     fn rec(task: &str, service: &str, ip: &str, vip: &str, running: bool) -> Endpoint {
         let ip: Ipv4Addr = ip.parse().unwrap();
@@ -286,7 +260,6 @@ mod tests {
                 aliases: vec![],
                 vip: (!vip.is_empty()).then(|| vip.parse().unwrap()),
                 dnsrr: vip.is_empty(),
-                ports: vec![],
             }),
         }
     }

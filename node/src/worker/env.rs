@@ -114,6 +114,9 @@ pub trait Records: Clone + Send + 'static {
     fn delete_local(&self, scope: &str, key: &str) -> Result<(), String>;
     /// Every record of a scope this node holds (on joining it).
     fn records(&self, scope: &str) -> Vec<Record>;
+    /// Whether the scope's records were exchanged in full with another member since this
+    /// node joined it (or it had none).
+    fn scope_synced(&self, scope: &str) -> bool;
 }
 
 impl Records for Gossip {
@@ -139,6 +142,10 @@ impl Records for Gossip {
 
     fn records(&self, scope: &str) -> Vec<Record> {
         Gossip::records(self, scope)
+    }
+
+    fn scope_synced(&self, scope: &str) -> bool {
+        Gossip::scope_synced(self, scope)
     }
 }
 

@@ -184,6 +184,8 @@ struct Bus {
     /// What other nodes published: (scope, owner, key) -> value.
     remote: BTreeMap<(String, String, String), Vec<u8>>,
     subscribers: Vec<mpsc::UnboundedSender<RecordEvent>>,
+    /// Scopes whose exchange the test holds back (see [`FakeRecords::hold_sync`]).
+    unsynced: BTreeSet<String>,
 }
 
 /// A gossip plane the test drives: it sees what the worker publishes and hands it records of
@@ -238,6 +240,16 @@ impl FakeRecords {
         }
     }
 
+    /// Holds back the full exchange of `scope` (`true`) or lets it complete (`false`).
+    pub fn hold_sync(&self, scope: &str, held: bool) {
+        let mut bus = lock(&self.bus);
+        if held {
+            bus.unsynced.insert(scope.to_string());
+        } else {
+            bus.unsynced.remove(scope);
+        }
+    }
+
     /// What this node publishes now: (scope, key) -> value.
     pub fn published(&self) -> BTreeMap<(String, String), Vec<u8>> {
         lock(&self.bus).local.clone()
@@ -283,6 +295,10 @@ impl Records for FakeRecords {
             .local
             .remove(&(scope.to_string(), key.to_string()));
         Ok(())
+    }
+
+    fn scope_synced(&self, scope: &str) -> bool {
+        !lock(&self.bus).unsynced.contains(scope)
     }
 
     fn records(&self, scope: &str) -> Vec<Record> {

@@ -17,12 +17,11 @@ use mesh_dataplane::ingress::{
 };
 use mesh_dataplane::link::{IfName, Ipv4Cidr};
 use mesh_dataplane::netns::At;
-use mesh_dataplane::overlay::TASK_GATEWAY_IFNAME;
+use mesh_dataplane::overlay::{Mac, TASK_GATEWAY_IFNAME};
 use mesh_proto::{PortConfig, PortProtocol, Task, TaskState};
 use tracing::{info, warn};
 
 use super::assigned::{Assigned, host_ports};
-use super::endpoints::EndpointTable;
 use super::sandboxes::{INGRESS_SANDBOX, Sandboxes};
 
 /// What the routing mesh is derived from.
@@ -31,7 +30,6 @@ pub struct MeshInputs<'a> {
     /// Ports the cluster uses on this node (control, gossip): never published.
     pub reserved_ports: &'a [u16],
     pub assigned: &'a Assigned,
-    pub endpoints: &'a EndpointTable,
     pub sandboxes: &'a Sandboxes,
     pub kernel: &'a dyn Kernel,
 }
@@ -126,17 +124,8 @@ pub fn desired_mesh(i: &MeshInputs<'_>) -> NodeMesh {
 /// the host-mode ports of its own running tasks (to the task).
 fn wanted_publications(i: &MeshInputs<'_>, routed: bool) -> BTreeSet<Publication> {
     let mut out = Vec::new();
-    if let Some(a) = &i.assigned.ingress
-        && routed
-    {
-        let ingress = NetworkId::new(a.network_id.clone());
-        for ((udp, published), (vip, target)) in i.endpoints.publications(&ingress) {
-            out.push(Publication {
-                protocol: if udp { Protocol::Udp } else { Protocol::Tcp },
-                published,
-                target: SocketAddrV4::new(vip, target),
-            });
-        }
+    if routed {
+        out.extend(routed_publications(i.assigned));
     }
     for t in i.assigned.running_here(i.node_id) {
         if t.status
@@ -184,7 +173,12 @@ fn wanted_publications(i: &MeshInputs<'_>, routed: bool) -> BTreeSet<Publication
 /// Reply routing in every local task attached to the ingress network whose namespace
 /// exists, through every ingress sandbox of the cluster.
 fn wanted_replies(i: &MeshInputs<'_>, ingress: &NetworkId) -> BTreeMap<String, ReplyRouting> {
-    let sandboxes: BTreeSet<_> = i.endpoints.sandboxes(ingress).into_iter().collect();
+    let sandboxes: BTreeSet<(Ipv4Addr, Mac)> = i
+        .assigned
+        .ingress_sandboxes(ingress.as_str())
+        .into_iter()
+        .map(|(addr, mac, _, _)| (addr.addr(), mac))
+        .collect();
     let mut out = BTreeMap::new();
     for t in i.assigned.running_here(i.node_id) {
         let Some(idx) = t
@@ -218,15 +212,9 @@ pub fn host_port_conflict(i: &MeshInputs<'_>, t: &Task) -> Option<String> {
     if ports.is_empty() {
         return None;
     }
-    let routed = i
-        .assigned
-        .ingress
-        .as_ref()
-        .map(|a| {
-            i.endpoints
-                .publications(&NetworkId::new(a.network_id.clone()))
-        })
-        .unwrap_or_default();
+    let routed: BTreeSet<(Protocol, u16)> = routed_publications(i.assigned)
+        .map(|p| (p.protocol, p.published))
+        .collect();
     let ours: Vec<(Protocol, u32)> = i
         .assigned
         .running_here(i.node_id)
@@ -236,8 +224,8 @@ pub fn host_port_conflict(i: &MeshInputs<'_>, t: &Task) -> Option<String> {
     for p in ports {
         let proto = protocol_of(p);
         let port = u16::try_from(p.published_port).ok()?;
-        let mesh_owned = ours.contains(&(proto, p.published_port))
-            || routed.contains_key(&(proto == Protocol::Udp, port));
+        let mesh_owned =
+            ours.contains(&(proto, p.published_port)) || routed.contains(&(proto, port));
         let bound = match proto {
             Protocol::Tcp => TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).is_err(),
             Protocol::Udp => UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).is_err(),
@@ -250,6 +238,23 @@ pub fn host_port_conflict(i: &MeshInputs<'_>, t: &Task) -> Option<String> {
         }
     }
     None
+}
+
+/// The ports published through the routing mesh, as the store says (to the service's VIP on
+/// the ingress network): unusable entries are left out.
+fn routed_publications(assigned: &Assigned) -> impl Iterator<Item = Publication> + '_ {
+    assigned.routed.iter().filter_map(|r| {
+        let vip = r.vip.parse::<ipnet::Ipv4Net>().ok()?.addr();
+        Some(Publication {
+            protocol: if r.protocol() == PortProtocol::Udp {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            },
+            published: u16::try_from(r.published).ok()?,
+            target: SocketAddrV4::new(vip, u16::try_from(r.target).ok()?),
+        })
+    })
 }
 
 fn protocol_of(p: &PortConfig) -> Protocol {

@@ -72,7 +72,9 @@ use mesh_dataplane::kernel::LinuxKernel;
 use mesh_dataplane::lb::Backend;
 use mesh_dataplane::overlay::Prefix;
 use mesh_proto::dispatcher_client::DispatcherClient;
-use mesh_proto::{Assignments, NetworkAttachment, TaskStatusUpdate, UpdateTaskStatusRequest};
+use mesh_proto::{
+    Assignments, NetworkAttachment, Peer, RoutedPort, TaskStatusUpdate, UpdateTaskStatusRequest,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 
@@ -143,8 +145,23 @@ impl StatusSink for Reporter {
     }
 }
 
+/// What one session message tells the worker: the assignments (the full set first, deltas
+/// after) and the cluster-wide facts it needs whole every time.
+#[derive(Clone, Debug, Default)]
+pub struct Session {
+    pub assignments: Assignments,
+    /// The cluster's VXLAN port (0: not known).
+    pub data_port: u16,
+    /// This node's ingress-sandbox address.
+    pub ingress: Option<NetworkAttachment>,
+    /// Every node of the cluster (their ingress sandboxes included).
+    pub peers: Vec<Peer>,
+    /// Every port published through the routing mesh.
+    pub routed: Vec<RoutedPort>,
+}
+
 pub(crate) enum Msg {
-    Assignments(Box<Assignments>, u16, Option<NetworkAttachment>),
+    Session(Box<Session>),
     Stop {
         cleanup: bool,
         done: oneshot::Sender<()>,
@@ -160,12 +177,9 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Hands the worker what a session message assigned (`data_port`: the cluster's VXLAN
-    /// port; `ingress`: this node's ingress-sandbox address).
-    pub fn assignments(&self, a: Assignments, data_port: u16, ingress: Option<NetworkAttachment>) {
-        let _ = self
-            .tx
-            .send(Msg::Assignments(Box::new(a), data_port, ingress));
+    /// Hands the worker what a session message said.
+    pub fn session(&self, session: Session) {
+        let _ = self.tx.send(Msg::Session(Box::new(session)));
     }
 
     /// Stops the worker. With `cleanup`, every task is stopped and the overlay removed
@@ -304,6 +318,8 @@ where
         mesh_stale: false,
         draining: Default::default(),
         withdrawals: Vec::new(),
+        settled: false,
+        started: tokio::time::Instant::now(),
     };
     std::thread::Builder::new()
         .name("mesh-worker".into())

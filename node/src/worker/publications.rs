@@ -22,6 +22,11 @@ impl Publications {
         self.joined.contains(network)
     }
 
+    /// The scopes joined.
+    pub fn joined_scopes(&self) -> Vec<NetworkId> {
+        self.joined.iter().cloned().collect()
+    }
+
     /// Keys (task ids, the ingress sandbox's) with published records.
     pub fn keys(&self) -> Vec<String> {
         self.by_task.keys().cloned().collect()

@@ -9,15 +9,13 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use mesh_common::{NodeId, ServiceId};
 use mesh_dataplane::overlay::Mac;
-use mesh_proto::{EndpointMode, NetworkAttachment, PortProtocol, PublishMode, Task};
+use mesh_proto::{EndpointMode, NetworkAttachment, Task};
 use serde::{Deserialize, Serialize};
 
 /// Longest task name, service name or alias accepted from a record.
 pub const MAX_NAME_LEN: usize = 255;
 /// Most aliases one record may carry.
 pub const MAX_ALIASES: usize = 64;
-/// Most published ports one record may carry.
-pub const MAX_PORTS: usize = 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointRecord {
@@ -43,9 +41,9 @@ pub struct EndpointRecord {
     /// and a DNS answer (the overlay entries exist from the start).
     #[serde(default)]
     pub running: bool,
-    /// Ports the service publishes through the routing mesh (records on
-    /// the ingress network only): every node forwards them to the VIP.
-    #[serde(default)]
+    /// Ports the service published through the routing mesh, as agents before the
+    /// store-driven routing mesh wrote them: still read, ignored, and no longer written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PublishedPort>,
 }
 
@@ -104,8 +102,6 @@ pub struct ServiceEndpoint {
     pub vip: Option<Ipv4Addr>,
     /// Names resolve to task addresses, not to a VIP.
     pub dnsrr: bool,
-    /// Ports published through the routing mesh (ingress network only).
-    pub ports: Vec<PublishedPort>,
 }
 
 impl Endpoint {
@@ -141,9 +137,6 @@ impl Endpoint {
             if r.aliases.len() > MAX_ALIASES {
                 return Err(format!("more than {MAX_ALIASES} aliases"));
             }
-            if r.ports.len() > MAX_PORTS {
-                return Err(format!("more than {MAX_PORTS} published ports"));
-            }
             let vip = if r.vip.is_empty() {
                 None
             } else {
@@ -164,7 +157,6 @@ impl Endpoint {
                     .collect::<Result<_, _>>()?,
                 vip,
                 dnsrr: r.dnsrr,
-                ports: r.ports.clone(),
             })
         };
         Ok(Endpoint {
@@ -186,15 +178,13 @@ impl Endpoint {
         Endpoint::from_record(key, &r)
     }
 
-    /// The endpoint of task `t` on its attachment `a`, run by node `node` at `vtep`;
-    /// `on_ingress`: `a` is on the ingress network, where published ports are announced.
+    /// The endpoint of task `t` on its attachment `a`, run by node `node` at `vtep`.
     pub fn of_task(
         t: &Task,
         a: &NetworkAttachment,
         node: &NodeId,
         vtep: Ipv4Addr,
         running: bool,
-        on_ingress: bool,
     ) -> Option<Endpoint> {
         let vip = if a.vip.is_empty() {
             None
@@ -215,32 +205,7 @@ impl Endpoint {
                 aliases: a.aliases.clone(),
                 vip,
                 dnsrr: t.endpoint_mode() == EndpointMode::Dnsrr,
-                ports: if on_ingress {
-                    ingress_ports(t)
-                } else {
-                    Vec::new()
-                },
             }),
-        })
-    }
-
-    /// The endpoint of a node's ingress sandbox (`key`, `name`) on its attachment `a`.
-    pub fn of_sandbox(
-        key: String,
-        name: String,
-        a: &NetworkAttachment,
-        node: &NodeId,
-        vtep: Ipv4Addr,
-    ) -> Option<Endpoint> {
-        Some(Endpoint {
-            key,
-            task_name: name,
-            node: node.clone(),
-            addr: a.addr.parse().ok()?,
-            mac: a.mac.parse().ok()?,
-            vtep,
-            running: false,
-            service: None,
         })
     }
 
@@ -263,24 +228,9 @@ impl Endpoint {
                 .unwrap_or_default(),
             dnsrr: service.is_some_and(|s| s.dnsrr),
             running: self.running,
-            ports: service.map(|s| s.ports.clone()).unwrap_or_default(),
+            ports: Vec::new(),
         }
     }
-}
-
-/// The ports a task's service publishes through the routing mesh.
-fn ingress_ports(t: &Task) -> Vec<PublishedPort> {
-    t.ports
-        .iter()
-        .filter(|p| p.publish_mode() == PublishMode::Ingress)
-        .filter_map(|p| {
-            Some(PublishedPort {
-                udp: p.protocol() == PortProtocol::Udp,
-                published: u16::try_from(p.published_port).ok()?,
-                target: u16::try_from(p.target_port).ok()?,
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -302,11 +252,7 @@ mod tests {
             vip: "10.0.1.2/24".into(),
             dnsrr: false,
             running: true,
-            ports: vec![PublishedPort {
-                udp: false,
-                published: 8080,
-                target: 80,
-            }],
+            ports: vec![],
         };
         assert_eq!(EndpointRecord::decode(&r.encode()), Some(r.clone()));
         assert_eq!(r.ip(), Some(Ipv4Addr::new(10, 0, 1, 5)));
@@ -314,6 +260,19 @@ mod tests {
         assert_eq!(EndpointRecord::decode(b"{nope"), None);
         let e = Endpoint::from_record("t", &r).unwrap();
         assert_eq!(e.to_record(), r, "typed and back is the same record");
+        let older = EndpointRecord {
+            ports: vec![PublishedPort {
+                udp: false,
+                published: 8080,
+                target: 80,
+            }],
+            ..r.clone()
+        };
+        assert_eq!(
+            Endpoint::decode("t", &older.encode()).unwrap(),
+            e,
+            "an older agent's record still reads"
+        );
         assert_eq!(
             e.service.as_ref().unwrap().vip,
             Some(Ipv4Addr::new(10, 0, 1, 2))

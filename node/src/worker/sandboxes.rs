@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 use mesh_dataplane::Kernel;
 use mesh_dataplane::link::{IfName, Ipv4Cidr};
 use mesh_dataplane::overlay::{
-    self, GatewayAllocator, LocalEndpoint, NetworkSpec, NodeDataplane, Observed, Prefix,
+    self, GatewayAllocator, LocalEndpoint, Mac, NetworkSpec, NodeDataplane, Observed, Prefix,
     RemoteEndpoint, TaskId, TaskSandbox, Vni,
 };
 use mesh_proto::{Network, Task};
@@ -27,6 +27,8 @@ pub struct Sandboxes {
     gw: GatewayAllocator,
     /// Overlay MTU per VNI, derived once.
     mtus: BTreeMap<u32, u32>,
+    /// Other nodes' ingress sandboxes programmed as remote endpoints, by address.
+    peer_sandboxes: BTreeMap<Ipv4Addr, RemoteEndpoint>,
 }
 
 impl Sandboxes {
@@ -37,6 +39,7 @@ impl Sandboxes {
             desired,
             gw,
             mtus: BTreeMap::new(),
+            peer_sandboxes: BTreeMap::new(),
         }
     }
 
@@ -199,6 +202,33 @@ impl Sandboxes {
     pub fn remove_remote(&mut self, kernel: &dyn Kernel, vni: Vni, ip: Ipv4Addr) {
         if let Err(e) = overlay::remove_remote(kernel.overlay(), &mut self.desired, vni, ip) {
             warn!(%ip, error = %e, "cannot remove remote endpoint");
+        }
+    }
+
+    /// Programs the other nodes' ingress sandboxes (address, MAC, their node's underlay
+    /// address) as remote endpoints of the ingress overlay `vni`, from the store's node list
+    /// rather than gossip: a routed connection's reply goes back through the sandbox it came
+    /// from even while that node's agent is down. Those of nodes that left go.
+    pub fn sync_peer_sandboxes<'a>(
+        &mut self,
+        kernel: &dyn Kernel,
+        vni: Vni,
+        peers: impl Iterator<Item = (ipnet::Ipv4Net, Mac, Ipv4Addr, &'a str)>,
+    ) {
+        let wanted: BTreeMap<Ipv4Addr, RemoteEndpoint> = peers
+            .map(|(addr, mac, vtep, _)| {
+                let ip = addr.addr();
+                (ip, RemoteEndpoint { vni, ip, mac, vtep })
+            })
+            .collect();
+        for (ip, _) in std::mem::take(&mut self.peer_sandboxes) {
+            if !wanted.contains_key(&ip) {
+                self.remove_remote(kernel, vni, ip);
+            }
+        }
+        for (ip, remote) in wanted {
+            self.ensure_remote(kernel, remote);
+            self.peer_sandboxes.insert(ip, remote);
         }
     }
 

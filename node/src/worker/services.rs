@@ -21,6 +21,9 @@ pub struct Ctx<'a> {
     pub kernel: &'a dyn Kernel,
     pub endpoints: &'a EndpointTable,
     pub sandboxes: &'a Sandboxes,
+    /// The endpoint table may still be partial (right after an agent restart): load
+    /// balancers only gain backends.
+    pub keep: bool,
 }
 
 /// DNS servers and load balancers of the local sandboxes.
@@ -92,7 +95,7 @@ impl<D: Resolvers + ?Sized> Services<D> {
         }
         let desired = c.endpoints.lb_table(networks);
         self.balancers
-            .apply(c.kernel.lb(), id, &netns, desired, self.drain)
+            .apply(c.kernel.lb(), id, &netns, desired, self.drain, c.keep)
     }
 
     /// Pushes the endpoints of `dirty` networks into DNS and into the load balancer of every

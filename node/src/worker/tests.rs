@@ -19,7 +19,7 @@ use mesh_proto::{
 use super::env::{Resolvers, Runtime};
 use super::fake::{CollectingSink, FakeRecords, FakeResolvers, FakeRuntime};
 use super::record::{EndpointRecord, ServiceEndpoint};
-use super::{Parts, WorkerConfig, WorkerHandle, spawn};
+use super::{Parts, Session, WorkerConfig, WorkerHandle, spawn};
 use crate::dns::Answer;
 
 const NODE: &str = "node1";
@@ -89,16 +89,16 @@ impl Harness {
     }
 
     fn assign(&self, tasks: Vec<Task>) {
-        self.handle.assignments(
-            Assignments {
+        self.handle.session(Session {
+            assignments: Assignments {
                 full: true,
                 tasks,
                 networks: vec![network()],
                 ..Default::default()
             },
-            4789,
-            None,
-        );
+            data_port: 4789,
+            ..Default::default()
+        });
     }
 
     fn network_netns(&self) -> String {
@@ -191,7 +191,6 @@ fn remote_record(id: &str, host: u8, node: &str, running: bool) -> Vec<u8> {
             aliases: vec!["www".into()],
             vip: Some(Ipv4Addr::new(10, 20, 0, 2)),
             dnsrr: false,
-            ports: vec![],
         }),
     }
     .to_record()
@@ -405,16 +404,16 @@ async fn a_restarted_worker_adopts_running_tasks_without_restarting_them() -> Re
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_is_touched_before_the_full_assignment_set() -> Result<()> {
     let h = Harness::start();
-    h.handle.assignments(
-        Assignments {
+    h.handle.session(Session {
+        assignments: Assignments {
             full: false,
             tasks: vec![task("t1", 3, TaskState::Running)],
             networks: vec![network()],
             ..Default::default()
         },
-        4789,
-        None,
-    );
+        data_port: 4789,
+        ..Default::default()
+    });
     let quiet = mesh_lab::wait::watch(Duration::from_millis(500), || {
         Ok(h.runtime.spec("t1").map(|_| "started"))
     });
@@ -439,6 +438,51 @@ async fn a_task_whose_supervisor_died_is_started_again() -> Result<()> {
     .await?;
     until("running reported again", || {
         (h.last_state("t1") == Some(TaskState::Running)).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_worker_keeps_its_load_balancers_until_its_endpoints_are_synced() -> Result<()>
+{
+    let h = Harness::start();
+    h.assign(vec![task("t1", 3, TaskState::Running)]);
+    until("the task to run", || h.runtime.spec("t1")).await?;
+    h.records
+        .remote_upsert(NET, "node2", "t9", remote_record("t9", 9, "node2", true));
+    let lb_ns = h.task_netns("t1");
+    let has_remote = |kernel: &FakeKernel| {
+        kernel
+            .lb_table(&lb_ns)
+            .and_then(|t| {
+                t.get(ip("10.20.0.2"))
+                    .map(|s| s.backends.contains(&ip("10.20.0.9")))
+            })
+            .unwrap_or(false)
+    };
+    until("the remote backend", || has_remote(&h.kernel).then_some(())).await?;
+    h.handle.stop(false).await;
+    // The agent comes back with an empty gossip table whose exchange has not happened yet.
+    let records = FakeRecords::default();
+    records.hold_sync(NET, true);
+    let again = Harness::start_on(h.kernel.clone(), h.runtime.clone(), records.clone());
+    again.assign(vec![task("t1", 3, TaskState::Running)]);
+    until("running reported by the new worker", || {
+        (again.last_state("t1") == Some(TaskState::Running)).then_some(())
+    })
+    .await?;
+    let kept = mesh_lab::wait::watch(Duration::from_millis(600), || {
+        Ok((!has_remote(&again.kernel)).then_some("dropped before the exchange"))
+    })?;
+    assert_eq!(
+        kept, None,
+        "a backend went before the endpoint table was complete"
+    );
+    // The exchange completes and says node2's task is gone: now it goes.
+    records.hold_sync(NET, false);
+    until("the stale backend dropped once synced", || {
+        (!has_remote(&again.kernel)).then_some(())
     })
     .await?;
     Ok(())
