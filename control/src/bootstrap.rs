@@ -188,8 +188,7 @@ fn ingress_network(
         let mut found = None;
         for octet in (LAST_INGRESS_CANDIDATE..=255).rev() {
             let spec = ingress_spec(format!("10.{octet}.0.0/16"));
-            match allocator::allocate_network_as("--ingress-subnet", &spec, &[], cluster, &avoid)
-            {
+            match allocator::allocate_network_as("--ingress-subnet", &spec, &[], cluster, &avoid) {
                 Ok(alloc) => {
                     found = Some((spec, alloc));
                     break;

@@ -96,6 +96,12 @@ pub struct LimitsConfig {
     pub max_services: u64,
     /// Most networks the cluster holds (the ingress network included).
     pub max_networks: u64,
+    /// Most tasks all services together may ask for (replicas, and one per node for each
+    /// global service).
+    pub max_tasks: u64,
+    /// Largest service spec (encoded: command, env, labels, ...), in bytes. Every task
+    /// carries a copy, so this bounds a task and a node's assignments.
+    pub max_spec_bytes: u64,
     /// Largest write to the raft store (one encoded transaction), in bytes: as etcd's
     /// request limit, it keeps every raft entry small enough to replicate.
     pub max_write_bytes: u64,
@@ -110,6 +116,8 @@ impl Default for LimitsConfig {
             max_replicas: 1000,
             max_services: 1000,
             max_networks: 256,
+            max_tasks: 10_000,
+            max_spec_bytes: 16_384,
             max_write_bytes: 1_572_864,
             batch_objects: 128,
         }

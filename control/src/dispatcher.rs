@@ -11,8 +11,8 @@ use futures::Stream;
 use mesh_proto::dispatcher_server::Dispatcher;
 use mesh_proto::{
     Assignments, LeaveClusterRequest, LeaveClusterResponse, Network, Peer, PublishMode, RoutedPort,
-    SessionMessage, SessionRequest, StoreOp, Task, TaskState, Transaction, UpdateTaskStatusRequest,
-    UpdateTaskStatusResponse, store_op::Op,
+    SessionMessage, SessionRequest, StoreOp, Task, TaskState, TaskStatus, Transaction,
+    UpdateTaskStatusRequest, UpdateTaskStatusResponse, store_op::Op,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -25,17 +25,39 @@ use mesh_common::time::now_ms;
 
 use crate::error::ControlError;
 use crate::objects::manager_addrs;
+use crate::store::txn::Batch;
 use crate::store::{Store, StoreError, StoreState, txn};
 
 /// The dispatcher needs the store only.
 pub struct DispatcherService {
     store: Store,
+    /// Bounds of one write of reported statuses.
+    batch: Batch,
 }
 
 impl DispatcherService {
-    pub fn new(store: Store) -> Self {
-        DispatcherService { store }
+    pub fn new(store: Store, batch: Batch) -> Self {
+        DispatcherService { store, batch }
     }
+}
+
+/// Most status updates one report may carry (an agent sends larger sets in several).
+pub const MAX_STATUS_UPDATES: usize = 1024;
+/// Longest status message or error kept; longer ones are cut (at a character boundary).
+pub const MAX_STATUS_TEXT: usize = 1024;
+
+/// `status` with its free text cut to [`MAX_STATUS_TEXT`].
+fn bounded_status(mut status: TaskStatus) -> TaskStatus {
+    for text in [&mut status.message, &mut status.err] {
+        if text.len() > MAX_STATUS_TEXT {
+            let mut end = MAX_STATUS_TEXT;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+    }
+    status
 }
 
 fn not_leader(store: &Store) -> Status {
@@ -274,34 +296,50 @@ impl Dispatcher for DispatcherService {
     ) -> Result<Response<UpdateTaskStatusResponse>, Status> {
         let node_id = node_caller(&req, "report task status")?;
         let updates = req.into_inner().updates;
+        if updates.len() > MAX_STATUS_UPDATES {
+            return Err(Status::invalid_argument(format!(
+                "{} status updates in one report; at most {MAX_STATUS_UPDATES}",
+                updates.len()
+            )));
+        }
         let now = now_ms();
-        self.store
-            .update(|s| {
-                let ops = updates
-                    .iter()
-                    .filter_map(|u| {
-                        // A node reports only its own tasks; reports of deleted tasks are moot.
-                        let t = s.tasks.get(&u.task_id).filter(|t| t.node_id == node_id)?;
-                        let status = u.status.clone()?;
-                        let same = t.status.as_ref().is_some_and(|cur| {
-                            cur.state == status.state
-                                && cur.message == status.message
-                                && cur.err == status.err
-                                && cur.exit_code == status.exit_code
-                                && cur.restarts == status.restarts
-                        });
-                        if same {
-                            return None;
-                        }
-                        let mut t = t.clone();
-                        t.status = Some(status);
-                        t.updated_at_ms = now;
-                        Some(txn::put_if_unchanged(t))
-                    })
-                    .collect();
-                Ok::<_, ControlError>(Transaction { ops })
-            })
-            .await?;
+        // Written in bounded batches: each pass writes the updates not yet stored.
+        loop {
+            let mut more = false;
+            self.store
+                .update(|s| {
+                    let mut ops: Vec<StoreOp> = updates
+                        .iter()
+                        .filter_map(|u| {
+                            // A node reports only its own tasks; reports of deleted tasks are moot.
+                            let t = s.tasks.get(&u.task_id).filter(|t| t.node_id == node_id)?;
+                            let status = bounded_status(u.status.clone()?);
+                            let same = t.status.as_ref().is_some_and(|cur| {
+                                cur.state == status.state
+                                    && cur.message == status.message
+                                    && cur.err == status.err
+                                    && cur.exit_code == status.exit_code
+                                    && cur.restarts == status.restarts
+                            });
+                            if same {
+                                return None;
+                            }
+                            let mut t = t.clone();
+                            t.status = Some(status);
+                            t.updated_at_ms = now;
+                            Some(txn::put_if_unchanged(t))
+                        })
+                        .collect();
+                    let all = ops.len();
+                    self.batch.limit(&mut ops);
+                    more = ops.len() < all;
+                    Ok::<_, ControlError>(Transaction { ops })
+                })
+                .await?;
+            if !more {
+                break;
+            }
+        }
         Ok(Response::new(UpdateTaskStatusResponse {}))
     }
 

@@ -129,7 +129,7 @@ impl Manager {
             auth.interceptor(Policy::Open),
         );
         let dispatcher = DispatcherServer::with_interceptor(
-            DispatcherService::new(self.store.clone()),
+            DispatcherService::new(self.store.clone(), self.write_batch()),
             auth.interceptor(Policy::Member),
         );
         let control = ControlServer::with_interceptor(
@@ -148,6 +148,15 @@ impl Manager {
             .map_err(|e| ControlError::Internal(format!("control server: {e}")))
     }
 
+    /// How much one write of a leader component (or of reported statuses) may hold.
+    fn write_batch(&self) -> crate::store::txn::Batch {
+        crate::store::txn::Batch {
+            objects: self.config.limits.batch_objects.max(1),
+            // Room for the transaction's own framing.
+            bytes: (self.config.limits.max_write_bytes as usize).saturating_sub(1024),
+        }
+    }
+
     /// Starts the leader's components; they idle on followers and end with `shutdown`.
     pub fn spawn_components(&self, shutdown: &CancellationToken) -> Vec<JoinHandle<()>> {
         let store = &self.store;
@@ -158,7 +167,7 @@ impl Manager {
             shutdown: shutdown.clone(),
         };
         let grace = Duration::from_millis(self.config.orchestrator.node_down_grace_ms);
-        let batch = self.config.limits.batch_objects.max(1);
+        let batch = self.write_batch();
         let (me, live) = (&self.node_id, &self.liveness);
         vec![
             runner.run(RoleReconciler::new(store.clone())),

@@ -13,6 +13,7 @@ use mesh_proto::{NodeStatus, PublishMode, StoreOp, Task, TaskState, TaskStatus, 
 use crate::allocator::tasks::is_allocated;
 use crate::component::Component;
 use crate::error::ControlError;
+use crate::store::txn::Batch;
 use crate::store::{Store, StoreState, txn};
 
 /// The (port, protocol) pairs a task publishes in host mode.
@@ -133,7 +134,7 @@ pub struct Scheduler {
     self_id: String,
     liveness: Arc<dyn Liveness>,
     /// Most objects written at once.
-    batch: usize,
+    batch: Batch,
 }
 
 impl Scheduler {
@@ -141,7 +142,7 @@ impl Scheduler {
         store: Store,
         self_id: String,
         liveness: Arc<dyn Liveness>,
-        batch: usize,
+        batch: Batch,
     ) -> Scheduler {
         Scheduler {
             store,
@@ -162,7 +163,7 @@ impl Component for Scheduler {
         self.store
             .update(|s| {
                 let mut ops = plan(s, &ready, now_ms());
-                ops.truncate(self.batch);
+                self.batch.limit(&mut ops);
                 Ok::<_, ControlError>(Transaction { ops })
             })
             .await?;

@@ -15,9 +15,9 @@ use mesh_node::dns::Answer;
 use mesh_node::worker::Resolvers;
 use mesh_proto::control_client::ControlClient;
 use mesh_proto::{
-    CreateNetworkRequest, CreateServiceRequest, GetServiceRequest, ListTasksRequest,
-    NetworkAttachmentConfig, NetworkSpec, ServiceMode, ServiceSpec, Task, TaskSpec, TaskState,
-    UpdateServiceRequest,
+    CreateNetworkRequest, CreateServiceRequest, GetServiceRequest, ListServicesRequest,
+    ListTasksRequest, NetworkAttachmentConfig, NetworkSpec, RemoveServiceRequest, ServiceMode,
+    ServiceSpec, Task, TaskSpec, TaskState, UpdateServiceRequest,
 };
 use mesh_tests::in_process::Cluster;
 use tonic::transport::Channel;
@@ -362,5 +362,110 @@ async fn scale_down_withdraws_the_endpoint_from_every_agent_before_the_task_stop
     let v = violations.lock().unwrap().clone();
     assert!(v.is_empty(), "{v:#?}");
     wait_running(&c, "api", 1).await?;
+    Ok(())
+}
+
+/// Every write the cluster makes is bounded (`[limits] max_write_bytes`, set low here), so a
+/// large service is created and removed in batches; a request beyond the limits is refused in
+/// one line and stores nothing; the cluster stays writable throughout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_service_is_written_in_bounded_batches_and_an_oversized_one_refused() -> Result<()>
+{
+    const REPLICAS: u64 = 600;
+    let c = Cluster::start(3, 1, |cfg| {
+        // About 120 tasks fit one write: the 600 need several, whatever the object batch.
+        cfg.limits.max_write_bytes = 24 * 1024;
+        cfg.limits.max_replicas = 1000;
+    })
+    .await?;
+    let mut control = c.control().await?;
+    let net = control
+        .create_network(CreateNetworkRequest {
+            spec: Some(NetworkSpec {
+                name: "wide".into(),
+                subnet: "10.77.0.0/22".into(),
+                ..Default::default()
+            }),
+        })
+        .await?
+        .into_inner()
+        .network
+        .context("network view")?
+        .id;
+    let services = async |control: &mut ControlClient<Channel>| -> Result<Vec<String>> {
+        let list = control
+            .list_services(ListServicesRequest {})
+            .await?
+            .into_inner();
+        Ok(list
+            .services
+            .into_iter()
+            .filter_map(|v| v.service.and_then(|s| s.spec).map(|s| s.name))
+            .collect())
+    };
+
+    // Beyond the limits: one line naming the limit, nothing stored.
+    let refused = service(&mut control, "huge", ServiceMode::Replicated, 100_000, &net)
+        .await
+        .expect_err("100000 replicas are refused");
+    assert!(refused.to_string().contains("max_replicas"), "{refused:#}");
+    let mut fat = ServiceSpec {
+        name: "fat".into(),
+        replicas: 1,
+        task: Some(TaskSpec {
+            command: vec!["sleep".into(), "1000".into()],
+            env: vec![format!("BLOB={}", "x".repeat(64 * 1024))],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    fat.set_mode(ServiceMode::Replicated);
+    let refused = control
+        .create_service(CreateServiceRequest { spec: Some(fat) })
+        .await
+        .expect_err("a 64 KiB spec is refused");
+    assert!(refused.message().contains("max_spec_bytes"), "{refused}");
+    assert_eq!(services(&mut control).await?, Vec::<String>::new());
+
+    // Within them: 600 replicas placed and running, in writes of at most 24 KiB.
+    let big = service(&mut control, "big", ServiceMode::Replicated, REPLICAS, &net).await?;
+    wait_for_async(
+        "600 running tasks of big",
+        Duration::from_secs(120),
+        async || {
+            let tasks = running(&mut c.control().await?, &big).await?;
+            Ok((tasks.len() == REPLICAS as usize).then_some(()))
+        },
+    )
+    .await?;
+    // The cluster still takes small writes, and removing the big service removes all of it.
+    service(&mut control, "small", ServiceMode::Replicated, 1, &net).await?;
+    control
+        .remove_service(RemoveServiceRequest {
+            service: "big".into(),
+        })
+        .await?;
+    wait_for_async(
+        "every task of big gone",
+        Duration::from_secs(120),
+        async || {
+            let left = c
+                .control()
+                .await?
+                .list_tasks(ListTasksRequest::default())
+                .await?
+                .into_inner()
+                .tasks
+                .iter()
+                .filter(|v| v.task.as_ref().is_some_and(|t| t.service_id == big))
+                .count();
+            let fake = (0..3)
+                .map(|i| c.host(i).runtime.running_ids().len())
+                .sum::<usize>();
+            Ok((left == 0 && fake == 1).then_some(()))
+        },
+    )
+    .await?;
+    wait_running(&c, "small", 1).await?;
     Ok(())
 }

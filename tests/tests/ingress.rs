@@ -216,7 +216,10 @@ fn published_port_answers_on_every_node_and_loopback_with_the_client_address() -
             Ok(udp_ask(&client, to).ok())
         })?;
         let client_ip: Ipv4Addr = r.client.split(':').next().unwrap_or_default().parse()?;
-        assert!(ingress.contains(&client_ip), "{to}: {r:?} not from {ingress}");
+        assert!(
+            ingress.contains(&client_ip),
+            "{to}: {r:?} not from {ingress}"
+        );
         assert!(r.task.starts_with("dns."), "{r:?}");
     }
 

@@ -16,6 +16,7 @@ use super::AllocError;
 use super::address::{Addresses, addresses_in_use, allocate_address, ingress_network, mac_for};
 use crate::component::Component;
 use crate::error::ControlError;
+use crate::store::txn::Batch;
 use crate::store::{Store, StoreState, txn};
 
 /// Prefix of the status message of a task waiting for an address.
@@ -113,11 +114,11 @@ pub fn plan_task_addresses(state: &StoreState, now_ms: i64) -> Vec<StoreOp> {
 pub struct Allocator {
     store: Store,
     /// Most objects written at once.
-    batch: usize,
+    batch: Batch,
 }
 
 impl Allocator {
-    pub fn new(store: Store, batch: usize) -> Allocator {
+    pub fn new(store: Store, batch: Batch) -> Allocator {
         Allocator { store, batch }
     }
 }
@@ -132,7 +133,7 @@ impl Component for Allocator {
             .update(|s| {
                 let mut ops = plan_node_attachments(s).map_err(ControlError::from)?;
                 ops.extend(plan_task_addresses(s, now_ms()));
-                ops.truncate(self.batch);
+                self.batch.limit(&mut ops);
                 Ok::<_, ControlError>(Transaction { ops })
             })
             .await?;

@@ -47,8 +47,14 @@ fn view(s: &StoreState, n: &Network) -> NetworkView {
     }
 }
 
-fn validate(spec: &NetworkSpec) -> Result<()> {
+fn validate(spec: &NetworkSpec, max_bytes: u64) -> Result<()> {
     check_name("name", "network", &spec.name)?;
+    let size = prost::Message::encoded_len(spec) as u64;
+    if size > max_bytes {
+        return Err(ControlError::InvalidArgument(format!(
+            "the network spec is {size} bytes, more than {max_bytes} ([limits] max_spec_bytes): use fewer or shorter labels"
+        )));
+    }
     if !spec.driver.is_empty() && spec.driver != "overlay" {
         return Err(ControlError::InvalidArgument(format!(
             "--driver: only overlay is supported, not {:?}",
@@ -92,7 +98,7 @@ impl NetworkApi {
         if spec.driver.is_empty() {
             spec.driver = "overlay".into();
         }
-        validate(&spec)?;
+        validate(&spec, self.ctx.config.limits.max_spec_bytes)?;
         let id = random_id().map_err(|e| ControlError::Internal(e.to_string()))?;
         let mut created = None;
         self.ctx

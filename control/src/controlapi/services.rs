@@ -45,6 +45,36 @@ fn validate(
             spec.replicas, limits.max_replicas
         )));
     }
+    let size = prost::Message::encoded_len(spec) as u64;
+    if size > limits.max_spec_bytes {
+        return Err(invalid(format!(
+            "the service spec is {size} bytes, more than {} ([limits] max_spec_bytes): use fewer or shorter labels, env values or arguments",
+            limits.max_spec_bytes
+        )));
+    }
+    let wanted = |sp: &ServiceSpec| match sp.mode() {
+        ServiceMode::Global => s.nodes.len() as u64,
+        _ => sp.replicas,
+    };
+    let others_want: u64 = s
+        .services
+        .values()
+        .filter(|v| Some(v.id.as_str()) != id)
+        .filter_map(|v| v.spec.as_ref())
+        .map(wanted)
+        .sum();
+    let total = others_want.saturating_add(wanted(spec));
+    let now = id
+        .and_then(|id| s.services.get(id))
+        .and_then(|v| v.spec.as_ref())
+        .map_or(0, wanted);
+    // A change that asks for fewer tasks always goes (limits may have been lowered).
+    if total > limits.max_tasks && wanted(spec) > now {
+        return Err(ControlError::FailedPrecondition(format!(
+            "the services would ask for {total} tasks, more than the {} the cluster may run ([limits] max_tasks)",
+            limits.max_tasks
+        )));
+    }
     if id.is_none() && s.services.len() as u64 >= limits.max_services {
         return Err(ControlError::FailedPrecondition(format!(
             "the cluster already has {} services, the most it may hold ([limits] max_services)",

@@ -12,6 +12,7 @@ use super::update::next_batch;
 use super::{Context, NodeFailures, TasksByService, fresh_task_id, new_task, shut_down, staying};
 use crate::component::Component;
 use crate::error::ControlError;
+use crate::store::txn::Batch;
 use crate::store::{Store, StoreState, txn};
 
 /// The ops that bring the tasks of global services in line with them: a task for each node
@@ -67,7 +68,7 @@ pub struct GlobalOrchestrator {
     store: Store,
     failures: NodeFailures,
     /// Most objects written at once.
-    batch: usize,
+    batch: Batch,
 }
 
 impl GlobalOrchestrator {
@@ -76,7 +77,7 @@ impl GlobalOrchestrator {
         self_id: String,
         liveness: Arc<dyn Liveness>,
         grace: Duration,
-        batch: usize,
+        batch: Batch,
     ) -> GlobalOrchestrator {
         GlobalOrchestrator {
             store,
@@ -103,7 +104,7 @@ impl Component for GlobalOrchestrator {
                     node_failed: &node_failed,
                 };
                 let mut ops = plan(s, &mut ctx);
-                ops.truncate(self.batch);
+                self.batch.limit(&mut ops);
                 Ok::<_, ControlError>(Transaction { ops })
             })
             .await?;

@@ -5,6 +5,7 @@ use mesh_proto::{StoreOp, TaskState, Transaction};
 
 use crate::component::Component;
 use crate::error::ControlError;
+use crate::store::txn::Batch;
 use crate::store::{Store, StoreState, txn};
 
 /// Deletes tasks that are done: meant to stop and stopped (or never handed to a node: not
@@ -28,11 +29,11 @@ pub fn plan_reap(state: &StoreState) -> Vec<StoreOp> {
 pub struct TaskReaper {
     store: Store,
     /// Most objects deleted at once.
-    batch: usize,
+    batch: Batch,
 }
 
 impl TaskReaper {
-    pub fn new(store: Store, batch: usize) -> TaskReaper {
+    pub fn new(store: Store, batch: Batch) -> TaskReaper {
         TaskReaper { store, batch }
     }
 }
@@ -46,7 +47,7 @@ impl Component for TaskReaper {
         self.store
             .update(|s| {
                 let mut ops = plan_reap(s);
-                ops.truncate(self.batch);
+                self.batch.limit(&mut ops);
                 Ok::<_, ControlError>(Transaction { ops })
             })
             .await?;

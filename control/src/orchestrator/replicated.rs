@@ -13,6 +13,7 @@ use super::update::next_batch;
 use super::{Context, NodeFailures, TasksByService, fresh_task_id, new_task, shut_down, staying};
 use crate::component::Component;
 use crate::error::ControlError;
+use crate::store::txn::Batch;
 use crate::store::{Store, StoreState, txn};
 
 /// The ops that bring the tasks of replicated services in line with them; live tasks whose
@@ -79,7 +80,7 @@ pub struct ReplicatedOrchestrator {
     store: Store,
     failures: NodeFailures,
     /// Most objects written at once.
-    batch: usize,
+    batch: Batch,
 }
 
 impl ReplicatedOrchestrator {
@@ -88,7 +89,7 @@ impl ReplicatedOrchestrator {
         self_id: String,
         liveness: Arc<dyn Liveness>,
         grace: Duration,
-        batch: usize,
+        batch: Batch,
     ) -> ReplicatedOrchestrator {
         ReplicatedOrchestrator {
             store,
@@ -115,7 +116,7 @@ impl Component for ReplicatedOrchestrator {
                     node_failed: &node_failed,
                 };
                 let mut ops = plan(s, &mut ctx);
-                ops.truncate(self.batch);
+                self.batch.limit(&mut ops);
                 Ok::<_, ControlError>(Transaction { ops })
             })
             .await?;

@@ -322,6 +322,35 @@ pub mod txn {
         expect(op, 0)
     }
 
+    /// How much one write of a leader component may hold: at most `objects` operations and
+    /// `bytes` encoded (the store refuses larger writes). Bigger changes go in several writes,
+    /// each committed before the next is planned.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Batch {
+        pub objects: usize,
+        pub bytes: usize,
+    }
+
+    impl Batch {
+        /// Keeps the longest prefix of `ops` within the bounds, and always the first op (a
+        /// single op larger than the byte bound is refused by the store, loudly).
+        pub fn limit(&self, ops: &mut Vec<StoreOp>) {
+            let mut size = 0usize;
+            let keep = ops
+                .iter()
+                .take(self.objects.max(1))
+                .take_while(|op| {
+                    let len = prost::Message::encoded_len(*op);
+                    // Field tag plus length prefix of the op inside the transaction.
+                    size += 1 + prost::length_delimiter_len(len) + len;
+                    size <= self.bytes
+                })
+                .count()
+                .max(1);
+            ops.truncate(keep);
+        }
+    }
+
     /// A transaction of `ops`.
     pub fn of(ops: impl IntoIterator<Item = StoreOp>) -> Transaction {
         Transaction {
@@ -347,6 +376,40 @@ mod tests {
             hostname: format!("{id}.example"),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_batch_keeps_within_its_object_and_byte_bounds_and_never_empties() {
+        let ops: Vec<StoreOp> = (0..10)
+            .map(|i| put_node(node(&format!("n{i}"), 0)))
+            .collect();
+        let one = prost::Message::encoded_len(&of([ops[0].clone()]));
+        let mut by_count = ops.clone();
+        Batch {
+            objects: 3,
+            bytes: usize::MAX,
+        }
+        .limit(&mut by_count);
+        assert_eq!(by_count.len(), 3);
+        let mut by_bytes = ops.clone();
+        Batch {
+            objects: 100,
+            bytes: one * 4,
+        }
+        .limit(&mut by_bytes);
+        assert_eq!(by_bytes.len(), 4);
+        assert!(prost::Message::encoded_len(&of(by_bytes)) <= one * 4);
+        let mut tiny = ops;
+        Batch {
+            objects: 100,
+            bytes: 1,
+        }
+        .limit(&mut tiny);
+        assert_eq!(
+            tiny.len(),
+            1,
+            "the first op always goes (the store judges it)"
+        );
     }
 
     #[test]

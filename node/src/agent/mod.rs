@@ -28,6 +28,9 @@ use crate::membership::Membership;
 use crate::state_dir::{Certs, StateDir};
 use crate::worker::{Session, WorkerHandle};
 
+/// Largest session message the agent accepts.
+const MAX_SESSION_MESSAGE: usize = 256 << 20;
+
 /// What the agent asks the daemon to do.
 #[derive(Debug)]
 pub enum AgentEvent {
@@ -134,7 +137,10 @@ impl Agent {
             .channels
             .channel(target)
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let mut client = DispatcherClient::new(channel);
+        // The first message holds every assignment of this node: more than tonic's 4 MiB
+        // default when it runs many tasks.
+        let mut client =
+            DispatcherClient::new(channel).max_decoding_message_size(MAX_SESSION_MESSAGE);
         let mut stream = tokio::select! {
             r = client.session(SessionRequest { hostname: self.hostname.clone() }) => r?.into_inner(),
             () = shutdown.cancelled() => return Ok(()),

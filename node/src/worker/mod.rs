@@ -115,6 +115,9 @@ pub struct WorkerConfig {
     pub runtime: tokio::runtime::Handle,
 }
 
+/// Status updates sent in one report (the dispatcher refuses more than 1024).
+const STATUS_UPDATES_PER_REPORT: usize = 256;
+
 /// Where status reports go: the manager the agent's session is connected to.
 #[derive(Clone)]
 pub struct Reporter {
@@ -128,20 +131,24 @@ impl StatusSink for Reporter {
         let Some(mut target) = self.upstream.borrow().clone() else {
             return Err("no session with the leader".into());
         };
-        for _ in 0..2 {
-            let ch = self.channels.channel(&target).map_err(|e| e.to_string())?;
-            let req = UpdateTaskStatusRequest {
-                updates: updates.clone(),
-            };
-            match DispatcherClient::new(ch).update_task_status(req).await {
-                Ok(_) => return Ok(()),
-                Err(s) => match leader_hint(&s) {
-                    Some(leader) if leader != target => target = leader,
-                    _ => return Err(s.message().to_string()),
-                },
+        // The dispatcher takes at most MAX_STATUS_UPDATES per report.
+        'chunks: for chunk in updates.chunks(STATUS_UPDATES_PER_REPORT) {
+            for _ in 0..2 {
+                let ch = self.channels.channel(&target).map_err(|e| e.to_string())?;
+                let req = UpdateTaskStatusRequest {
+                    updates: chunk.to_vec(),
+                };
+                match DispatcherClient::new(ch).update_task_status(req).await {
+                    Ok(_) => continue 'chunks,
+                    Err(s) => match leader_hint(&s) {
+                        Some(leader) if leader != target => target = leader,
+                        _ => return Err(s.message().to_string()),
+                    },
+                }
             }
+            return Err("the managers keep redirecting".into());
         }
-        Err("the managers keep redirecting".into())
+        Ok(())
     }
 }
 
