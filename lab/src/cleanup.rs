@@ -166,6 +166,9 @@ pub fn remove_stale_labs(root: &Path) -> Result<Vec<String>> {
     // none returns while another is still half-way through the same leftovers.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // Test processes run in parallel too (nextest runs one per test): the same leftovers seen
+    // by two of them are removed by one while the other waits, so neither meets them half-gone.
+    let _cross_process = cleanup_lock(root)?;
     let mut stale: Vec<String> = Netns::list()?
         .into_iter()
         .filter_map(|name| name.split_once('-').map(|(p, _)| p.to_owned()))
@@ -181,11 +184,30 @@ pub fn remove_stale_labs(root: &Path) -> Result<Vec<String>> {
     }
     stale.sort();
     stale.dedup();
+    // One leftover that resists does not keep the others.
+    let mut first_error = None;
     for prefix in &stale {
-        remove_lab(prefix, Some(&root.join(prefix)))
-            .with_context(|| format!("remove stale lab {prefix}"))?;
+        if let Err(e) = remove_lab(prefix, Some(&root.join(prefix))) {
+            first_error.get_or_insert(e.context(format!("remove stale lab {prefix}")));
+        }
     }
-    Ok(stale)
+    first_error.map_or(Ok(stale), Err)
+}
+
+/// An exclusive `flock` on `<root>/.cleanup.lock`, held until the file is dropped (no lab
+/// prefix looks like it, so cleaning never removes it).
+pub fn cleanup_lock(root: &Path) -> Result<fs::File> {
+    fs::create_dir_all(root).with_context(|| format!("create {}", root.display()))?;
+    let path = root.join(".cleanup.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("lock {}", path.display()))?;
+    Ok(file)
 }
 
 #[cfg(test)]

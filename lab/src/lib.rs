@@ -35,7 +35,9 @@ mod process;
 pub mod switch;
 pub mod wait;
 
-pub use cleanup::{DEFAULT_LAB_ROOT, lab_root, remove_lab, remove_stale_labs, unique_prefix};
+pub use cleanup::{
+    DEFAULT_LAB_ROOT, cleanup_lock, lab_root, remove_lab, remove_stale_labs, unique_prefix,
+};
 pub use host::{CONTROL_PORT, Host};
 pub use lab::{Lab, LabOptions};
 pub use netns::NetnsScope;

@@ -95,8 +95,12 @@ mod tests {
         let dead = child.id();
         child.wait().unwrap();
         let stale = format!("mut{dead}x0");
-        for suffix in ["h1", "h1-sandbox"] {
-            drop(Netns::create(&format!("{stale}-{suffix}")).unwrap());
+        {
+            // Other test processes clean leftovers too: not while these are half-made.
+            let _lock = crate::cleanup::cleanup_lock(&lab_root()).unwrap();
+            for suffix in ["h1", "h1-sandbox"] {
+                drop(Netns::create(&format!("{stale}-{suffix}")).unwrap());
+            }
         }
 
         let scope = NetnsScope::new("mut").unwrap();

@@ -65,8 +65,8 @@ pub use config::{
 pub use mesh_dataplane::link;
 pub use mesh_dataplane::netns::Netns;
 pub use mesh_lab::{
-    CmdOutput, Host, IntoPoll, Lab, LabOptions, Poll, host_ip, lab_root, unique_prefix, wait,
-    wait_for,
+    CmdOutput, Host, IntoPoll, Lab, LabOptions, Poll, cleanup_lock, host_ip, lab_root,
+    unique_prefix, wait, wait_for,
 };
 pub use mesh_node::sandbox;
 

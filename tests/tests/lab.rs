@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use mesh_tests::{ClusterOptions, Host, Lab, LabOptions, Netns, lab_root, link, standin_binary};
+use mesh_tests::{
+    ClusterOptions, Host, Lab, LabOptions, Netns, cleanup_lock, lab_root, link, standin_binary,
+};
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -229,6 +231,8 @@ fn leftovers_of_a_crashed_run_are_removed_by_the_next_lab() {
     let dead = child.id();
     child.wait().unwrap();
     let prefix = format!("mt{dead}x0");
+    // Other test processes clean leftovers too: not while these are half-made.
+    let lock = cleanup_lock(&lab_root()).unwrap();
     let ns = Netns::ensure(&format!("{prefix}-node1")).unwrap();
     Netns::ensure(&format!("{prefix}-sw")).unwrap();
     let mut cmd = Command::new("sleep");
@@ -238,6 +242,7 @@ fn leftovers_of_a_crashed_run_are_removed_by_the_next_lab() {
     drop(ns);
     let dir = lab_root().join(&prefix);
     std::fs::create_dir_all(dir.join("node1/state")).unwrap();
+    drop(lock);
 
     let _next = lab(1);
     assert_eq!(netns_of(&prefix), Vec::<String>::new());

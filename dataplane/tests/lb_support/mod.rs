@@ -255,7 +255,10 @@ impl BackendHost {
 
 /// One TCP connection to `to` from the calling thread's namespace: the backend's name.
 pub fn tcp_ask(to: SocketAddrV4) -> io::Result<String> {
-    let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(2))?;
+    // Long enough for two SYN retransmissions (1 s, then 2 s later): a loaded machine (a VM
+    // test beside this one) can lose a SYN; an LB change that drops or rejects connections
+    // shows as a reset or a refusal, not as a slow handshake.
+    let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(5))?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut answer = String::new();
     conn.read_to_string(&mut answer)?;
