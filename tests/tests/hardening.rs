@@ -1,0 +1,343 @@
+//! No single ordinary command or restart breaks the cluster: requests that would (sizes past
+//! the limits, the cluster's own ports, names that collide, subnets that cannot work) are
+//! refused in one line and store nothing; a service that cannot be placed says why while the
+//! others carry on; a task whose command cannot start shows the error and backs off; a node
+//! whose task supervisors died with it (a reboot) brings every task back. Real `mesh`
+//! daemons, one per host namespace; needs root.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use mesh_tests::ops::{CLI_BOUND, mentions, refused};
+use mesh_tests::services::{
+    self, CONVERGE_BOUND, TaskRow, cli_ok, create_network, create_service, wait, wait_running,
+};
+use mesh_tests::{Host, Poll};
+use serde_json::Value;
+
+/// Deadline for the cluster to reflect a change.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// What `ls --format json` of `what` (`service`, `network`) lists: names with versions, so
+/// any stored change shows.
+fn listing(host: &Host, what: &str) -> String {
+    let out = cli_ok(host, &[what, "ls", "--format", "json"], CLI_BOUND).unwrap();
+    let rows: Value = serde_json::from_str(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {} v{}", r["id"], r["name"], r["version"]))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn service_inspect(host: &Host, name: &str) -> Result<Value> {
+    let out = cli_ok(host, &["service", "inspect", name], CLI_BOUND)?;
+    let v: Value = serde_json::from_str(&out)?;
+    Ok(v[0].clone())
+}
+
+#[test]
+fn commands_that_would_break_the_cluster_are_refused_in_one_line_and_store_nothing() {
+    let lab = mesh_tests::cluster(1, 0).unwrap();
+    let n1 = lab.host(1);
+    create_network(n1, "ov", &[]).unwrap();
+    create_service(n1, "web", &["--network", "ov"]).unwrap();
+    let (services_before, networks_before) = (listing(n1, "service"), listing(n1, "network"));
+    let whoami = services::whoami();
+    let create = |extra: &[&str]| -> Vec<String> {
+        let mut argv: Vec<String> = ["service", "create", "-d"].map(String::from).to_vec();
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        argv.push("--".into());
+        argv.extend(whoami.iter().cloned());
+        argv
+    };
+    let argv = |words: &[&str]| -> Vec<String> { words.iter().map(|s| s.to_string()).collect() };
+    let underlay = format!("{}/24", n1.ip());
+    let cases: Vec<(Vec<String>, &[&str])> = vec![
+        // Sizes: replicas past the cap, and a count that does not even fit.
+        (
+            argv(&["service", "scale", "web=4294967296"]),
+            &["4294967296"],
+        ),
+        (argv(&["service", "scale", "web=100000"]), &["replicas"]),
+        (
+            create(&["--name", "big", "--replicas", "100000"]),
+            &["replicas"],
+        ),
+        // The cluster's own ports: control, gossip, data path.
+        (create(&["--name", "p1", "-p", "2377:80"]), &["2377"]),
+        (create(&["--name", "p2", "-p", "7946:80/udp"]), &["7946"]),
+        (create(&["--name", "p3", "-p", "7946:80"]), &["7946"]),
+        (create(&["--name", "p4", "-p", "4789:80/udp"]), &["4789"]),
+        // Names that DNS or the task names would confuse.
+        (create(&["--name", "a.b"]), &["a.b"]),
+        (create(&["--name", "WEB"]), &["WEB", "web"]),
+        (create(&["--name", "tasks"]), &["tasks"]),
+        (create(&["--name", "tasks.x"]), &["tasks.x"]),
+        (create(&["--name", "web.1"]), &["web.1"]),
+        (create(&["--name=-x"]), &["-x"]),
+        // Subnets that cannot work as an overlay.
+        (
+            argv(&["network", "create", "--subnet", "224.0.0.0/24", "m1"]),
+            &["224.0.0.0"],
+        ),
+        (
+            argv(&["network", "create", "--subnet", "127.0.0.0/24", "m2"]),
+            &["127.0.0.0"],
+        ),
+        (
+            argv(&["network", "create", "--subnet", &underlay, "m3"]),
+            &["10.77.0"],
+        ),
+        (
+            argv(&["network", "create", "--subnet", "10.9.0.0/31", "m4"]),
+            &["10.9.0.0/31"],
+        ),
+    ];
+    for (argv, words) in cases {
+        let shown = argv.join(" ");
+        let refusal = refused(n1, &argv, CLI_BOUND)
+            .unwrap_or_else(|e| panic!("`mesh {shown}` was not refused as it should be: {e:#}"));
+        assert!(
+            mentions(&refusal.message, words),
+            "`mesh {shown}` was refused with {:?}, which names none of {words:?}",
+            refusal.message
+        );
+        assert_eq!(listing(n1, "service"), services_before, "`mesh {shown}`");
+        assert_eq!(listing(n1, "network"), networks_before, "`mesh {shown}`");
+    }
+    // Still a working cluster: a new service is created and runs.
+    create_service(n1, "after", &["--network", "ov"]).unwrap();
+}
+
+#[test]
+fn a_service_that_cannot_be_placed_shows_why_and_the_others_carry_on() {
+    let lab = mesh_tests::cluster(1, 2).unwrap();
+    let n1 = lab.host(1);
+    // A /29 holds 6 addresses; the gateway and the VIP take two.
+    create_network(n1, "small", &["--subnet", "10.90.0.0/29"]).unwrap();
+    cli_ok(
+        n1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "big",
+            "--replicas",
+            "8",
+            "--network",
+            "small",
+            "--",
+            "mesh",
+            "whoami",
+            "--port",
+            "80",
+        ],
+        CLI_BOUND,
+    )
+    .unwrap();
+    let why = wait(&lab, "big to say why it is short of tasks", SETTLE, || {
+        let problems = service_inspect(n1, "big")?["problems"].to_string();
+        Ok(if mentions(&problems, &["address"]) {
+            Poll::Ready(problems)
+        } else {
+            Poll::Pending(problems)
+        })
+    })
+    .unwrap();
+    // Four tasks fit and run; each of the other four names the shortage in `service ps`.
+    wait(
+        &lab,
+        "big to run what fits and the rest to say why",
+        SETTLE,
+        || {
+            let tasks = services::tasks(n1, "big")?;
+            let running = tasks.iter().filter(|t| t.is_running()).count();
+            let short = tasks
+                .iter()
+                .filter(|t| mentions(t.raw["error"].as_str().unwrap_or_default(), &["address"]))
+                .count();
+            Ok(if running == 4 && short == 4 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("{} ({why})", services::task_summary(&tasks)))
+            })
+        },
+    )
+    .unwrap();
+
+    // The rest of the cluster carries on: a service on another network converges.
+    create_network(n1, "roomy", &[]).unwrap();
+    create_service(n1, "other", &["--replicas", "3", "--network", "roomy"]).unwrap();
+    wait_running(&lab, n1, "other", 3, CONVERGE_BOUND).unwrap();
+}
+
+#[test]
+fn a_command_that_cannot_start_shows_its_error_and_restarts_back_off() {
+    let lab = mesh_tests::cluster(1, 0).unwrap();
+    let n1 = lab.host(1);
+    let created = Instant::now();
+    cli_ok(
+        n1,
+        &[
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "broken",
+            "--restart-delay",
+            "200ms",
+            "--",
+            "/nonexistent/mesh-test-command",
+        ],
+        CLI_BOUND,
+    )
+    .unwrap();
+    let task = |n1: &Host| -> Result<TaskRow> {
+        services::tasks(n1, "broken")?
+            .into_iter()
+            .next()
+            .context("broken has no task")
+    };
+    let error = wait(&lab, "the start failure in service ps", SETTLE, || {
+        let t = task(n1)?;
+        let error = t.raw["error"].as_str().unwrap_or_default().to_owned();
+        Ok(if mentions(&error, &["nonexistent", "no such file"]) {
+            Poll::Ready(error)
+        } else {
+            Poll::Pending(t.raw.to_string())
+        })
+    })
+    .unwrap();
+    // The failure is in the task's output too.
+    let out = n1
+        .cli_with_timeout(["service", "logs", "broken"], CLI_BOUND)
+        .unwrap();
+    let logs = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        mentions(&logs, &["nonexistent"]),
+        "service logs broken: {logs:?}"
+    );
+    // Six restarts at a fixed 200 ms would take about 1.2 s plus the failed starts; doubling
+    // from 200 ms they cannot come before 0.2 + 0.4 + 0.8 + 1.6 + 3.2 = 6.2 s.
+    wait(&lab, "six restarts", Duration::from_secs(60), || {
+        let t = task(n1)?;
+        let restarts = t.raw["restarts"].as_u64().unwrap_or(0);
+        Ok((restarts >= 6).then_some(()))
+    })
+    .unwrap();
+    let took = created.elapsed();
+    assert!(
+        took >= Duration::from_millis(6000),
+        "six restarts within {took:?}: no backoff ({error})"
+    );
+}
+
+/// Every `shim.pid` under `dir`: the task supervisors of a node.
+fn shim_pids(dir: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut stack: Vec<PathBuf> = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path);
+            } else if path.file_name().is_some_and(|n| n == "shim.pid")
+                && let Ok(text) = std::fs::read_to_string(&path)
+                && let Some(pid) = text.split_whitespace().next().and_then(|p| p.parse().ok())
+            {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+fn by_node(tasks: Vec<TaskRow>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for t in tasks {
+        *out.entry(t.node).or_default() += 1;
+    }
+    out
+}
+
+#[test]
+fn a_rebooted_node_brings_every_task_back() {
+    let lab = mesh_tests::cluster(1, 1).unwrap();
+    let (n1, n2) = (lab.host(1), lab.host(2));
+    create_network(n1, "ov", &[]).unwrap();
+    create_service(n1, "web", &["--mode", "global", "--network", "ov"]).unwrap();
+    create_service(n1, "api", &["--replicas", "4", "--network", "ov"]).unwrap();
+    let api_before = by_node(services::running(n1, "api").unwrap());
+    let on_n2 = services::running(n1, "web")
+        .unwrap()
+        .into_iter()
+        .chain(services::running(n1, "api").unwrap())
+        .filter(|t| t.node == n2.name())
+        .map(|t| t.netns(&lab))
+        .collect::<Result<Vec<_>>>()
+        .unwrap();
+    assert!(on_n2.len() >= 2, "node2 runs web and api tasks");
+
+    // The host goes down: its agent, every task supervisor and every task.
+    n2.kill().unwrap();
+    let shims = shim_pids(&n2.state_dir());
+    assert!(!shims.is_empty(), "no shim.pid under {:?}", n2.state_dir());
+    for pid in shims {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    for ns in &on_n2 {
+        for pid in ns.pids().unwrap_or_default() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    n2.start().unwrap();
+
+    // Every task is running again, on the same nodes, with a live process in its namespace.
+    wait(&lab, "every task of node2 to run again", SETTLE, || {
+        let web = services::running(n1, "web")?;
+        let api = services::running(n1, "api")?;
+        let web_nodes = by_node(web.clone());
+        let api_nodes = by_node(api.clone());
+        let alive = web
+            .iter()
+            .chain(&api)
+            .filter(|t| t.node == n2.name())
+            .all(|t| {
+                t.netns(&lab)
+                    .is_ok_and(|ns| !ns.pids().unwrap_or_default().is_empty())
+            });
+        let summary = format!("web {web_nodes:?} api {api_nodes:?} alive {alive}");
+        Ok(
+            if web_nodes.len() == 2 && api_nodes == api_before && alive {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(summary)
+            },
+        )
+    })
+    .unwrap();
+    // None is left failed with running desired.
+    for t in services::tasks(n1, "web")
+        .unwrap()
+        .into_iter()
+        .chain(services::tasks(n1, "api").unwrap())
+    {
+        assert!(
+            t.desired_state != "running" || t.is_running(),
+            "{} is {} with desired running",
+            t.name,
+            t.state
+        );
+    }
+}
