@@ -440,3 +440,115 @@ fn a_task_cannot_reach_its_nodes_loopback_through_the_gateway_bridge() -> Result
     );
     Ok(())
 }
+
+/// Whether `host` sees `hostname` down.
+fn sees_down(host: &Host, hostname: &str) -> Result<bool> {
+    Ok(mesh_tests::nodes(host)?
+        .iter()
+        .any(|n| n.hostname == hostname && n.is_down()))
+}
+
+/// Requests to `to` one after another until `done` says so, then `after` more: the failures,
+/// each with how long it took (a reset or refusal is quick, a black hole is a timeout).
+fn requests_until(
+    client: &Netns,
+    client_ip: Ipv4Addr,
+    to: SocketAddr,
+    deadline: Duration,
+    after: usize,
+    mut done: impl FnMut() -> Result<bool>,
+) -> Result<(usize, Vec<String>)> {
+    let start = std::time::Instant::now();
+    let (mut sent, mut failures, mut remaining) = (0, Vec::new(), None::<usize>);
+    loop {
+        let t = std::time::Instant::now();
+        match http_get(client, to) {
+            Ok(r) if r.client.starts_with(&format!("{client_ip}:")) => {}
+            Ok(r) => failures.push(format!("request {sent}: the task saw {}", r.client)),
+            Err(e) => failures.push(format!("request {sent} after {:?}: {e:#}", t.elapsed())),
+        }
+        sent += 1;
+        match remaining.as_mut() {
+            Some(0) => return Ok((sent, failures)),
+            Some(n) => *n -= 1,
+            None if done()? => remaining = Some(after),
+            None => anyhow::ensure!(
+                start.elapsed() < deadline,
+                "not done within {deadline:?} ({sent} requests, failures {failures:?})"
+            ),
+        }
+    }
+}
+
+#[test]
+fn a_node_whose_agent_died_keeps_its_published_port_and_its_restart_refuses_nothing() -> Result<()>
+{
+    let lab = cluster(1, 2)?;
+    let (client, client_ip) = lab.add_client(1)?;
+    let manager = lab.host(1);
+    whoami(manager, "web", &["--replicas", "1", "-p", "8080:80"], "80")?;
+    // A worker with no task: every request it takes crosses to another node and back.
+    eprintln!("web runs on {:?}", running_tasks(manager, "web")?);
+    let web = running_tasks(manager, "web")?;
+    let victim = lab
+        .hosts()
+        .iter()
+        .skip(1)
+        .find(|h| web.values().all(|n| n != h.name()))
+        .context("a worker without the task")?;
+    let to = addr(victim.ip(), 8080);
+    wait_answers(&lab, &client, to)?;
+
+    // The agent dies; its kernel state and its tasks stay. Its node's published port answers
+    // while the others notice, take it for down, and replace its tasks.
+    victim.kill()?;
+    let (sent, failures) = requests_until(&client, client_ip, to, DEADLINE, 20, || {
+        let web = running_tasks(manager, "web")?;
+        Ok(sees_down(manager, victim.name())?
+            && web.len() == 1
+            && web.values().all(|n| n != victim.name()))
+    })?;
+    eprintln!("agent dead: {sent} requests, {} failed", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests through the node whose agent died failed: {failures:?}",
+        failures.len()
+    );
+
+    // The agent comes back while no manager is up (a whole-cluster restart, managers last):
+    // its node keeps answering with what the kernel has until the agent learns the truth.
+    manager.kill()?;
+    victim.start()?;
+    let (sent, failures) = requests_until(&client, client_ip, to, DEADLINE, 100, || {
+        Ok(victim.cli(["info"])?.success())
+    })?;
+    eprintln!(
+        "agent up, no manager: {sent} requests, {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests through the restarted node failed: {failures:?}",
+        failures.len()
+    );
+    manager.start()?;
+    let (sent, failures) = requests_until(&client, client_ip, to, DEADLINE, 100, || {
+        // A manager that is still electing itself refuses reads: not yet.
+        Ok(mesh_tests::nodes(manager).is_ok_and(|rows| {
+            rows.iter()
+                .any(|n| n.hostname == victim.name() && n.is_ready())
+        }))
+    })?;
+    eprintln!("manager back: {sent} requests, {} failed", failures.len());
+    if !failures.is_empty() {
+        for h in lab.hosts() {
+            eprintln!("LOG {}\n{}", h.name(), h.log_tail(60));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests through the restarted node failed: {failures:?}",
+        failures.len()
+    );
+    Ok(())
+}

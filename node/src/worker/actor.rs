@@ -101,6 +101,7 @@ where
                     .filter_map(|id| TaskId::new(id.clone()).ok())
                     .collect();
                 self.sandboxes.adopt(&observed, &ids);
+                self.sandboxes.adopt_remotes(&observed);
             }
             Err(e) => warn!(error = %e, "cannot observe the overlay at start"),
         }
@@ -172,7 +173,18 @@ where
             return;
         }
         self.settled = true;
-        info!(after = ?self.started.elapsed(), synced, "endpoints settled: load balancers now follow them exactly");
+        info!(after = ?self.started.elapsed(), synced, "endpoints settled: load balancers and remote endpoints now follow them exactly");
+        let wanted: BTreeSet<(Vni, Ipv4Addr)> = joined
+            .iter()
+            .filter_map(|n| Some((n, self.local_vni(n)?)))
+            .flat_map(|(n, vni)| {
+                self.endpoints
+                    .remotes(n, &self.me)
+                    .map(move |e| (vni, e.ip()))
+            })
+            .collect();
+        self.sandboxes
+            .settle_remotes(&self.kernel, |vni, ip| wanted.contains(&(vni, ip)));
         self.dirty.extend(joined);
     }
 

@@ -3,7 +3,7 @@
 //! sandboxes, and the remote endpoints programmed from the endpoint table. Kept as the
 //! dataplane's intent model ([`NodeDataplane`]), which the dataplane plans against.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use mesh_dataplane::Kernel;
@@ -29,6 +29,9 @@ pub struct Sandboxes {
     mtus: BTreeMap<u32, u32>,
     /// Other nodes' ingress sandboxes programmed as remote endpoints, by address.
     peer_sandboxes: BTreeMap<Ipv4Addr, RemoteEndpoint>,
+    /// Remote endpoints found in the kernel at start and kept until the endpoint table has
+    /// settled (see [`Sandboxes::adopt_remotes`]).
+    adopted_remotes: BTreeSet<(Vni, Ipv4Addr)>,
 }
 
 impl Sandboxes {
@@ -40,6 +43,44 @@ impl Sandboxes {
             gw,
             mtus: BTreeMap::new(),
             peer_sandboxes: BTreeMap::new(),
+            adopted_remotes: BTreeSet::new(),
+        }
+    }
+
+    /// After an agent restart: the remote endpoints the kernel holds (a permanent neighbor
+    /// entry and the FDB entry of its MAC, per network sandbox) stay wanted until the
+    /// endpoint table is complete, so a restarted agent does not cut its tasks and its
+    /// routing mesh off the other nodes while gossip catches up.
+    pub fn adopt_remotes(&mut self, observed: &Observed) {
+        for (vni, snap) in &observed.networks {
+            let vteps: BTreeMap<Mac, Ipv4Addr> = snap
+                .fdb
+                .values()
+                .flatten()
+                .map(|e| (e.mac, e.vtep))
+                .collect();
+            for (ip, mac) in snap.neighbors.values().flatten() {
+                if let Some(vtep) = vteps.get(mac) {
+                    let remote = RemoteEndpoint {
+                        vni: *vni,
+                        ip: *ip,
+                        mac: *mac,
+                        vtep: *vtep,
+                    };
+                    self.desired.remotes.insert((*vni, *ip), remote);
+                    self.adopted_remotes.insert((*vni, *ip));
+                }
+            }
+        }
+    }
+
+    /// Once the endpoint table has settled: adopted remote endpoints that neither it
+    /// (`wanted`) nor the store's list of ingress sandboxes names any more go.
+    pub fn settle_remotes(&mut self, kernel: &dyn Kernel, wanted: impl Fn(Vni, Ipv4Addr) -> bool) {
+        for (vni, ip) in std::mem::take(&mut self.adopted_remotes) {
+            if !wanted(vni, ip) && !self.peer_sandboxes.contains_key(&ip) {
+                self.remove_remote(kernel, vni, ip);
+            }
         }
     }
 

@@ -444,8 +444,8 @@ async fn a_task_whose_supervisor_died_is_started_again() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_restarted_worker_keeps_its_load_balancers_until_its_endpoints_are_synced() -> Result<()>
-{
+async fn a_restarted_worker_keeps_its_load_balancers_and_remotes_until_its_endpoints_are_synced()
+-> Result<()> {
     let h = Harness::start();
     h.assign(vec![task("t1", 3, TaskState::Running)]);
     until("the task to run", || h.runtime.spec("t1")).await?;
@@ -472,18 +472,34 @@ async fn a_restarted_worker_keeps_its_load_balancers_until_its_endpoints_are_syn
         (again.last_state("t1") == Some(TaskState::Running)).then_some(())
     })
     .await?;
+    // Nor does the way to it: its neighbor and FDB entries in the network sandbox.
+    let net_ns = h.network_netns();
+    let has_entries = |kernel: &FakeKernel| {
+        kernel.neighbors(&net_ns).contains_key(&ip("10.20.0.9")) && !kernel.fdb(&net_ns).is_empty()
+    };
+    assert!(
+        has_entries(&again.kernel),
+        "the remote's entries before the restart"
+    );
     let kept = mesh_lab::wait::watch(Duration::from_millis(600), || {
-        Ok((!has_remote(&again.kernel)).then_some("dropped before the exchange"))
+        Ok(if !has_remote(&again.kernel) {
+            Some("the backend dropped before the exchange")
+        } else if !has_entries(&again.kernel) {
+            Some("the remote's neighbor or FDB entry dropped before the exchange")
+        } else {
+            None
+        })
     })?;
     assert_eq!(
         kept, None,
-        "a backend went before the endpoint table was complete"
+        "something went before the endpoint table was complete"
     );
-    // The exchange completes and says node2's task is gone: now it goes.
+    // The exchange completes and says node2's task is gone: now it goes, entries and all.
     records.hold_sync(NET, false);
-    until("the stale backend dropped once synced", || {
-        (!has_remote(&again.kernel)).then_some(())
-    })
+    until(
+        "the stale backend and its entries dropped once synced",
+        || (!has_remote(&again.kernel) && !has_entries(&again.kernel)).then_some(()),
+    )
     .await?;
     Ok(())
 }
