@@ -542,7 +542,7 @@ fn a_node_whose_agent_died_keeps_its_published_port_and_its_restart_refuses_noth
     eprintln!("manager back: {sent} requests, {} failed", failures.len());
     if !failures.is_empty() {
         for h in lab.hosts() {
-            eprintln!("LOG {}\n{}", h.name(), h.log_tail(60));
+            eprintln!("--- {} daemon log\n{}", h.name(), h.log_tail(60));
         }
     }
     assert!(
