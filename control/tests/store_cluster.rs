@@ -157,6 +157,7 @@ impl TestCluster {
             config,
             channels: m.channels.clone(),
             max_write_bytes: mesh_control::config::LimitsConfig::default().max_write_bytes,
+            force_new_cluster: false,
         })
         .await
         .with_context(|| format!("open store {raft_id}"))?;

@@ -184,6 +184,11 @@ impl Host {
     /// Starts the daemon inside the host's namespace, with stdout and stderr appended to
     /// [`Host::log_path`]. Fails if it is already running.
     pub fn start(&self) -> Result<()> {
+        self.start_with(&[])
+    }
+
+    /// [`Host::start`] with `extra` daemon flags (`--force-new-cluster`), for this start only.
+    pub fn start_with(&self, extra: &[&str]) -> Result<()> {
         let mut daemon = self.lock_daemon();
         if let Some(child) = daemon.as_mut()
             && child.try_wait()?.is_none()
@@ -202,6 +207,7 @@ impl Host {
             .open(&log_path)
             .with_context(|| format!("open {}", log_path.display()))?;
         let mut cmd = self.daemon_command()?;
+        cmd.args(extra);
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();

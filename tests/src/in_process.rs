@@ -125,6 +125,7 @@ impl Cluster {
                 hostname: name.clone(),
                 netns_prefix: Some(format!("ip{i}-")),
                 workers: workers.clone(),
+                force_new_cluster: false,
             };
             let shutdown = CancellationToken::new();
             let runtime = tokio::runtime::Builder::new_multi_thread()

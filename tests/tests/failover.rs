@@ -438,3 +438,87 @@ fn five_managers_write_with_two_down_and_refuse_with_three_down() {
         );
     }
 }
+
+/// `mesh service ls` as `id name` lines.
+fn service_ids(host: &Host) -> Vec<String> {
+    let out = host
+        .cli(["service", "ls", "--format", "json"])
+        .unwrap()
+        .ok_stdout()
+        .unwrap();
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} {}", r["id"], r["name"]))
+        .collect()
+}
+
+#[test]
+fn a_manager_left_without_quorum_forces_a_new_cluster_that_keeps_the_state_and_takes_managers_again()
+ {
+    let lab = mesh_tests::cluster(3, 1).unwrap();
+    let (n1, n2, n3) = (lab.host(1), lab.host(2), lab.host(3));
+    let ov = mesh_tests::services::create_network(n1, "ov", &[]).unwrap();
+    mesh_tests::services::create_service(n1, "web", &["--replicas", "2", "--network", "ov"])
+        .unwrap();
+    let services = service_ids(n1);
+
+    // Two of three managers are gone for good: no quorum, writes are refused.
+    n2.kill().unwrap();
+    n3.kill().unwrap();
+    write_refused(n1);
+
+    // The survivor restarts as the only manager of a new cluster with the state it holds.
+    n1.kill().unwrap();
+    n1.start_with(&["--force-new-cluster"]).unwrap();
+    let (token, _) = ops::rotate_until_ok(&lab, n1, Duration::from_secs(30)).unwrap();
+    assert!(!token.is_empty());
+    assert_eq!(service_ids(n1), services, "the services after the recovery");
+    assert_eq!(
+        mesh_tests::services::network(n1, "ov").unwrap().id,
+        ov.id,
+        "the network after the recovery"
+    );
+    // The lost managers are recorded as workers; web runs its two tasks on live nodes.
+    ops::wait_every_view(
+        &lab,
+        "node1 the only manager, node2 and node3 down workers",
+        &[n1],
+        Duration::from_secs(30),
+        |_, rows| {
+            let ok = row(rows, n1.name()).is_some_and(|r| r.is_leader())
+                && [n2, n3]
+                    .iter()
+                    .all(|h| row(rows, h.name()).is_some_and(|r| !r.is_manager() && r.is_down()));
+            (!ok).then(|| summary(rows))
+        },
+    )
+    .unwrap();
+    mesh_tests::services::wait_running(&lab, n1, "web", 2, Duration::from_secs(40)).unwrap();
+
+    // A manager joins again: node2, its old state cleared, with a manager token.
+    std::fs::remove_dir_all(n2.state_dir()).unwrap();
+    n2.start().unwrap();
+    lab.wait_ready(n2, Duration::from_secs(10)).unwrap();
+    let manager_token = ops::join_token(n1, "manager").unwrap();
+    ops::join(n2, &manager_token, &format!("{}:2377", n1.ip()))
+        .unwrap()
+        .ok_stdout()
+        .unwrap();
+    ops::wait_every_view(
+        &lab,
+        "node1 leading node2 as a reachable manager",
+        &[n1, n2],
+        Duration::from_secs(30),
+        |_, rows| {
+            let ok = row(rows, n1.name()).is_some_and(|r| r.is_leader())
+                && rows.iter().any(|r| {
+                    r.hostname == n2.name() && r.is_manager() && r.manager_status() == "reachable"
+                });
+            (!ok).then(|| summary(rows))
+        },
+    )
+    .unwrap();
+    ops::rotate_until_ok(&lab, n2, Duration::from_secs(10)).unwrap();
+}

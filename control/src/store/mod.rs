@@ -41,6 +41,7 @@ pub mod error;
 mod log_store;
 mod network;
 mod raft;
+mod recover;
 mod service;
 pub mod state;
 mod state_machine;
@@ -102,6 +103,9 @@ pub struct StoreOptions {
     pub channels: Arc<dyn ChannelProvider>,
     /// Largest encoded transaction [`Store::propose`] accepts.
     pub max_write_bytes: u64,
+    /// Recover from a lost quorum: become the only voter, keeping the state (see
+    /// `recover`). Fails if the store holds no cluster state.
+    pub force_new_cluster: bool,
 }
 
 /// Handle to the raft store. Cheap to clone; all clones share one raft node.
@@ -137,6 +141,24 @@ impl Store {
         let (closed_tx, disk_closed) = watch::channel(());
         let disk = Disk::open(&opts.dir.join(DB_FILE), closed_tx)
             .map_err(|e| StoreError::storage("open raft database", e))?;
+        if opts.force_new_cluster {
+            match recover::force_single_voter(&disk, opts.raft_id, &opts.addr)
+                .await
+                .map_err(|e| StoreError::storage("write the forced membership", e))?
+            {
+                recover::Recovered::At(log_id) => tracing::warn!(
+                    raft_id = opts.raft_id,
+                    %log_id,
+                    "forcing a new cluster: this manager is now the only voter, with the state it holds"
+                ),
+                recover::Recovered::Empty => {
+                    return Err(StoreError::storage(
+                        "force a new cluster",
+                        "this manager's raft store holds no cluster state",
+                    ));
+                }
+            }
+        }
         let log_store = LogStore::new(Arc::clone(&disk))
             .map_err(|e| StoreError::storage("read raft log state", e))?;
         let committed = log_store.committed_index();

@@ -107,6 +107,12 @@ pub struct DaemonArgs {
     /// nftables), ipvs or nftables. Overrides the config file.
     #[arg(long)]
     pub lb_backend: Option<String>,
+    /// Recover a cluster that lost its quorum of managers (like `docker swarm init
+    /// --force-new-cluster`): this manager keeps the cluster's state and becomes its only
+    /// manager; the other managers are demoted and rejoin with a manager token once their
+    /// state is cleared. Only for a node whose state dir holds a manager's store.
+    #[arg(long)]
+    pub force_new_cluster: bool,
 }
 
 #[derive(Args, Debug)]
@@ -320,6 +326,7 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
         hostname,
         netns_prefix: args.netns_prefix,
         workers: std::sync::Arc::new(crate::worker::LinuxWorkers),
+        force_new_cluster: args.force_new_cluster,
     }))
 }
 

@@ -13,7 +13,7 @@ use mesh_common::tls::Credentials;
 use mesh_control::manager::{Manager, ManagerOptions};
 use mesh_control::store::{Store, StoreOptions};
 use mesh_proto::raft_client::RaftClient;
-use mesh_proto::{JoinRaftRequest, Transaction};
+use mesh_proto::{JoinRaftRequest, NodeRole, NodeSpec, Transaction};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{error, info, warn};
@@ -31,6 +31,9 @@ pub enum ManagerStart {
     Join,
     /// Restart or promotion: become a voter in the background if needed.
     Resume,
+    /// Restart after the cluster lost its quorum: become the only voter with the state this
+    /// store holds, then demote the other managers.
+    ForceNewCluster,
 }
 
 /// A running manager: its store, its server and components (stopped by `shutdown`).
@@ -73,6 +76,7 @@ impl RunningManager {
             config: config.raft.clone(),
             channels: shared.clone(),
             max_write_bytes: config.limits.max_write_bytes,
+            force_new_cluster: matches!(how, ManagerStart::ForceNewCluster),
         })
         .await
         .context("cannot open the raft store")?;
@@ -125,6 +129,9 @@ impl RunningManager {
                     anyhow::anyhow!("joined, but did not become a raft voter within {deadline:?}")
                 })
             }
+            ManagerStart::ForceNewCluster => {
+                demote_the_others(&store, &state.node_id, config.raft.write_timeout()).await
+            }
             ManagerStart::Resume => {
                 tokio::spawn(become_voter(
                     store.clone(),
@@ -168,6 +175,55 @@ async fn bootstrap(store: &Store, txn: Transaction, timeout: Duration) -> anyhow
         .propose(txn)
         .await
         .context("cannot write the new cluster")?;
+    Ok(())
+}
+
+/// After a forced new cluster: waits until this manager leads (it is the only voter), then
+/// records every other manager as a worker, so the node list tells the truth and the role
+/// reconciler does not wait for voters that will not come back.
+async fn demote_the_others(store: &Store, me: &str, timeout: Duration) -> anyhow::Result<()> {
+    // An election first: one election timeout, a few write timeouts at most.
+    let deadline = timeout * 4;
+    let mut leader = store.watch_leader();
+    tokio::time::timeout(deadline, async {
+        while !store.is_leader() {
+            if leader.changed().await.is_err() {
+                break;
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        anyhow::anyhow!(
+            "--force-new-cluster: this manager did not become leader within {deadline:?}"
+        )
+    })?;
+    let mut demoted = Vec::new();
+    store
+        .update(
+            |s| -> Result<Transaction, mesh_control::store::StoreError> {
+                demoted.clear();
+                let mut ops = Vec::new();
+                for n in s.nodes.values() {
+                    if n.id != me && mesh_control::objects::desired_role(n) == NodeRole::Manager {
+                        let mut next = n.clone();
+                        next.spec = Some(NodeSpec {
+                            desired_role: NodeRole::Worker as i32,
+                        });
+                        next.updated_at_ms = mesh_common::time::now_ms();
+                        demoted.push(n.hostname.clone());
+                        ops.push(mesh_control::store::txn::put_if_unchanged(next));
+                    }
+                }
+                Ok(Transaction { ops })
+            },
+        )
+        .await
+        .context("--force-new-cluster: cannot demote the other managers")?;
+    warn!(
+        ?demoted,
+        "forced a new cluster: this node is its only manager; the others were demoted and rejoin with a manager token once their state is cleared"
+    );
     Ok(())
 }
 

@@ -64,6 +64,8 @@ pub struct DaemonOptions {
     pub netns_prefix: Option<String>,
     /// How the worker is started: on this host's kernel and processes, or on fakes.
     pub workers: Arc<dyn WorkerEnv>,
+    /// Start the stored manager as the only voter of its cluster (quorum-loss recovery).
+    pub force_new_cluster: bool,
 }
 
 pub struct Daemon {
@@ -118,16 +120,25 @@ pub async fn serve(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::
         view: RwLock::new(None),
         events: events_tx,
     });
-    if let Some((state, certs)) = dir.load()? {
+    let loaded = dir.load()?;
+    anyhow::ensure!(
+        loaded.is_some() || !opts.force_new_cluster,
+        "--force-new-cluster: {} holds no cluster state to recover",
+        opts.state_dir.display()
+    );
+    if let Some((state, certs)) = loaded {
         info!(node = %state.node_id, cluster = %state.cluster_id, "resuming cluster membership");
         let mut member = daemon.member.lock().await;
         let role = mesh_common::pki::parse_cert_pem(&certs.cert_pem)
             .context("stored node certificate is unusable")?
             .role;
-        let start = if role == NodeRole::Manager {
-            Some(ManagerStart::Resume)
-        } else {
-            None
+        let start = match role {
+            NodeRole::Manager if opts.force_new_cluster => Some(ManagerStart::ForceNewCluster),
+            NodeRole::Manager => Some(ManagerStart::Resume),
+            _ if opts.force_new_cluster => anyhow::bail!(
+                "--force-new-cluster: this node is not a manager; run it on a surviving manager"
+            ),
+            _ => None,
         };
         *member = Some(daemon.start_member(state, &certs, start).await?);
     }
