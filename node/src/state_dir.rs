@@ -54,7 +54,7 @@ impl StateDir {
         self.root.join("tasks")
     }
 
-    fn certs(&self) -> PathBuf {
+    pub fn certs(&self) -> PathBuf {
         self.root.join("certs")
     }
 
@@ -68,6 +68,16 @@ impl StateDir {
     pub fn load(&self) -> anyhow::Result<Option<(NodeState, Certs)>> {
         let path = self.node_file();
         if !path.exists() {
+            // A fresh node has none of it; a node whose identity file went (a bad copy, a
+            // disk error) must not start afresh beside its own certificates and store.
+            if let Some(left) = [self.certs(), self.raft_dir()].iter().find(|p| p.exists()) {
+                anyhow::bail!(
+                    "damaged state: {} is missing but {} exists; restore it, or remove {} to start this node afresh",
+                    path.display(),
+                    left.display(),
+                    self.root.display()
+                );
+            }
             return Ok(None);
         }
         let text =

@@ -341,3 +341,51 @@ fn a_rebooted_node_brings_every_task_back() {
         );
     }
 }
+
+/// The daemon of `host` exits non-zero by itself; the last line of its log.
+fn exits_with_error(lab: &mesh_tests::Lab, host: &Host) -> String {
+    let status = lab
+        .wait_for("the daemon to refuse to start", SETTLE, || {
+            Ok(host.daemon_exit_status()?)
+        })
+        .unwrap();
+    assert!(!status.success(), "{}: exited with {status}", host.name());
+    host.log_tail(1)
+}
+
+#[test]
+fn a_damaged_state_dir_stops_the_daemon_with_a_clear_error_and_repaired_it_comes_back() {
+    let lab = mesh_tests::cluster(1, 1).unwrap();
+    let (n1, n2) = (lab.host(1), lab.host(2));
+    create_network(n1, "ov", &[]).unwrap();
+    create_service(n1, "web", &["--mode", "global", "--network", "ov"]).unwrap();
+    // Each damage, on the node it matters to: what the error must name.
+    let cases: [(&Host, &str, &[&str]); 4] = [
+        (n2, "node.json", &["node.json"]),
+        (n2, "certs/node.key", &["node.key", "node key"]),
+        (n2, "certs/node.pem", &["node.pem", "node certificate"]),
+        (n1, "raft/raft.redb", &["raft"]),
+    ];
+    for (host, file, words) in cases {
+        host.kill().unwrap();
+        let path = host.state_dir().join(file);
+        let saved = std::fs::read(&path).unwrap();
+        for (damage, content) in [("missing", None), ("garbage", Some(&b"\x00garbage{"[..]))] {
+            match content {
+                None => std::fs::remove_file(&path).unwrap(),
+                Some(bytes) => std::fs::write(&path, bytes).unwrap(),
+            }
+            host.start().unwrap();
+            let line = exits_with_error(&lab, host);
+            assert!(
+                mentions(&line, words),
+                "{file} {damage}: the daemon's last words name none of {words:?}: {line:?}"
+            );
+        }
+        std::fs::write(&path, saved).unwrap();
+        host.start().unwrap();
+        lab.wait_ready(host, SETTLE).unwrap();
+    }
+    // Repaired, nothing was lost: the service runs on both nodes.
+    wait_running(&lab, n1, "web", 2, CONVERGE_BOUND).unwrap();
+}

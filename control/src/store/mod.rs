@@ -90,7 +90,7 @@ const UPDATE_ATTEMPTS: usize = 8;
 const CATCH_UP_WRITE_TIMEOUTS: u32 = 4;
 
 /// Name of the database file in the store directory.
-const DB_FILE: &str = "raft.redb";
+pub const DB_FILE: &str = "raft.redb";
 
 pub struct StoreOptions {
     /// Directory of the store's files (created if missing).

@@ -53,7 +53,14 @@ impl Member {
         certs: &Certs,
         manager: Option<ManagerStart>,
     ) -> anyhow::Result<Member> {
-        let creds = Credentials::new(&certs.ca_pem, &certs.cert_pem, &certs.key_pem)?;
+        let creds = Credentials::new(&certs.ca_pem, &certs.cert_pem, &certs.key_pem).with_context(
+            || {
+                format!(
+                    "the certificates in {} are unusable",
+                    env.dir.certs().display()
+                )
+            },
+        )?;
         let channels = TlsChannels::new(&creds)?;
         let bind = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), state.gossip_port);
         let advertise = SocketAddr::new(

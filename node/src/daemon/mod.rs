@@ -132,6 +132,13 @@ pub async fn serve(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::
         let role = mesh_common::pki::parse_cert_pem(&certs.cert_pem)
             .context("stored node certificate is unusable")?
             .role;
+        let store = dir.raft_dir().join(mesh_control::store::DB_FILE);
+        anyhow::ensure!(
+            role != NodeRole::Manager || store.exists() || !dir.raft_dir().exists(),
+            "damaged state: {} is missing: this manager's raft store; restore it, or remove {} and join again",
+            store.display(),
+            opts.state_dir.display()
+        );
         let start = match role {
             NodeRole::Manager if opts.force_new_cluster => Some(ManagerStart::ForceNewCluster),
             NodeRole::Manager => Some(ManagerStart::Resume),
