@@ -64,8 +64,22 @@ daemon=$!
 trap 'kill -TERM "$daemon" 2>/dev/null || true' TERM INT
 wait_daemon 60
 
+# The join tokens and this node's address for the others, written under temporary names and
+# renamed, so a joiner never reads half a file.
+write_tokens() {
+    mkdir -p "$SHARED"
+    mesh join-token worker -q >"$SHARED/.worker.token" &&
+        mesh join-token manager -q >"$SHARED/.manager.token" &&
+        echo "${MESH_ADVERTISE_ADDR:-$(hostname -i | cut -d' ' -f1)}" >"$SHARED/.manager.addr" || return
+    for f in worker.token manager.token manager.addr; do mv -f "$SHARED/.$f" "$SHARED/$f"; done
+}
+
 if in_cluster; then
     log "state dir holds a cluster: running the daemon only"
+    # Stopped between `mesh init` and handing out the tokens: hand them out now.
+    if [ "$MESH_BOOTSTRAP" = init ] && [ ! -s "$SHARED/worker.token" ]; then
+        write_tokens || log "cannot write the join tokens yet"
+    fi
 else
     addr_flag=()
     [ -n "$MESH_ADVERTISE_ADDR" ] && addr_flag=(--advertise-addr "$MESH_ADVERTISE_ADDR")
@@ -73,12 +87,7 @@ else
     init)
         log "creating the cluster"
         mesh init "${addr_flag[@]}"
-        mkdir -p "$SHARED"
-        # Written under temporary names and renamed, so a joiner never reads half a file.
-        mesh join-token worker -q >"$SHARED/.worker.token"
-        mesh join-token manager -q >"$SHARED/.manager.token"
-        echo "${MESH_ADVERTISE_ADDR:-$(hostname -i | cut -d' ' -f1)}" >"$SHARED/.manager.addr"
-        for f in worker.token manager.token manager.addr; do mv -f "$SHARED/.$f" "$SHARED/$f"; done
+        write_tokens
         ;;
     worker | manager)
         deadline=$((SECONDS + MESH_JOIN_TIMEOUT))
