@@ -13,10 +13,11 @@
 //! image `mesh-base:bookworm` is a cache kept between runs (about 40 s to build once).
 //!
 //! The test reuses the debug `mesh-e2e` the test build makes anyway (a release build would cost
-//! minutes on two cores). Time on a 2-core machine: 45-50 s, of which building the node image
-//! 9-12 s (the 127 MiB debug binary), `up -d` 5 s, the cluster forming 5-6 s, the service and its
-//! checks 8-13 s, the container restart until its task serves again 10-11 s, removal 2 s; once
-//! per machine, the base image 35-50 s more.
+//! minutes on two cores). Time on a 2-core machine: 26 s when it is otherwise idle, 45-50 s
+//! beside other builds; of the 26 s, building the node image 5 s (the 127 MiB debug binary),
+//! `up -d` 4 s, the cluster forming 4 s, the service and its checks 5 s, the container restart
+//! until its task serves again through every node 7 s, removal 1 s. Once per machine, the base
+//! image costs 35-50 s more.
 //!
 //! Needs a Docker engine, docker-compose (v1) or `docker compose` (v2), and mmdebstrap for the
 //! base image (`scripts/setup.sh`). Where no Docker engine answers, the test says why on
