@@ -24,6 +24,10 @@ declare -A wanted=(
     [busybox]=busybox-static
     [cpio]=cpio
     [depmod]=kmod
+    # The compose/ cluster and its test: compose v1 and the base image's root filesystem
+    # (the Docker engine itself is not installed: without one the test is skipped).
+    [docker-compose]=docker-compose
+    [mmdebstrap]=mmdebstrap
 )
 missing=()
 for cmd in "${!wanted[@]}"; do

@@ -6,6 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --workspace --all-targets --locked
+# The compose/ cluster test (tests/tests/compose.rs) needs a Docker engine; without one it
+# passes without running, saying why: say it here too, where it is seen.
+if ! docker info >/dev/null 2>&1; then
+    echo "test: no Docker engine answers: the compose test is skipped (MESH_TEST_DOCKER=require fails it)" >&2
+fi
 if command -v cargo-nextest >/dev/null 2>&1; then
     exec cargo nextest run --workspace --locked --no-fail-fast "$@"
 else
