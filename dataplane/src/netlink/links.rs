@@ -70,6 +70,38 @@ impl Netlink {
         ok_if(result, &[libc::EEXIST]).map_err(|source| self.err("add veth", a, source))
     }
 
+    /// [`Netlink::ensure_veth_pair`] for an end `a` whose name this handle's namespace may
+    /// have too (a task's `eth0` beside the host's). Some kernels (Debian 12's 6.1) refuse to
+    /// create a link directly in another namespace under a name the calling namespace holds,
+    /// with the EEXIST that means "already made" otherwise; so `a` is created under a staging
+    /// name derived from `b` (unique per pair) and renamed inside `a_ns` through `a_nl`, a
+    /// handle in that namespace. Success if `a` already exists there; a staging link left by
+    /// an interrupted call is renamed.
+    pub async fn ensure_veth_pair_named(
+        &self,
+        a: &IfName,
+        a_ns: &Netns,
+        a_nl: &Netlink,
+        b: &IfName,
+        b_ns: &Netns,
+    ) -> Result<()> {
+        if a_nl.link_index(a).await?.is_some() {
+            return Ok(());
+        }
+        let staging = staging_name(b);
+        if a_nl.link_index(&staging).await?.is_none() {
+            self.ensure_veth_pair(&staging, a_ns, b, b_ns).await?;
+        }
+        a_nl.rename_link(&staging, a).await
+    }
+
+    /// Renames the (down) link `from` to `to`.
+    pub async fn rename_link(&self, from: &IfName, to: &IfName) -> Result<()> {
+        let index = self.require_index(from).await?;
+        let msg = LinkUnspec::new_with_index(index).name(to.as_str()).build();
+        self.set_link(msg, "rename", from).await
+    }
+
     /// Creates the bridge `name` (if absent) and returns its index.
     pub async fn ensure_bridge(&self, name: &IfName) -> Result<u32> {
         let result = self
@@ -224,4 +256,13 @@ impl Netlink {
             .await
             .map_err(|source| self.err(op, name, source))
     }
+}
+
+/// `mst` and a hash of `peer`: a name nobody else uses, the same on every try for one pair.
+fn staging_name(peer: &IfName) -> IfName {
+    use std::hash::{Hash, Hasher};
+    // SipHash with fixed keys: stable across calls and restarts.
+    let mut h = std::hash::DefaultHasher::new();
+    peer.as_str().hash(&mut h);
+    IfName::new(format!("mst{:08x}", h.finish() as u32)).expect("11 characters make a link name")
 }

@@ -149,7 +149,7 @@ pub(super) async fn apply_one(s: &mut Session<'_>, op: &Op) -> Result<()> {
             let (task_ns, task) = s.opened(task_netns);
             let (network_ns, network) = s.opened(network_netns);
             s.home()
-                .ensure_veth_pair(ifname, task_ns, port, network_ns)
+                .ensure_veth_pair_named(ifname, task_ns, task, port, network_ns)
                 .await?;
             configure_task_end(task, ifname, *mac, *mtu, *addr).await?;
             network.set_mtu(port, *mtu).await?;
@@ -169,7 +169,7 @@ pub(super) async fn apply_one(s: &mut Session<'_>, op: &Op) -> Result<()> {
             s.open_named(task_netns)?;
             let (task_ns, task) = s.opened(task_netns);
             let host = s.home();
-            host.ensure_veth_pair(&gw0, task_ns, port, s.home_ns())
+            host.ensure_veth_pair_named(&gw0, task_ns, task, port, s.home_ns())
                 .await?;
             configure_task_end(task, &gw0, *mac, *mtu, *addr).await?;
             task.replace_default_route(*gateway, &gw0).await?;
