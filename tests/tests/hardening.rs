@@ -222,6 +222,33 @@ fn a_command_that_cannot_start_shows_its_error_and_restarts_back_off() {
         mentions(&logs, &["nonexistent"]),
         "service logs broken: {logs:?}"
     );
+    // Without --detach, the progress says why the service does not converge.
+    let waited = n1.cli_with_timeout(
+        [
+            "service",
+            "create",
+            "--name",
+            "broken2",
+            "--",
+            "/nonexistent/mesh-test-command",
+        ],
+        Duration::from_secs(8),
+    );
+    // Killed at the deadline, the error carries what the CLI printed after its argv.
+    let progress = match waited {
+        Ok(out) => out.stderr,
+        Err(e) => {
+            let text = format!("{e:#}");
+            text.split_once("--- stderr:")
+                .map(|(_, printed)| printed.to_owned())
+                .unwrap_or_default()
+        }
+    };
+    assert!(
+        mentions(&progress, &["nonexistent"]),
+        "the progress of a service whose tasks cannot start names no reason: {progress}"
+    );
+    eprintln!("progress without --detach: {}", progress.trim());
     // Six restarts at a fixed 200 ms would take about 1.2 s plus the failed starts; doubling
     // from 200 ms they cannot come before 0.2 + 0.4 + 0.8 + 1.6 + 3.2 = 6.2 s.
     wait(&lab, "six restarts", Duration::from_secs(60), || {
