@@ -15,6 +15,8 @@ pub struct LinuxKernel {
     overlay: LinuxDataplane,
     mesh: LinuxMesh,
     lb: Box<dyn LoadBalancer + Send + Sync>,
+    /// For forwarding namespaces when `lb` is IPVS (see [`Kernel::lb_for`]).
+    forwarding_lb: lb::NftLb,
     backend: Backend,
 }
 
@@ -25,6 +27,7 @@ impl LinuxKernel {
             mesh: LinuxMesh::new(host.try_clone()?),
             overlay: LinuxDataplane::new(host),
             lb: backend.load_balancer(),
+            forwarding_lb: lb::NftLb::new(),
             backend,
         })
     }
@@ -67,6 +70,13 @@ impl Kernel for LinuxKernel {
 
     fn lb(&self) -> &dyn LoadBalancer {
         self.lb.as_ref()
+    }
+
+    fn lb_for(&self, forwarding: bool) -> &dyn LoadBalancer {
+        match (forwarding, self.backend) {
+            (true, Backend::Ipvs) => &self.forwarding_lb,
+            _ => self.lb.as_ref(),
+        }
     }
 
     fn routing_mesh(&self) -> &dyn RoutingMesh {

@@ -43,6 +43,15 @@ pub trait Kernel {
     /// The load balancer of every namespace, addressed by namespace name.
     fn lb(&self) -> &dyn LoadBalancer;
 
+    /// The load balancer of a namespace that balances traffic it forwards (`forwarding`: the
+    /// routing mesh's ingress sandbox) or only its own connections (a task). IPVS serves
+    /// forwarded packets only for addresses local to the namespace, so a kernel balancing
+    /// with IPVS gives forwarding namespaces nftables' DNAT, which serves both.
+    fn lb_for(&self, forwarding: bool) -> &dyn LoadBalancer {
+        let _ = forwarding;
+        self.lb()
+    }
+
     /// The routing mesh: published ports, the ingress sandbox, reply routing.
     fn routing_mesh(&self) -> &dyn RoutingMesh;
 

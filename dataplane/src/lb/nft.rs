@@ -94,7 +94,7 @@ impl LoadBalancer for NftLb {
             return Ok(());
         }
         tracing::debug!(netns, changes = changes.len(), "apply nftables lb");
-        run_script(&Netns::open(netns)?, &NftLb::script(changes))
+        apply_flavor(&Netns::open(netns)?, Flavor::Dnat, changes)
     }
 
     fn flush_conntrack(&self, netns: &str, backends: &BTreeSet<Ipv4Addr>) -> Result<()> {
@@ -117,13 +117,24 @@ fn base(flavor: Flavor, out: &mut Vec<String>) {
         "add map ip {t} services {{ type ipv4_addr : verdict; }}"
     ));
     out.push(format!("add set ip {t} empty {{ type ipv4_addr; }}"));
-    let chains: &[(&str, &str)] = match flavor {
-        Flavor::Dnat => &[
-            ("output", "type nat hook output priority -100;"),
-            ("prerouting", "type nat hook prerouting priority -100;"),
-        ],
-        Flavor::Mark => &[("mark_output", "type route hook output priority mangle;")],
+    const DNAT: &[(&str, &str)] = &[
+        ("output", "type nat hook output priority -100;"),
+        ("prerouting", "type nat hook prerouting priority -100;"),
+    ];
+    const MARK: &[(&str, &str)] = &[("mark_output", "type route hook output priority mangle;")];
+    let (chains, other) = match flavor {
+        Flavor::Dnat => (DNAT, MARK),
+        Flavor::Mark => (MARK, DNAT),
     };
+    // The other flavour's base chains go (the backend changed since the table was written):
+    // a route chain dispatching to service chains that DNAT is refused by the kernel.
+    for (name, spec) in other {
+        out.push(format!(
+            "add chain ip {t} {name} {{ {spec} policy accept; }}"
+        ));
+        out.push(format!("flush chain ip {t} {name}"));
+        out.push(format!("delete chain ip {t} {name}"));
+    }
     for (name, spec) in chains {
         out.push(format!(
             "add chain ip {t} {name} {{ {spec} policy accept; }}"
@@ -408,6 +419,34 @@ pub(crate) fn parse_listing(json: &[u8]) -> std::result::Result<NftState, String
 }
 
 /// Deletes our table in `netns`; absent is success.
+/// Runs the script of `changes` in `flavor`. If it fails and the table holds the other
+/// flavour's base chains (the load-balancing backend changed since it was written; some
+/// kernels refuse to take the table over in one transaction), the table goes and the error is
+/// returned: the caller's next attempt observes an empty table and writes it whole.
+pub(crate) fn apply_flavor(netns: &Netns, flavor: Flavor, changes: &[LbChange]) -> Result<()> {
+    let result = run_script(netns, &script(flavor, changes));
+    if result.is_err() {
+        let foreign = match flavor {
+            Flavor::Dnat => "mark_output",
+            Flavor::Mark => "prerouting",
+        };
+        let mut list = std::process::Command::new("nft");
+        list.args(["list", "chain", "ip", TABLE, foreign])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let held =
+            netns.enter_on_exec(&mut list).is_ok() && list.status().is_ok_and(|s| s.success());
+        if held {
+            tracing::warn!(
+                netns = netns.name(),
+                "load-balancer table of another backend: removing it"
+            );
+            remove_table(netns)?;
+        }
+    }
+    result
+}
+
 pub(crate) fn remove_table(netns: &Netns) -> Result<()> {
     run_script(
         netns,
@@ -463,6 +502,39 @@ mod tests {
         assert!(mark.contains("svc_10_0_0_5 meta mark set 0x0a000005 comment \"mesh-lb mark\""));
         assert!(mark.contains("type route hook output priority mangle"));
         assert!(!mark.contains("add element ip mesh_lb be_"));
+    }
+
+    /// Needs root. A table written by the IPVS backend (its route chain marks for IPVS) is
+    /// taken over by nftables' DNAT when the backend changes: the route chain goes, else the
+    /// kernel refuses DNAT service chains reachable from it.
+    #[test]
+    fn a_table_written_for_ipvs_is_taken_over_by_dnat() {
+        let ns = crate::netns::TempNetns::new("flavor").unwrap();
+        let service = LbService::new(ip("10.0.0.5"), [ip("10.0.0.9")]);
+        let marks = script(Flavor::Mark, &[LbChange::Upsert(service.clone())]);
+        crate::nft::run_script(&ns, &marks).unwrap();
+        NftLb::new()
+            .apply(ns.name(), &[LbChange::Upsert(service.clone())])
+            .expect("dnat over a table written for ipvs");
+        assert_eq!(
+            NftLb::new().observe(ns.name()).unwrap(),
+            [service].into_iter().collect::<LbTable>()
+        );
+        let listing = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns.name(),
+                "nft",
+                "list",
+                "table",
+                "ip",
+                TABLE,
+            ])
+            .output()
+            .unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        assert!(!listing.contains("mark_output"), "{listing}");
     }
 
     #[test]

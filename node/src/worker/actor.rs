@@ -579,10 +579,12 @@ where
     /// address).
     fn run_due(&mut self) {
         let now = Instant::now();
-        let sandboxes = &self.sandboxes;
-        self.services
-            .balancers
-            .run_due(self.kernel.lb(), now, |id| sandboxes.netns(id));
+        let (sandboxes, kernel) = (&self.sandboxes, &self.kernel);
+        self.services.balancers.run_due(
+            |id| kernel.lb_for(id == INGRESS_SANDBOX),
+            now,
+            |id| sandboxes.netns(id),
+        );
         for (network, vni, ip) in take_due(&mut self.withdrawals, now) {
             if self
                 .endpoints

@@ -101,9 +101,9 @@ impl Balancers {
     }
 
     /// Flushes whose drain is over; backends that came back since are kept.
-    pub fn run_due(
+    pub fn run_due<'a>(
         &mut self,
-        balancer: &dyn LoadBalancer,
+        balancer_of: impl Fn(&str) -> &'a dyn LoadBalancer,
         now: Instant,
         netns_of: impl Fn(&str) -> Option<String>,
     ) {
@@ -116,7 +116,7 @@ impl Balancers {
             let gone: BTreeSet<Ipv4Addr> = gone.difference(&current).copied().collect();
             let Some(netns) = netns_of(&id) else { continue };
             if !gone.is_empty()
-                && let Err(e) = balancer.flush_conntrack(&netns, &gone)
+                && let Err(e) = balancer_of(&id).flush_conntrack(&netns, &gone)
             {
                 warn!(sandbox = %id, error = %e, "cannot flush conntrack of removed backends");
             }

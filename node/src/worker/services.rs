@@ -94,8 +94,14 @@ impl<D: Resolvers + ?Sized> Services<D> {
             return false;
         }
         let desired = c.endpoints.lb_table(networks);
-        self.balancers
-            .apply(c.kernel.lb(), id, &netns, desired, self.drain, c.keep)
+        self.balancers.apply(
+            c.kernel.lb_for(id == super::sandboxes::INGRESS_SANDBOX),
+            id,
+            &netns,
+            desired,
+            self.drain,
+            c.keep,
+        )
     }
 
     /// Pushes the endpoints of `dirty` networks into DNS and into the load balancer of every

@@ -40,7 +40,7 @@ use std::net::Ipv4Addr;
 use msg::{CmdAttr, DestAttr, IpvsCmd, IpvsMessage, SvcAttr};
 use socket::IpvsSocket;
 
-use super::nft::{Flavor, fwmark_of, observe_table, remove_table, run_script, script};
+use super::nft::{Flavor, apply_flavor, fwmark_of, observe_table, remove_table};
 use super::{BROKEN, LbChange, LbService, LbTable, LoadBalancer, conntrack};
 use crate::error::{Error, Result};
 use crate::netns::Netns;
@@ -331,7 +331,6 @@ impl LoadBalancer for IpvsLb {
         }
         tracing::debug!(netns, changes = changes.len(), "apply ipvs lb");
         let netns = &Netns::open(netns)?;
-        let nft_script = script(Flavor::Mark, changes);
         with_socket(netns, |sock| {
             self.configure(netns, sock)?;
             let mut stale: Vec<(LbService, Vec<Ipv4Addr>)> = Vec::new();
@@ -343,7 +342,7 @@ impl LoadBalancer for IpvsLb {
                     stale.push((s.clone(), extra));
                 }
             }
-            run_script(netns, &nft_script)?;
+            apply_flavor(netns, Flavor::Mark, changes)?;
             for (s, extra) in stale {
                 let mark = fwmark_of(s.vip);
                 for ip in extra {
