@@ -89,7 +89,7 @@ pub fn parse_publish(text: &str) -> anyhow::Result<PortConfig> {
     Ok(p)
 }
 
-pub(super) fn port_key(text: &str) -> anyhow::Result<(u32, PortProtocol)> {
+pub fn port_key(text: &str) -> anyhow::Result<(u32, PortProtocol)> {
     let (port, proto) = match text.split_once('/') {
         Some((p, proto)) => (p, parse_protocol("--publish-rm", proto)?),
         None => (text, PortProtocol::Tcp),

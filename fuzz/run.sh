@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Builds every fuzz target and runs each for SECONDS (default 20) on its committed seed
+# corpus (fuzz/corpus/<target>/), FUZZ_JOBS targets at a time (default: the number of cores).
+# New inputs found go to a scratch directory, not into the repository. One summary line per
+# target; exits non-zero if any target crashed, naming the crash input.
+#
+#   fuzz/run.sh [SECONDS] [TARGET...]
+#
+# cargo fuzz needs nightly-only flags (-Z sanitizer); it runs here on the stable toolchain
+# with RUSTC_BOOTSTRAP=1, so no second toolchain is installed.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+seconds="${1:-20}"
+shift || true
+jobs="${FUZZ_JOBS:-$(nproc)}"
+max_len="${FUZZ_MAX_LEN:-4096}"
+export RUSTC_BOOTSTRAP=1
+
+if ! command -v c++ >/dev/null 2>&1; then
+    echo "fuzz: installing g++ (libfuzzer-sys compiles libFuzzer)"
+    apt-get update -qq && apt-get install -y -qq g++ >/dev/null
+fi
+if ! cargo fuzz --version 2>/dev/null | grep -q '^cargo-fuzz 0\.13\.'; then
+    echo "fuzz: installing cargo-fuzz 0.13"
+    cargo install cargo-fuzz --version '^0.13' --locked
+fi
+
+targets=("$@")
+if [ "${#targets[@]}" -eq 0 ]; then
+    mapfile -t targets < <(cargo fuzz list)
+fi
+
+# One build for all targets (cargo fuzz build takes one target name, or none for all).
+echo "fuzz: building ${#targets[@]} targets"
+start=$SECONDS
+if [ "$#" -eq 0 ]; then
+    cargo fuzz build --release --debug-assertions
+else
+    for t in "${targets[@]}"; do cargo fuzz build --release --debug-assertions "$t"; done
+fi
+echo "fuzz: built in $((SECONDS - start))s"
+
+scratch="$(mktemp -d "${TMPDIR:-/tmp}/mesh-fuzz.XXXXXX")"
+echo "fuzz: running each target for ${seconds}s, ${jobs} at a time; logs and new inputs in $scratch"
+
+run_one() {
+    local target="$1"
+    local seeds="corpus/$target"
+    local found="$scratch/corpus/$target"
+    local log="$scratch/$target.log"
+    mkdir -p "$found" "$seeds" "$scratch/artifacts/$target"
+    # The scratch corpus comes first: libFuzzer adds new inputs to the first directory only.
+    cargo fuzz run --release --debug-assertions "$target" "$found" "$seeds" -- \
+        -max_total_time="$seconds" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 \
+        -artifact_prefix="$scratch/artifacts/$target/" -print_final_stats=1 >"$log" 2>&1
+}
+
+pids=()
+names=()
+for target in "${targets[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
+        wait -n || true
+    done
+    run_one "$target" &
+    pids+=("$!")
+    names+=("$target")
+done
+
+failed=0
+for i in "${!pids[@]}"; do
+    target="${names[$i]}"
+    log="$scratch/$target.log"
+    if wait "${pids[$i]}"; then status=ok; else status=CRASH; failed=1; fi
+    runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
+    rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)"
+    printf 'fuzz: %-22s %-5s runs=%-9s exec/s=%s\n' "$target" "$status" "${runs:-?}" "${rate:-?}"
+    if [ "$status" = CRASH ]; then
+        grep -E '^(==[0-9]+==ERROR|thread .* panicked|.*panicked at)' "$log" | head -n 3 | sed 's/^/fuzz:     /'
+        grep -E 'Test unit written to' "$log" | sed 's/^/fuzz:     /'
+        echo "fuzz:     log: $log"
+    fi
+done
+if [ "$failed" -ne 0 ]; then
+    echo "fuzz: a target crashed; reproduce with: RUSTC_BOOTSTRAP=1 cargo fuzz run --release --debug-assertions TARGET ARTIFACT (in fuzz/)"
+    exit 1
+fi
+echo "fuzz: all ${#targets[@]} targets ran ${seconds}s without a crash"
