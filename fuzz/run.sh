@@ -51,27 +51,33 @@ run_one() {
     local log="$scratch/$target.log"
     mkdir -p "$found" "$seeds" "$scratch/artifacts/$target"
     # The scratch corpus comes first: libFuzzer adds new inputs to the first directory only.
+    # The exit status goes to a file: `wait -n` below may reap the job before the summary.
+    set +e
     cargo fuzz run --release --debug-assertions "$target" "$found" "$seeds" -- \
         -max_total_time="$seconds" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 \
         -artifact_prefix="$scratch/artifacts/$target/" -print_final_stats=1 >"$log" 2>&1
+    echo "$?" >"$scratch/$target.status"
 }
 
-pids=()
 names=()
 for target in "${targets[@]}"; do
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
         wait -n || true
     done
     run_one "$target" &
-    pids+=("$!")
     names+=("$target")
 done
 
 failed=0
-for i in "${!pids[@]}"; do
-    target="${names[$i]}"
+wait
+for target in "${names[@]}"; do
     log="$scratch/$target.log"
-    if wait "${pids[$i]}"; then status=ok; else status=CRASH; failed=1; fi
+    if [ "$(cat "$scratch/$target.status" 2>/dev/null)" = 0 ]; then
+        status=ok
+    else
+        status=CRASH
+        failed=1
+    fi
     runs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
     rate="$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -n 1)"
     printf 'fuzz: %-22s %-5s runs=%-9s exec/s=%s\n' "$target" "$status" "${runs:-?}" "${rate:-?}"
