@@ -31,14 +31,11 @@ if [ "${#targets[@]}" -eq 0 ]; then
     mapfile -t targets < <(cargo fuzz list)
 fi
 
-# One build for all targets (cargo fuzz build takes one target name, or none for all).
-echo "fuzz: building ${#targets[@]} targets"
+# One build of every target, even when only some run: building one target by name takes
+# other build flags, and rebuilds every crate beneath it.
+echo "fuzz: building the targets"
 start=$SECONDS
-if [ "$#" -eq 0 ]; then
-    cargo fuzz build --release --debug-assertions
-else
-    for t in "${targets[@]}"; do cargo fuzz build --release --debug-assertions "$t"; done
-fi
+cargo fuzz build --release --debug-assertions
 echo "fuzz: built in $((SECONDS - start))s"
 
 scratch="$(mktemp -d "${TMPDIR:-/tmp}/mesh-fuzz.XXXXXX")"
