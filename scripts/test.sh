@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds mesh and runs every test: unit tests, in-process cluster tests and
 # the multi-host tests (hosts are network namespaces on this machine, each
-# running the real `mesh daemon`). Run as root.
+# running the real `mesh daemon`), then each fuzz target for a bounded time
+# (MESH_FUZZ_SECONDS per target, default 10; 0 skips fuzzing). Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -11,8 +12,16 @@ cargo build --workspace --all-targets --locked
 if ! docker info >/dev/null 2>&1; then
     echo "test: no Docker engine answers: the compose test is skipped (MESH_TEST_DOCKER=require fails it)" >&2
 fi
+status=0
 if command -v cargo-nextest >/dev/null 2>&1; then
-    exec cargo nextest run --workspace --locked --no-fail-fast "$@"
+    cargo nextest run --workspace --locked --no-fail-fast "$@" || status=$?
 else
-    exec cargo test --workspace --locked --no-fail-fast "$@"
+    cargo test --workspace --locked --no-fail-fast "$@" || status=$?
 fi
+fuzz_seconds="${MESH_FUZZ_SECONDS:-10}"
+if [ "$fuzz_seconds" = 0 ]; then
+    echo "fuzz: skipped (MESH_FUZZ_SECONDS=0)"
+else
+    fuzz/run.sh "$fuzz_seconds" || status=1
+fi
+exit "$status"

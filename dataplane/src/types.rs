@@ -154,6 +154,12 @@ impl Mac {
     pub fn octets(&self) -> [u8; 6] {
         self.0
     }
+
+    /// A unicast address other than all zeros: the only kind an endpoint may have (a group
+    /// address in an FDB or neighbor entry would flood or blackhole the overlay).
+    pub fn is_unicast(&self) -> bool {
+        self.0[0] & 0x01 == 0 && self.0 != [0; 6]
+    }
 }
 
 impl fmt::Display for Mac {
@@ -169,6 +175,7 @@ impl fmt::Debug for Mac {
     }
 }
 
+/// Exactly `xx:xx:xx:xx:xx:xx`, two hex digits a byte (either case), nothing around it.
 impl FromStr for Mac {
     type Err = Error;
     fn from_str(s: &str) -> Result<Mac> {
@@ -180,7 +187,8 @@ impl FromStr for Mac {
         let mut parts = s.split(':');
         for byte in &mut out {
             let part = parts.next().ok_or_else(invalid)?;
-            if part.len() != 2 {
+            // Hex digits only: `from_str_radix` alone would also take a sign (`+a`).
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(invalid());
             }
             *byte = u8::from_str_radix(part, 16).map_err(|_| invalid())?;
@@ -252,8 +260,23 @@ mod tests {
             "02:42:0a:00:01:07:00",
             "2:42:0a:00:01:07",
             "zz:42:0a:00:01:07",
+            "+2:42:0a:00:01:07",
+            "02:+4:0a:00:01:07",
+            "02:42:0a:00:01:+7",
+            " 02:42:0a:00:01:07",
+            "02:42:0a:00:01:07 ",
+            "02-42-0a-00-01-07",
         ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }
+        assert_eq!(
+            "02:42:0A:00:01:07".parse::<Mac>().unwrap(),
+            mac,
+            "either case"
+        );
+        assert!(mac.is_unicast());
+        assert!(!Mac([0x01, 0, 0x5e, 0, 0, 1]).is_unicast(), "multicast");
+        assert!(!Mac([0xff; 6]).is_unicast(), "broadcast");
+        assert!(!Mac([0; 6]).is_unicast(), "zero");
     }
 }

@@ -65,6 +65,28 @@ pub enum GossipError {
         /// The largest record a push packet can carry.
         max: usize,
     },
+    /// A record received from a peer breaks a bound every record keeps (names, value size,
+    /// owner id). It is dropped; the rest of the packet is still merged.
+    #[error("record {key:?} of {owner:?} in scope {scope:?} refused: {reason}")]
+    InvalidRecord {
+        /// The owner it names (cut to the longest valid node id).
+        owner: String,
+        /// Its scope (cut to the longest valid scope).
+        scope: String,
+        /// Its key (cut to the longest valid key).
+        key: String,
+        /// Which bound it breaks.
+        reason: &'static str,
+    },
+    /// A node already holds as many records as a node may own; the new one is refused (an
+    /// existing one may still be changed or deleted).
+    #[error("node {owner:?} already owns {max} records, the most a node may")]
+    TooManyRecords {
+        /// The owner.
+        owner: String,
+        /// The bound.
+        max: usize,
+    },
     /// Binding or configuring a gossip socket failed.
     #[error("gossip socket {op} on {addr}")]
     Socket {

@@ -34,7 +34,7 @@ pub struct Stats {
     pub malformed: u64,
     /// Authenticated packets from nodes not listed by `set_peers` (removed nodes).
     pub ignored: u64,
-    /// Records refused (owner not alive or not in the scope, stale start).
+    /// Records refused (owner not alive or not in the scope, stale start, out of bounds).
     pub records_rejected: u64,
     /// Anti-entropy exchanges that completed (as the asking side).
     pub syncs_completed: u64,

@@ -61,7 +61,11 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> std:
     w.flush().await
 }
 
-/// Reads one frame.
+/// Memory a frame is given before its bytes arrive; it grows as they do.
+const FRAME_CHUNK: usize = 64 * 1024;
+
+/// Reads one frame. The buffer grows with the bytes that arrive, not with the length the
+/// prefix claims: a 4-byte header alone cannot make a node set aside [`MAX_FRAME`].
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
@@ -72,8 +76,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Vec<
             format!("frame of {len} bytes exceeds {MAX_FRAME}"),
         ));
     }
-    let mut buf = vec![0u8; len];
-    r.read_exact(&mut buf).await?;
+    let mut buf = Vec::with_capacity(len.min(FRAME_CHUNK));
+    let read = r.take(len as u64).read_to_end(&mut buf).await?;
+    if read < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame cut short: {read} of {len} bytes"),
+        ));
+    }
     Ok(buf)
 }
 

@@ -214,13 +214,7 @@ fn subnet_from_pools(
         .filter_map(|p| p.parse().ok())
         .collect();
     for pool in &pools {
-        let Ok(candidates) = pool.subnets(mask) else {
-            continue;
-        };
-        if let Some(free) = candidates
-            .into_iter()
-            .find(|c| used.iter().all(|(u, _)| !overlaps(u, c)))
-        {
+        if let Some(free) = first_free(pool, mask, used) {
             return Ok(free);
         }
     }
@@ -232,6 +226,34 @@ fn subnet_from_pools(
     Err(AllocError::Exhausted(format!(
         "the default address pool is exhausted: every /{mask} of {list} is in use (give --subnet, or init the cluster with a larger --default-addr-pool)"
     )))
+}
+
+/// The lowest `/mask` of `pool` that overlaps nothing in `used`. A candidate that overlaps
+/// used ranges is passed over together with those ranges, so the search takes at most one step
+/// per used range, however many subnets the pool holds (a /1 holds 2^28 /29s).
+fn first_free(pool: &Ipv4Net, mask: u8, used: &[(Ipv4Net, String)]) -> Option<Ipv4Net> {
+    if mask < pool.prefix_len() || mask > 32 {
+        return None;
+    }
+    let size = 1u64 << (32 - mask);
+    let end = u64::from(u32::from(pool.broadcast())) + 1;
+    let mut at = u64::from(u32::from(pool.network()));
+    while at < end {
+        let start = u32::try_from(at).expect("below the pool's end, so within IPv4");
+        let candidate = Ipv4Net::new(Ipv4Addr::from(start), mask).expect("mask is at most 32");
+        let past_overlaps = used
+            .iter()
+            .filter(|(u, _)| overlaps(u, &candidate))
+            .map(|(u, _)| u64::from(u32::from(u.broadcast())) + 1)
+            .max();
+        match past_overlaps {
+            None => return Some(candidate),
+            // Every range that overlaps the candidate ends at or after its start: the next
+            // aligned candidate after the furthest end is at least one subnet on.
+            Some(past) => at = past.max(at + size).div_ceil(size) * size,
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -366,6 +388,37 @@ mod tests {
         assert!(err.to_string().contains("exhausted"), "{err}");
         let got = allocate_network(&spec("", "", ""), &[&a], &pool, &[]).unwrap();
         assert_eq!(got.subnet.to_string(), "10.50.1.0/24");
+    }
+
+    #[test]
+    fn huge_pools_are_searched_by_skipping_used_ranges() {
+        // A /3 of which every /29 is unusable (multicast and reserved): 2^26 candidates.
+        let pool = cluster(&["224.0.0.0/3", "10.0.0.0/8"], 29);
+        let started = std::time::Instant::now();
+        let got = allocate_network(&spec("", "", ""), &[], &pool, &[]).unwrap();
+        assert_eq!(got.subnet, "10.0.0.0/29".parse::<Ipv4Net>().unwrap());
+        // A /1 whose first /8 (0.0.0.0/8, unusable) and a /9 given to a node are in use.
+        let pool = cluster(&["0.0.0.0/1"], 29);
+        let avoid = [("1.0.0.0/9".parse().unwrap(), "a node".to_string())];
+        let got = allocate_network(&spec("", "", ""), &[], &pool, &avoid).unwrap();
+        assert_eq!(got.subnet, "1.128.0.0/29".parse::<Ipv4Net>().unwrap());
+        let only_used = cluster(&["224.0.0.0/3"], 29);
+        assert!(matches!(
+            allocate_network(&spec("", "", ""), &[], &only_used, &[]),
+            Err(AllocError::Exhausted(_))
+        ));
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed < std::time::Duration::from_secs(1),
+            "three allocations took {elapsed:?}"
+        );
+        // Unaligned used ranges: the next candidate is aligned after them.
+        let pool = cluster(&["10.0.0.0/16"], 24);
+        let a = net("a", "10.0.0.0/25", 4096);
+        let b = net("b", "10.0.0.128/26", 4097);
+        let c = net("c", "10.0.1.8/29", 4098);
+        let got = allocate_network(&spec("", "", ""), &[&a, &b, &c], &pool, &[]).unwrap();
+        assert_eq!(got.subnet, "10.0.2.0/24".parse::<Ipv4Net>().unwrap());
     }
 
     #[test]

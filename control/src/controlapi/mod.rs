@@ -19,6 +19,10 @@ mod networks;
 mod nodes;
 mod services;
 
+/// The checks a network spec passes before it is created, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub use networks::validate as validate_network_spec;
+
 use std::sync::Arc;
 use std::time::Duration;
 

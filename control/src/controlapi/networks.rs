@@ -47,7 +47,7 @@ fn view(s: &StoreState, n: &Network) -> NetworkView {
     }
 }
 
-fn validate(spec: &NetworkSpec, max_bytes: u64) -> Result<()> {
+pub fn validate(spec: &NetworkSpec, max_bytes: u64) -> Result<()> {
     check_name("name", "network", &spec.name)?;
     let size = prost::Message::encoded_len(spec) as u64;
     if size > max_bytes {

@@ -69,6 +69,15 @@ pub use raft::{LeaderInfo, RaftStatus};
 pub use service::RaftService;
 pub use state::{StoreState, StoredObject, txn};
 
+/// The raft codec (openraft's messages and log entries, as managers exchange and store them),
+/// for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub mod codec {
+    pub use super::types::{
+        Entry, LogId, SnapshotMeta, StoreRequest, StoreResponse, TypeConfig, Vote, decode, encode,
+    };
+}
+
 use crate::config::RaftConfig;
 use disk::Disk;
 use log_store::LogStore;

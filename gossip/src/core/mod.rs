@@ -67,8 +67,7 @@ mod swim;
 const MEMBERSHIP_SCOPE: &str = "";
 /// Records held per owner until it is seen alive.
 const MAX_PENDING_PER_OWNER: usize = 4096;
-/// Longest scope name or record key, in bytes.
-pub const MAX_NAME_LEN: usize = 256;
+pub use crate::records::MAX_NAME_LEN;
 
 #[derive(Debug)]
 enum CoreTimer {

@@ -9,7 +9,7 @@ use tracing::{info, trace};
 use super::{Core, MAX_NAME_LEN, MEMBERSHIP_SCOPE, encoded_len};
 use crate::error::GossipError;
 use crate::identity::NodeIdentity;
-use crate::records::{Record, RecordEvent, Version};
+use crate::records::{MAX_RECORDS_PER_NODE, Record, RecordEvent, Version};
 
 impl Core {
     /// Joins a scope: its records start flowing to this node (idempotent).
@@ -93,6 +93,15 @@ impl Core {
         }
         if self.left {
             return Ok(());
+        }
+        let me = &self.identity.node_id;
+        if self.table.get(scope, me, key).is_none()
+            && self.table.owned_by(me) >= MAX_RECORDS_PER_NODE
+        {
+            return Err(GossipError::TooManyRecords {
+                owner: me.to_string(),
+                max: MAX_RECORDS_PER_NODE,
+            });
         }
         let record = self.write_own(scope, key, probe.value, false, now);
         self.push_scope_records(scope, vec![record]);
@@ -193,6 +202,7 @@ impl Core {
                 counter: self.counter,
             };
             // The same value under a newer version: no event for local subscribers.
+            // (A record already held: the bound on records per node does not apply.)
             let _ = self.table.merge(r, now);
         }
         let peers: Vec<NodeIdentity> = self.recipients(MEMBERSHIP_SCOPE);

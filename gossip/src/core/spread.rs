@@ -61,8 +61,12 @@ impl Core {
             value,
             deleted,
         };
-        if let Some(event) = self.table.merge(record.clone(), now) {
-            self.emit(vec![event]);
+        match self.table.merge(record.clone(), now) {
+            Ok(Some(event)) => self.emit(vec![event]),
+            Ok(None) => {}
+            // Only a scope join can get here at the bound (writes check it first): the
+            // membership record is still pushed, so peers learn of the join.
+            Err(e) => debug!(error = %e, "own record not kept"),
         }
         record
     }
@@ -153,11 +157,19 @@ impl Core {
     }
 
     pub(super) fn merge_remote(&mut self, records: Vec<Record>, now: Instant) {
+        // Records out of bounds are dropped one by one; the rest of the packet still counts.
+        let records = records.into_iter().filter(|r| match r.check() {
+            Ok(()) => true,
+            Err(e) => {
+                self.stats.records_rejected += 1;
+                debug!(error = %e, "record out of bounds");
+                false
+            }
+        });
         // Membership first: records of a scope are judged against the membership carried in
         // the same packet.
-        let (membership, rest): (Vec<Record>, Vec<Record>) = records
-            .into_iter()
-            .partition(|r| r.scope == MEMBERSHIP_SCOPE);
+        let (membership, rest): (Vec<Record>, Vec<Record>) =
+            records.partition(|r| r.scope == MEMBERSHIP_SCOPE);
         for record in membership.into_iter().chain(rest) {
             self.merge_one(record, now);
         }
@@ -205,8 +217,14 @@ impl Core {
             return;
         }
         let owner = owner.clone();
-        let Some(event) = self.table.merge(record, now) else {
-            return;
+        let event = match self.table.merge(record, now) {
+            Ok(Some(event)) => event,
+            Ok(None) => return,
+            Err(e) => {
+                self.stats.records_rejected += 1;
+                debug!(error = %e, "record refused");
+                return;
+            }
         };
         if !is_membership {
             self.emit(vec![event]);

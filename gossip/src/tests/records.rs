@@ -6,7 +6,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::sim::{FIRST_INCARNATION, Sim};
-use crate::{GossipConfig, Liveness, RecordEventKind, TransmitKind};
+use crate::records::{MAX_NAME_LEN, MAX_VALUE_LEN};
+use crate::wire::{Body, Envelope};
+use crate::{GossipConfig, Liveness, Record, RecordEventKind, TransmitKind, Version};
 
 const NET_A: &str = "net-a";
 const NET_B: &str = "net-b";
@@ -61,6 +63,59 @@ async fn scope_known(sim: &mut Sim, nodes: &[usize], members: &[usize], scope: &
     })
     .await
     .expect("scope membership spreads");
+}
+
+#[tokio::test(start_paused = true)]
+async fn records_out_of_bounds_are_refused_and_the_rest_of_the_packet_merges() {
+    let mut sim = cluster(2, GossipConfig::default(), 5).await;
+    join(&mut sim, 0, NET_A);
+    join(&mut sim, 1, NET_A);
+    scope_known(&mut sim, &[0, 1], &[0, 1], NET_A).await;
+    // What a peer holding the cluster key could send: its own records, some out of bounds.
+    let owner = sim.nodes[1].id.clone();
+    let incarnation = sim.core(1).identity().incarnation;
+    let record = |key: &str, value: Vec<u8>| Record {
+        scope: NET_A.into(),
+        key: key.into(),
+        owner: owner.clone(),
+        version: Version {
+            incarnation,
+            counter: 1_000_000,
+        },
+        value,
+        deleted: false,
+    };
+    let body = Body::Push(vec![
+        record("fine", b"v".to_vec()),
+        record("", b"v".to_vec()),
+        record(&"k".repeat(MAX_NAME_LEN + 1), b"v".to_vec()),
+        record("big", vec![7; MAX_VALUE_LEN + 1]),
+    ]);
+    let envelope = Envelope {
+        from: owner.as_str().into(),
+        body,
+    };
+    let sealed = sim
+        .keys
+        .seal(&postcard::to_stdvec(&envelope).unwrap())
+        .unwrap();
+    let from = sim.nodes[1].addr;
+    let before = sim.core(0).stats().records_rejected;
+    sim.core_mut(0)
+        .handle_datagram(from, &sealed, Instant::now());
+    assert!(has(&sim, 0, NET_A, 1, "fine", b"v"));
+    let keys: Vec<usize> = sim
+        .core(0)
+        .records(NET_A)
+        .iter()
+        .map(|r| r.key.len())
+        .collect();
+    assert!(
+        keys.iter().all(|len| (1..=MAX_NAME_LEN).contains(len)),
+        "keys held: {keys:?}"
+    );
+    assert!(!has(&sim, 0, NET_A, 1, "big", &[7; MAX_VALUE_LEN + 1]));
+    assert_eq!(sim.core(0).stats().records_rejected - before, 3);
 }
 
 #[tokio::test(start_paused = true)]

@@ -12,6 +12,10 @@ mod service;
 mod service_flags;
 mod service_view;
 
+/// The parsers of free-text service flags, for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub use service_flags::{parse_network, parse_publish, port_key};
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;

@@ -4,7 +4,12 @@
 use anyhow::{Context, bail};
 use mesh_proto::{NetworkAttachmentConfig, PortConfig, PortProtocol, PublishMode};
 
+/// `NETWORK` or `name=NETWORK[,alias=ALIAS...]`. Neither the network nor an alias may be
+/// empty.
 pub fn parse_network(text: &str) -> anyhow::Result<NetworkAttachmentConfig> {
+    if text.is_empty() {
+        bail!("--network: a network name is needed (NETWORK or name=NETWORK[,alias=ALIAS])");
+    }
     if !text.contains('=') {
         return Ok(NetworkAttachmentConfig {
             target: text.to_string(),
@@ -15,6 +20,7 @@ pub fn parse_network(text: &str) -> anyhow::Result<NetworkAttachmentConfig> {
     for part in text.split(',') {
         match part.split_once('=') {
             Some(("name" | "target", v)) => out.target = v.to_string(),
+            Some(("alias", "")) => bail!("--network: {text:?} has an empty alias="),
             Some(("alias", v)) => out.aliases.push(v.to_string()),
             _ => bail!("--network: {part:?} in {text:?} is not name=NETWORK or alias=ALIAS"),
         }
@@ -83,7 +89,7 @@ pub fn parse_publish(text: &str) -> anyhow::Result<PortConfig> {
     Ok(p)
 }
 
-pub(super) fn port_key(text: &str) -> anyhow::Result<(u32, PortProtocol)> {
+pub fn port_key(text: &str) -> anyhow::Result<(u32, PortProtocol)> {
     let (port, proto) = match text.split_once('/') {
         Some((p, proto)) => (p, parse_protocol("--publish-rm", proto)?),
         None => (text, PortProtocol::Tcp),
@@ -144,5 +150,20 @@ mod tests {
         assert_eq!((n.target.as_str(), n.aliases.len()), ("appnet", 2));
         assert!(parse_network("alias=x").is_err());
         assert!(parse_network("name=a,bogus=1").is_err());
+    }
+
+    #[test]
+    fn network_refuses_an_empty_name_or_alias_in_one_line() {
+        for bad in [
+            "",
+            "name=",
+            "name=a,alias=",
+            "alias=,name=a",
+            "name=a,alias=b,alias=",
+        ] {
+            let err = parse_network(bad).unwrap_err().to_string();
+            assert!(err.starts_with("--network:"), "{bad:?}: {err}");
+            assert!(!err.contains('\n'), "{bad:?}: {err}");
+        }
     }
 }

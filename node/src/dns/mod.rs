@@ -47,6 +47,8 @@
 pub mod config;
 pub mod error;
 mod forward;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod handler;
 pub mod manager;
 mod sockets;

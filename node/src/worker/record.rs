@@ -129,7 +129,9 @@ impl Endpoint {
         let mac: Mac = r
             .mac
             .parse()
-            .map_err(|_| format!("MAC {:?} is not valid", r.mac))?;
+            .ok()
+            .filter(Mac::is_unicast)
+            .ok_or_else(|| format!("MAC {:?} is not a unicast xx:xx:xx:xx:xx:xx", r.mac))?;
         let node = NodeId::parse(&r.node_id).map_err(|e| e.to_string())?;
         let service = if r.service_id.is_empty() {
             None
@@ -309,6 +311,15 @@ mod tests {
         );
         assert!(bad(&|r| r.addr = "10.0.1.5".into()).contains("CIDR"));
         assert!(bad(&|r| r.mac = "02:42".into()).contains("MAC"));
+        for mac in [
+            "+2:42:0a:00:01:05",
+            "02:42:0a:00:01:+5",
+            "ff:ff:ff:ff:ff:ff",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+        ] {
+            assert!(bad(&|r| r.mac = mac.into()).contains("MAC"), "{mac}");
+        }
         assert!(bad(&|r| r.node_id = String::new()).contains("node id"));
         assert!(bad(&|r| r.task_name = "x".repeat(300)).contains("longer"));
         assert!(bad(&|r| r.aliases = vec!["a".into(); 65]).contains("aliases"));
