@@ -194,6 +194,32 @@ impl NodeFailures {
     }
 }
 
+/// One pass of an orchestrator (replicated or global, told apart by `plan`): the nodes down
+/// past the grace period, then `plan` over the store, written within `batch`.
+pub(crate) async fn reconcile_with(
+    store: &crate::store::Store,
+    failures: &mut NodeFailures,
+    batch: crate::store::txn::Batch,
+    plan: fn(&StoreState, &mut Context<'_>) -> Vec<StoreOp>,
+) -> Result<(), crate::error::ControlError> {
+    let failed = store.read(|s| failures.failed(s));
+    let node_failed = |id: &str| failed.contains(id);
+    let mut new_id = fresh_task_id;
+    store
+        .update(|s| {
+            let mut ctx = Context {
+                now_ms: mesh_common::time::now_ms(),
+                new_id: &mut new_id,
+                node_failed: &node_failed,
+            };
+            let mut ops = plan(s, &mut ctx);
+            batch.limit(&mut ops);
+            Ok::<_, crate::error::ControlError>(mesh_proto::Transaction { ops })
+        })
+        .await?;
+    Ok(())
+}
+
 /// A fresh task id (falls back to a time-based one if the system's generator fails).
 pub(crate) fn fresh_task_id() -> String {
     mesh_common::ids::random_id().unwrap_or_else(|_| format!("t{}", mesh_common::time::now_ms()))

@@ -6,11 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_common::Liveness;
-use mesh_common::time::now_ms;
-use mesh_proto::{ServiceMode, StoreOp, Task, Transaction};
+use mesh_proto::{ServiceMode, StoreOp, Task};
 
 use super::update::next_batch;
-use super::{Context, NodeFailures, TasksByService, fresh_task_id, new_task, shut_down, staying};
+use super::{Context, NodeFailures, TasksByService, new_task, reconcile_with, shut_down, staying};
 use crate::component::Component;
 use crate::error::ControlError;
 use crate::store::txn::Batch;
@@ -105,21 +104,6 @@ impl Component for ReplicatedOrchestrator {
     }
 
     async fn reconcile(&mut self) -> Result<(), ControlError> {
-        let failed = self.store.read(|s| self.failures.failed(s));
-        let node_failed = |id: &str| failed.contains(id);
-        let mut new_id = fresh_task_id;
-        self.store
-            .update(|s| {
-                let mut ctx = Context {
-                    now_ms: now_ms(),
-                    new_id: &mut new_id,
-                    node_failed: &node_failed,
-                };
-                let mut ops = plan(s, &mut ctx);
-                self.batch.limit(&mut ops);
-                Ok::<_, ControlError>(Transaction { ops })
-            })
-            .await?;
-        Ok(())
+        reconcile_with(&self.store, &mut self.failures, self.batch, plan).await
     }
 }
