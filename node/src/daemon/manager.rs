@@ -158,9 +158,8 @@ impl RunningManager {
     }
 }
 
-/// Starts a one-voter raft cluster and writes the initial objects.
-async fn bootstrap(store: &Store, txn: Transaction, timeout: Duration) -> anyhow::Result<()> {
-    store.initialize().await.context("cannot initialize raft")?;
+/// Waits until this manager leads, or `timeout` passes (`Err`), or the store shuts down.
+async fn wait_leading(store: &Store, timeout: Duration) -> Result<(), tokio::time::error::Elapsed> {
     let mut leader = store.watch_leader();
     tokio::time::timeout(timeout, async {
         while !store.is_leader() {
@@ -170,7 +169,14 @@ async fn bootstrap(store: &Store, txn: Transaction, timeout: Duration) -> anyhow
         }
     })
     .await
-    .map_err(|_| anyhow::anyhow!("this node did not become raft leader within {timeout:?}"))?;
+}
+
+/// Starts a one-voter raft cluster and writes the initial objects.
+async fn bootstrap(store: &Store, txn: Transaction, timeout: Duration) -> anyhow::Result<()> {
+    store.initialize().await.context("cannot initialize raft")?;
+    wait_leading(store, timeout)
+        .await
+        .map_err(|_| anyhow::anyhow!("this node did not become raft leader within {timeout:?}"))?;
     store
         .propose(txn)
         .await
@@ -184,16 +190,7 @@ async fn bootstrap(store: &Store, txn: Transaction, timeout: Duration) -> anyhow
 async fn demote_the_others(store: &Store, me: &str, timeout: Duration) -> anyhow::Result<()> {
     // An election first: one election timeout, a few write timeouts at most.
     let deadline = timeout * 4;
-    let mut leader = store.watch_leader();
-    tokio::time::timeout(deadline, async {
-        while !store.is_leader() {
-            if leader.changed().await.is_err() {
-                break;
-            }
-        }
-    })
-    .await
-    .map_err(|_| {
+    wait_leading(store, deadline).await.map_err(|_| {
         anyhow::anyhow!(
             "--force-new-cluster: this manager did not become leader within {deadline:?}"
         )
