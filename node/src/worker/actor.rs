@@ -286,8 +286,15 @@ where
             }
         }
 
-        // 2. Sandboxes for what is wanted.
-        self.sandboxes.plan(&self.kernel, &self.assigned, &wanted);
+        // 2. Sandboxes for what is wanted, and for what drains (its process still answers
+        // the connections that reach it meanwhile).
+        let draining: BTreeSet<TaskId> = self
+            .draining
+            .keys()
+            .filter_map(|id| TaskId::new(id.clone()).ok())
+            .collect();
+        self.sandboxes
+            .plan(&self.kernel, &self.assigned, &wanted, &draining);
         let failed = self.sandboxes.reconcile(&self.kernel).err();
         if let Some(e) = &failed {
             warn!(error = %e, "overlay reconcile failed; retrying on the next tick");

@@ -191,9 +191,21 @@ impl Sandboxes {
     }
 
     /// Makes the intent hold the sandboxes of `wanted` (and the ingress sandbox when this node
-    /// has an ingress address) and nothing else: addresses of sandboxes that go are released,
-    /// remote endpoints of networks that go are dropped.
-    pub fn plan(&mut self, kernel: &dyn Kernel, assigned: &Assigned, wanted: &[Task]) {
+    /// has an ingress address), plus those of `draining` tasks it holds already, and nothing
+    /// else: addresses of sandboxes that go are released, remote endpoints of networks that go
+    /// are dropped.
+    ///
+    /// A draining task keeps its sandbox until its process is stopped: a load balancer that
+    /// has not yet heard of the withdrawal still sends it new connections, and those must
+    /// reach the live task rather than a namespace without links. A draining sandbox whose
+    /// address a wanted one now holds goes at once.
+    pub fn plan(
+        &mut self,
+        kernel: &dyn Kernel,
+        assigned: &Assigned,
+        wanted: &[Task],
+        draining: &BTreeSet<TaskId>,
+    ) {
         if assigned.data_port != 0 {
             self.desired.data_port = assigned.data_port;
         }
@@ -218,6 +230,33 @@ impl Sandboxes {
             let id = TaskId::new(INGRESS_SANDBOX).expect("valid task id");
             let sandbox = self.sandbox(id.clone(), vec![part], &mut networks);
             sandboxes.insert(id, sandbox);
+        }
+        let held: BTreeSet<(Vni, Ipv4Addr)> = sandboxes
+            .values()
+            .flat_map(|s| s.endpoints.iter().map(|e| (e.vni, e.addr.addr())))
+            .collect();
+        for id in draining {
+            if sandboxes.contains_key(id) {
+                continue;
+            }
+            let Some(old) = self.desired.tasks.get(id) else {
+                continue;
+            };
+            let specs: Option<Vec<NetworkSpec>> = old
+                .endpoints
+                .iter()
+                .map(|e| self.desired.networks.get(&e.vni).cloned())
+                .collect();
+            let clash = old
+                .endpoints
+                .iter()
+                .any(|e| held.contains(&(e.vni, e.addr.addr())));
+            if let (Some(specs), false) = (specs, clash) {
+                for spec in specs {
+                    networks.entry(spec.vni).or_insert(spec);
+                }
+                sandboxes.insert(id.clone(), old.clone());
+            }
         }
         for id in self.desired.tasks.keys() {
             if !sandboxes.contains_key(id) {

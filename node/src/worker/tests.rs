@@ -311,16 +311,21 @@ async fn a_task_leaving_is_withdrawn_everywhere_before_it_is_stopped() -> Result
         h.published("t1").filter(|r| r.running)
     })
     .await?;
-    // At the moment the runtime is asked to stop the task, its record must be gone.
-    let seen_at_stop: Arc<Mutex<Option<bool>>> = Arc::default();
+    // At the moment the runtime is asked to stop the task, its record must be gone and its
+    // sandbox still there (connections that reached it during the drain are answered).
+    let seen_at_stop: Arc<Mutex<Option<(bool, bool)>>> = Arc::default();
+    let task_ns = h.task_netns("t1");
     {
         let records = h.records.clone();
+        let kernel = h.kernel.clone();
         let seen = seen_at_stop.clone();
+        let task_ns = task_ns.clone();
         h.runtime.on_stop(Box::new(move |id| {
             let published = records
                 .published()
                 .contains_key(&(NET.to_string(), id.to_string()));
-            *seen.lock().unwrap() = Some(published);
+            let sandbox = kernel.namespaces().contains(&task_ns);
+            *seen.lock().unwrap() = Some((published, sandbox));
         }));
     }
     let started = tokio::time::Instant::now();
@@ -334,8 +339,8 @@ async fn a_task_leaving_is_withdrawn_everywhere_before_it_is_stopped() -> Result
     .await?;
     assert_eq!(
         *seen_at_stop.lock().unwrap(),
-        Some(false),
-        "the record was still published when the task was stopped"
+        Some((false, true)),
+        "(record still published, sandbox still there) when the task was stopped"
     );
     assert!(
         started.elapsed() >= DRAIN,
@@ -344,6 +349,10 @@ async fn a_task_leaving_is_withdrawn_everywhere_before_it_is_stopped() -> Result
     );
     until("shutdown reported", || {
         (h.last_state("t1") == Some(TaskState::Shutdown)).then_some(())
+    })
+    .await?;
+    until("the sandbox gone once the task stopped", || {
+        (!h.kernel.namespaces().contains(&task_ns)).then_some(())
     })
     .await?;
     Ok(())
