@@ -299,11 +299,13 @@ fn a_rebooted_node_brings_every_task_back() {
     create_network(n1, "ov", &[]).unwrap();
     create_service(n1, "web", &["--mode", "global", "--network", "ov"]).unwrap();
     create_service(n1, "api", &["--replicas", "4", "--network", "ov"]).unwrap();
-    let api_before = by_node(services::running(n1, "api").unwrap());
-    let on_n2 = services::running(n1, "web")
-        .unwrap()
+    // The placement to come back to, read once both services have settled.
+    let web = wait_running(&lab, n1, "web", 2, SETTLE).unwrap();
+    let api = wait_running(&lab, n1, "api", 4, SETTLE).unwrap();
+    let api_before = by_node(api.clone());
+    let on_n2 = web
         .into_iter()
-        .chain(services::running(n1, "api").unwrap())
+        .chain(api)
         .filter(|t| t.node == n2.name())
         .map(|t| t.netns(&lab))
         .collect::<Result<Vec<_>>>()
