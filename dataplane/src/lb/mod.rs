@@ -182,7 +182,7 @@ impl fmt::Display for LbChange {
 ///
 /// Namespaces are named (as under `/run/netns`); an implementation opens the namespace itself
 /// for each call, and one that does not exist is an error naming it. Object-safe.
-pub trait LoadBalancer {
+pub trait LoadBalancer: Send + Sync {
     /// Reads our services in the namespace `netns` (and nothing that is not ours).
     fn observe(&self, netns: &str) -> Result<LbTable>;
 

@@ -6,9 +6,37 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use mesh_dataplane::lb::{self, LbTable, LoadBalancer};
+use mesh_dataplane::Result;
+use mesh_dataplane::lb::{self, LbChange, LbTable, LoadBalancer};
 use tokio::time::Instant;
 use tracing::{debug, warn};
+
+/// How many namespaces' load balancers are programmed at once.
+pub const PARALLEL: usize = 8;
+
+/// One sandbox's load balancer brought to `desired`: by `changes` planned against what it
+/// holds, or (`None`: nothing known of it) by observing it first.
+struct Job {
+    id: String,
+    netns: String,
+    desired: LbTable,
+    changes: Option<Vec<LbChange>>,
+}
+
+impl Job {
+    fn is_noop(&self) -> bool {
+        self.changes.as_ref().is_some_and(Vec::is_empty)
+    }
+
+    fn run(&self, balancer: &dyn LoadBalancer) -> Result<Vec<LbChange>> {
+        match &self.changes {
+            Some(changes) => balancer
+                .apply(&self.netns, changes)
+                .map(|()| changes.clone()),
+            None => lb::reconcile(balancer, &self.netns, &self.desired),
+        }
+    }
+}
 
 /// What each sandbox's load balancer holds, and flushes waiting for their drain to end.
 #[derive(Default)]
@@ -53,6 +81,71 @@ impl Balancers {
         drain: Duration,
         keep: bool,
     ) -> bool {
+        let job = self.prepare(balancer, id, netns, desired, keep);
+        let result = job.run(balancer);
+        self.finish(job, result, drain)
+    }
+
+    /// [`Balancers::apply`] for many sandboxes at once: planned here, programmed in up to
+    /// [`PARALLEL`] namespaces at a time (each is its own kernel transaction), recorded here.
+    /// One change on a network costs one transaction per sandbox on it, run side by side.
+    pub fn apply_many<'a>(
+        &mut self,
+        balancer_of: impl Fn(&str) -> &'a dyn LoadBalancer,
+        sandboxes: Vec<(String, String, LbTable)>,
+        drain: Duration,
+        keep: bool,
+    ) {
+        let jobs: Vec<(Job, &dyn LoadBalancer)> = sandboxes
+            .into_iter()
+            .map(|(id, netns, desired)| {
+                let balancer = balancer_of(&id);
+                (self.prepare(balancer, &id, &netns, desired, keep), balancer)
+            })
+            .filter(|(job, _)| !job.is_noop())
+            .collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let results: Vec<(Job, Result<Vec<LbChange>>)> = if jobs.len() == 1 {
+            jobs.into_iter()
+                .map(|(job, lb)| {
+                    let r = job.run(lb);
+                    (job, r)
+                })
+                .collect()
+        } else {
+            let queue = std::sync::Mutex::new(jobs.into_iter());
+            let done = std::sync::Mutex::new(Vec::new());
+            std::thread::scope(|scope| {
+                let workers = PARALLEL.min(queue.lock().map(|q| q.len()).unwrap_or(1));
+                for _ in 0..workers {
+                    scope.spawn(|| {
+                        loop {
+                            let next = queue.lock().expect("lb queue lock").next();
+                            let Some((job, lb)) = next else { break };
+                            let r = job.run(lb);
+                            done.lock().expect("lb results lock").push((job, r));
+                        }
+                    });
+                }
+            });
+            done.into_inner().expect("lb results lock")
+        };
+        for (job, result) in results {
+            self.finish(job, result, drain);
+        }
+    }
+
+    /// What [`Balancers::apply`] will do for sandbox `id`, planned against what it holds.
+    fn prepare(
+        &self,
+        balancer: &dyn LoadBalancer,
+        id: &str,
+        netns: &str,
+        desired: LbTable,
+        keep: bool,
+    ) -> Job {
         let desired = if keep {
             let held = match self.applied.get(id) {
                 Some(applied) => applied.clone(),
@@ -62,17 +155,29 @@ impl Balancers {
         } else {
             desired
         };
-        let applied = self.applied.get(id);
-        let result = match applied {
-            Some(applied) => {
-                let changes = lb::plan(&desired, applied);
-                balancer.apply(netns, &changes).map(|()| changes)
-            }
-            None => lb::reconcile(balancer, netns, &desired),
-        };
+        let changes = self
+            .applied
+            .get(id)
+            .map(|applied| lb::plan(&desired, applied));
+        Job {
+            id: id.to_string(),
+            netns: netns.to_string(),
+            desired,
+            changes,
+        }
+    }
+
+    /// Records the outcome of `job`: what the sandbox holds, and the flushes due after
+    /// `drain` for the backends that left.
+    fn finish(&mut self, job: Job, result: Result<Vec<LbChange>>, drain: Duration) -> bool {
+        let Job { id, desired, .. } = job;
         match result {
             Ok(changes) => {
-                let before = applied.map(LbTable::backends).unwrap_or_default();
+                let before = self
+                    .applied
+                    .get(&id)
+                    .map(LbTable::backends)
+                    .unwrap_or_default();
                 let gone: BTreeSet<Ipv4Addr> =
                     before.difference(&desired.backends()).copied().collect();
                 if !gone.is_empty() {
@@ -80,21 +185,21 @@ impl Balancers {
                     // half-open ones) must finish; flows left after it (UDP, a dead node's)
                     // must not stick to a backend that is gone.
                     self.flushes
-                        .push((Instant::now() + drain, (id.to_string(), gone)));
+                        .push((Instant::now() + drain, (id.clone(), gone)));
                 }
                 if !changes.is_empty() {
                     debug!(
-                        sandbox = id,
+                        sandbox = %id,
                         changes = changes.len(),
                         "load balancer updated"
                     );
                 }
-                self.applied.insert(id.to_string(), desired);
+                self.applied.insert(id, desired);
                 true
             }
             Err(e) => {
-                warn!(sandbox = id, error = %e, "cannot program the load balancer; retrying");
-                self.applied.remove(id);
+                warn!(sandbox = %id, error = %e, "cannot program the load balancer; retrying");
+                self.applied.remove(&id);
                 false
             }
         }

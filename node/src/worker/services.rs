@@ -1,12 +1,13 @@
 //! The services of local sandboxes: each task's DNS server at 127.0.0.11 and each sandbox's
 //! load balancer (tasks and the ingress sandbox), kept in line with the endpoint table.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_common::NetworkId;
 use mesh_dataplane::Kernel;
+use mesh_dataplane::lb::LbTable;
 use mesh_proto::Task;
 use tracing::debug;
 
@@ -123,8 +124,29 @@ impl<D: Resolvers + ?Sized> Services<D> {
                 local.push((INGRESS_SANDBOX.to_string(), vec![n]));
             }
         }
+        // One table per set of networks (most sandboxes share theirs), each sandbox planned
+        // against what it holds, the namespaces programmed side by side.
+        let mut tables: BTreeMap<Vec<NetworkId>, LbTable> = BTreeMap::new();
+        let mut jobs = Vec::new();
         for (id, nets) in local {
-            self.apply_lb(c, &id, &nets);
+            let Some(netns) = c.sandboxes.netns(&id) else {
+                continue;
+            };
+            if !c.kernel.netns_exists(&netns) {
+                debug!(sandbox = id, "no namespace for the load balancer yet");
+                continue;
+            }
+            let desired = tables
+                .entry(nets)
+                .or_insert_with_key(|nets| c.endpoints.lb_table(nets))
+                .clone();
+            jobs.push((id, netns, desired));
         }
+        self.balancers.apply_many(
+            |id| c.kernel.lb_for(id == INGRESS_SANDBOX),
+            jobs,
+            self.drain,
+            c.keep,
+        );
     }
 }
