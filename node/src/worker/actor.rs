@@ -31,6 +31,13 @@ use crate::runtime::{self, TaskPhase};
 
 /// The services' view of the worker's parts (a macro: the fields are borrowed apart from
 /// the services they are given to).
+/// The most gossip records applied before the load balancers and DNS are refreshed: a burst
+/// costs one refresh per this many records, and other work waits at most that long.
+const RECORD_BATCH: usize = 1024;
+
+/// How many task processes a node launches at once.
+const PARALLEL_STARTS: usize = 8;
+
 macro_rules! ctx {
     ($w:ident) => {
         Ctx {
@@ -130,7 +137,19 @@ where
                     }
                     None => return,
                 },
-                Some(ev) = recv_opt(&mut records) => self.on_record(ev),
+                Some(ev) = recv_opt(&mut records) => {
+                    // Records that arrived together are applied together: the load
+                    // balancers and DNS are refreshed once for the whole batch.
+                    self.on_record(ev);
+                    if let Some(rx) = records.as_mut() {
+                        for _ in 1..RECORD_BATCH {
+                            match rx.try_recv() {
+                                Ok(ev) => self.on_record(ev),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                }
                 ev = task_events.recv() => match ev {
                     Ok((id, st)) => self.on_task_state(&id, &st),
                     Err(broadcast::error::RecvError::Lagged(_)) => self.refresh_states(),
@@ -315,7 +334,8 @@ where
             self.services.apply_lb(&ctx, INGRESS_SANDBOX, &ingress);
         }
 
-        // 4. Processes.
+        // 4. Processes: each task prepared in turn, their processes launched together.
+        let mut launches = Vec::new();
         for t in &wanted {
             if let Some(e) = &failed {
                 if self.runtime.state(&t.id).is_none() {
@@ -332,7 +352,11 @@ where
                     info!(task = %t.id, name = %t.name, "the task's supervisor is gone; starting it again");
                     self.services.detach(&t.id).await;
                     match self.runtime.remove(&t.id).await {
-                        Ok(()) => self.start_task(t).await,
+                        Ok(()) => {
+                            if let Some(spec) = self.prepare_start(t).await {
+                                launches.push((t.clone(), spec));
+                            }
+                        }
                         Err(e) => {
                             warn!(task = %t.id, error = %e, "cannot clear the task's old run")
                         }
@@ -348,9 +372,14 @@ where
                     }
                     self.queue(&t.id, status_of(&st));
                 }
-                None => self.start_task(t).await,
+                None => {
+                    if let Some(spec) = self.prepare_start(t).await {
+                        launches.push((t.clone(), spec));
+                    }
+                }
             }
         }
+        self.launch(launches).await;
     }
 
     fn mesh_inputs(&self) -> MeshInputs<'_> {
@@ -368,7 +397,9 @@ where
         self.mesh.sync(&self.kernel, &desired);
     }
 
-    async fn start_task(&mut self, t: &Task) {
+    /// Everything a task's start needs before its process: checks, its status, its DNS and
+    /// load balancer. The spec to launch, or `None` (the reason is queued).
+    async fn prepare_start(&mut self, t: &Task) -> Option<runtime::TaskSpec> {
         let rejected = |why: String| {
             let mut s = status(TaskState::Rejected, "rejected");
             s.err = why;
@@ -376,11 +407,11 @@ where
         };
         if let Some(reason) = ingress::host_port_conflict(&self.mesh_inputs(), t) {
             self.queue(&t.id, rejected(reason));
-            return;
+            return None;
         }
         let Some(netns) = self.sandboxes.netns(&t.id) else {
             self.queue(&t.id, rejected(format!("task id {:?} is not usable", t.id)));
-            return;
+            return None;
         };
         let netns = netns_path(&netns);
         let host = Host {
@@ -394,18 +425,40 @@ where
             Ok(s) => s,
             Err(e) => {
                 self.queue(&t.id, rejected(e));
-                return;
+                return None;
             }
         };
         self.queue(&t.id, status(TaskState::Starting, "starting"));
         if let Err(e) = self.attach_services(t).await {
             let waiting = format!("waiting for its DNS and load balancer: {e}");
             self.queue(&t.id, status(TaskState::Starting, waiting));
-            return;
+            return None;
         }
-        match self.runtime.start(spec).await {
-            Ok(()) => info!(task = %t.id, name = %t.name, "task started"),
-            Err(e) => self.queue(&t.id, rejected(e)),
+        Some(spec)
+    }
+
+    /// Launches the processes of `specs`, up to [`PARALLEL_STARTS`] at a time: a node's new
+    /// tasks start side by side, not one after the other.
+    async fn launch(&mut self, specs: Vec<(Task, runtime::TaskSpec)>) {
+        use futures::StreamExt;
+        let runtime = self.runtime.clone();
+        let results: Vec<(Task, Result<(), String>)> = futures::stream::iter(specs)
+            .map(|(t, spec)| {
+                let runtime = runtime.clone();
+                async move { (t, runtime.start(spec).await) }
+            })
+            .buffer_unordered(PARALLEL_STARTS)
+            .collect()
+            .await;
+        for (t, result) in results {
+            match result {
+                Ok(()) => info!(task = %t.id, name = %t.name, "task started"),
+                Err(e) => {
+                    let mut s = status(TaskState::Rejected, "rejected");
+                    s.err = e;
+                    self.queue(&t.id, s);
+                }
+            }
         }
     }
 
