@@ -292,22 +292,26 @@ fn by_node(tasks: Vec<TaskRow>) -> BTreeMap<String, usize> {
     out
 }
 
-#[test]
-fn a_rebooted_node_brings_every_task_back() {
-    let lab = mesh_tests::cluster(1, 1).unwrap();
+/// node1 (manager) and node2 (worker) with a global `web` and a 4-replica `api` on one
+/// network; node2 then goes down as a host does (its agent, every task supervisor and every
+/// task), and stays down until `before_start` returns. The placement of api before.
+fn reboot_node2(
+    lab: &mesh_tests::Lab,
+    before_start: impl FnOnce(),
+) -> BTreeMap<String, usize> {
     let (n1, n2) = (lab.host(1), lab.host(2));
     create_network(n1, "ov", &[]).unwrap();
     create_service(n1, "web", &["--mode", "global", "--network", "ov"]).unwrap();
     create_service(n1, "api", &["--replicas", "4", "--network", "ov"]).unwrap();
     // The placement to come back to, read once both services have settled.
-    let web = wait_running(&lab, n1, "web", 2, SETTLE).unwrap();
-    let api = wait_running(&lab, n1, "api", 4, SETTLE).unwrap();
+    let web = wait_running(lab, n1, "web", 2, SETTLE).unwrap();
+    let api = wait_running(lab, n1, "api", 4, SETTLE).unwrap();
     let api_before = by_node(api.clone());
     let on_n2 = web
         .into_iter()
         .chain(api)
         .filter(|t| t.node == n2.name())
-        .map(|t| t.netns(&lab))
+        .map(|t| t.netns(lab))
         .collect::<Result<Vec<_>>>()
         .unwrap();
     assert!(on_n2.len() >= 2, "node2 runs web and api tasks");
@@ -330,7 +334,24 @@ fn a_rebooted_node_brings_every_task_back() {
             );
         }
     }
+    before_start();
     n2.start().unwrap();
+    api_before
+}
+
+/// Whether every running task of web and api on node2 has a live process in its namespace.
+fn node2_tasks_alive(lab: &mesh_tests::Lab, tasks: &[TaskRow]) -> bool {
+    tasks.iter().filter(|t| t.node == "node2").all(|t| {
+        t.netns(lab)
+            .is_ok_and(|ns| !ns.pids().unwrap_or_default().is_empty())
+    })
+}
+
+#[test]
+fn a_rebooted_node_brings_every_task_back() {
+    let lab = mesh_tests::cluster(1, 1).unwrap();
+    let n1 = lab.host(1);
+    let api_before = reboot_node2(&lab, || {});
 
     // Every task is running again, on the same nodes, with a live process in its namespace.
     wait(&lab, "every task of node2 to run again", SETTLE, || {
@@ -338,14 +359,8 @@ fn a_rebooted_node_brings_every_task_back() {
         let api = services::running(n1, "api")?;
         let web_nodes = by_node(web.clone());
         let api_nodes = by_node(api.clone());
-        let alive = web
-            .iter()
-            .chain(&api)
-            .filter(|t| t.node == n2.name())
-            .all(|t| {
-                t.netns(&lab)
-                    .is_ok_and(|ns| !ns.pids().unwrap_or_default().is_empty())
-            });
+        let both: Vec<TaskRow> = web.iter().chain(&api).cloned().collect();
+        let alive = node2_tasks_alive(&lab, &both);
         let summary = format!("web {web_nodes:?} api {api_nodes:?} alive {alive}");
         Ok(
             if web_nodes.len() == 2 && api_nodes == api_before && alive {
@@ -369,6 +384,39 @@ fn a_rebooted_node_brings_every_task_back() {
             Poll::Ready(())
         } else {
             Poll::Pending(stuck.join(", "))
+        })
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_node_down_past_its_grace_runs_its_global_tasks_again_when_back() {
+    let lab = mesh_tests::cluster(1, 1).unwrap();
+    let n1 = lab.host(1);
+    // node2 stays down until it is seen down and api's replicas have moved to node1.
+    reboot_node2(&lab, || {
+        wait(&lab, "node2 down and api's 4 replicas on node1", SETTLE, || {
+            let down = mesh_tests::nodes(n1)?
+                .iter()
+                .any(|n| n.hostname == "node2" && n.status == "down");
+            let api = by_node(services::running(n1, "api")?);
+            Ok(if down && api.get("node1") == Some(&4) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!("node2 down {down}, api {api:?}"))
+            })
+        })
+        .unwrap();
+    });
+    // Back: its task of the global service runs again, with a live process.
+    wait(&lab, "web running on both nodes again", SETTLE, || {
+        let web = services::running(n1, "web")?;
+        let nodes = by_node(web.clone());
+        let alive = node2_tasks_alive(&lab, &web);
+        Ok(if nodes.len() == 2 && alive {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("web {nodes:?} alive {alive}"))
         })
     })
     .unwrap();
