@@ -86,3 +86,49 @@ impl DaemonConfig {
         }
     }
 }
+
+/// The config file the Debian package installs as `/etc/mesh/mesh.toml`: every key with its
+/// default value, commented out, under its section. As shipped it changes nothing; a key
+/// uncommented overrides that default.
+pub fn commented_default() -> String {
+    let text = toml::to_string(&DaemonConfig::default()).expect("the defaults serialize");
+    let mut out = String::from(
+        "# mesh daemon configuration (`mesh daemon --config /etc/mesh/mesh.toml`).\n\
+         # Every key is shown with its default value, commented out: uncomment a key to\n\
+         # change it, then `systemctl restart mesh`. Unknown keys are refused at start.\n",
+    );
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        if line.starts_with('[') {
+            out.push('\n');
+        } else {
+            out.push_str("# ");
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_changes_nothing_and_uncommented_gives_every_default() {
+        let shipped = commented_default();
+        let as_is: DaemonConfig = toml::from_str(&shipped).unwrap();
+        assert_eq!(as_is, DaemonConfig::default());
+        let keys = shipped.lines().filter(|l| l.starts_with("# ") && l.contains(" = ")).count();
+        assert!(keys >= 20, "only {keys} keys:\n{shipped}");
+        let uncommented: String = shipped
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(kv) if kv.contains(" = ") => kv,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let parsed: DaemonConfig = toml::from_str(&uncommented).unwrap();
+        assert_eq!(parsed, DaemonConfig::default());
+    }
+}
