@@ -177,6 +177,7 @@ impl From<Role> for NodeRole {
 
 #[derive(Args, Debug)]
 pub struct JoinTokenArgs {
+    /// Whose token: worker or manager.
     pub role: Role,
     /// Print the token only.
     #[arg(short, long)]
@@ -446,3 +447,6 @@ async fn run_client(channel: Channel, command: Command) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

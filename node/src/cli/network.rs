@@ -53,14 +53,16 @@ pub struct CreateArgs {
     /// Driver options: mtu=N.
     #[arg(long = "opt", short = 'o', value_name = "KEY=VALUE")]
     pub opts: Vec<String>,
-    /// Labels.
+    /// A label on the network (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Name of the network.
     pub name: String,
 }
 
 #[derive(Args, Debug)]
 pub struct NamesArgs {
+    /// Networks: names, ids or id prefixes.
     #[arg(required = true)]
     pub networks: Vec<String>,
 }

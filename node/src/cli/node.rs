@@ -48,6 +48,7 @@ pub struct NodesArgs {
 
 #[derive(Args, Debug)]
 pub struct RoleArgs {
+    /// Node ids, id prefixes or hostnames.
     #[arg(required = true)]
     pub nodes: Vec<String>,
     /// Return at once instead of waiting for the role change to complete.
@@ -57,6 +58,7 @@ pub struct RoleArgs {
 
 #[derive(Args, Debug)]
 pub struct RmArgs {
+    /// Node ids, id prefixes or hostnames.
     #[arg(required = true)]
     pub nodes: Vec<String>,
     /// Remove even a node that is still up.

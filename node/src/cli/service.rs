@@ -64,16 +64,20 @@ pub enum Restart {
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
+    /// Name of the service; its tasks are NAME.1, NAME.2, ...
     #[arg(long)]
     pub name: String,
     /// Number of tasks (replicated mode).
     #[arg(long, allow_negative_numbers = true)]
     pub replicas: Option<i64>,
+    /// replicated: --replicas tasks across the cluster; global: one task on every node.
     #[arg(long, value_enum, default_value = "replicated")]
     pub mode: Mode,
     /// Network to attach: NAME, or name=NAME[,alias=A...] (repeatable).
     #[arg(long = "network")]
     pub networks: Vec<String>,
+    /// vip: the service name resolves to one virtual IP balanced over the tasks; dnsrr: to
+    /// the tasks' own addresses.
     #[arg(long, value_enum, default_value = "vip")]
     pub endpoint_mode: Endpoint,
     /// Publish a port: published=P,target=T[,protocol=udp][,mode=host] or P:T[/udp] (repeatable).
@@ -85,20 +89,26 @@ pub struct CreateArgs {
     /// Working directory of the task's process.
     #[arg(long, default_value = "")]
     pub workdir: String,
+    /// When a task that stopped is replaced: any (every stop), on-failure (a non-zero exit)
+    /// or none.
     #[arg(long, value_enum, default_value = "any")]
     pub restart_condition: Restart,
+    /// Wait between a task stopping and its replacement starting (e.g. 500ms, 5s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub restart_delay: Duration,
     /// Give up after this many restarts (0 = never).
     #[arg(long, default_value_t = 0)]
     pub restart_max_attempts: u32,
+    /// Time a task gets between SIGTERM and SIGKILL when it is stopped.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub stop_grace_period: Duration,
     /// Tasks replaced at once in a rolling update (0 = all).
     #[arg(long, default_value_t = 1)]
     pub update_parallelism: u32,
+    /// Wait between two batches of a rolling update (e.g. 10s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub update_delay: Duration,
+    /// A label on the service (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
     /// Return at once instead of waiting for the tasks to run.
@@ -111,6 +121,7 @@ pub struct CreateArgs {
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
+    /// Services: names, ids or id prefixes.
     #[arg(required = true)]
     pub services: Vec<String>,
     #[command(flatten)]
@@ -119,6 +130,7 @@ pub struct PsArgs {
 
 #[derive(Args, Debug)]
 pub struct NamesArgs {
+    /// Services: names, ids or id prefixes.
     #[arg(required = true)]
     pub services: Vec<String>,
 }
@@ -128,13 +140,16 @@ pub struct ScaleArgs {
     /// SERVICE=REPLICAS pairs.
     #[arg(required = true)]
     pub targets: Vec<String>,
+    /// Return at once instead of waiting for the tasks to converge.
     #[arg(long, short = 'd')]
     pub detach: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct UpdateArgs {
+    /// The service: its name, id or id prefix.
     pub service: String,
+    /// Number of tasks (replicated mode).
     #[arg(long, allow_negative_numbers = true)]
     pub replicas: Option<i64>,
     /// Add or replace an environment variable (repeatable).
@@ -143,8 +158,10 @@ pub struct UpdateArgs {
     /// Remove an environment variable by name (repeatable).
     #[arg(long)]
     pub env_rm: Vec<String>,
+    /// Tasks replaced at once in a rolling update (0 = all).
     #[arg(long)]
     pub update_parallelism: Option<u32>,
+    /// Wait between two batches of a rolling update (e.g. 10s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub update_delay: Option<Duration>,
     /// Publish another port (same forms as create).
@@ -156,6 +173,7 @@ pub struct UpdateArgs {
     /// Replace every task even if nothing changed.
     #[arg(long)]
     pub force: bool,
+    /// Return at once instead of waiting for the update to converge.
     #[arg(long, short = 'd')]
     pub detach: bool,
     /// A new command for the tasks.
