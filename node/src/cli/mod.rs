@@ -3,6 +3,7 @@
 //! Failures print one line on stderr and exit non-zero.
 
 pub mod client;
+mod format;
 mod logs;
 mod network;
 mod node;
@@ -31,6 +32,7 @@ use mesh_proto::{
 use tonic::transport::Channel;
 
 pub use client::DEFAULT_HOST;
+use format::{Format, FormatArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -194,20 +196,6 @@ pub struct LeaveArgs {
     pub force: bool,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Format {
-    #[default]
-    Table,
-    Json,
-}
-
-#[derive(Args, Debug)]
-pub struct FormatArgs {
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
-}
-
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
     /// Replace the key that encrypts gossip; the previous key stays valid
@@ -268,6 +256,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => return exec(&cli.host, args),
         other => other,
     };
+    check_format(&command)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -277,6 +266,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         run_client(channel, command).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a bad `--format` before the daemon is asked anything (the commands read it
+/// again when they print).
+fn check_format(command: &Command) -> anyhow::Result<()> {
+    use network::NetworkCommand as Net;
+    use node::NodeCommand as Node;
+    use service::ServiceCommand as Svc;
+    let (text, kind) = match command {
+        Command::Node(Node::Ls(a)) => (&a.format.format, Some(&output::NODE_ROWS)),
+        Command::Node(Node::Inspect(a)) => (&a.format.format, None),
+        Command::Network(Net::Ls(a)) => (&a.format.format, Some(&network::NETWORK_ROWS)),
+        Command::Network(Net::Inspect(a)) => (&a.format.format, None),
+        Command::Service(Svc::Ls(a)) => (&a.format.format, Some(&service_view::SERVICE_ROWS)),
+        Command::Service(Svc::Ps(a)) => (&a.format.format, Some(&service_view::TASK_ROWS)),
+        Command::Service(Svc::Inspect(a)) => (&a.format.format, None),
+        Command::Info(a) if a.format.trim() == "table" => return Ok(()),
+        Command::Info(a) => (&a.format, None),
+        _ => return Ok(()),
+    };
+    Format::parse(text, kind).map(drop)
 }
 
 /// Asks the daemon for the task's pid, then becomes the command inside the
@@ -428,8 +438,13 @@ async fn run_client(channel: Channel, command: Command) -> anyhow::Result<()> {
             println!("This node left the cluster.");
         }
         Command::Info(f) => {
+            let format = if f.format.trim() == "table" {
+                Format::Table
+            } else {
+                Format::parse(&f.format, None)?
+            };
             let info = local.info(InfoRequest {}).await?.into_inner();
-            output::print_info(&info, f.format)?;
+            output::print_info(&info, &format)?;
         }
         Command::Node(cmd) => node::run(&mut local, &mut control, cmd).await?,
         Command::Network(cmd) => network::run(&mut control, cmd).await?,

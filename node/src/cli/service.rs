@@ -1,6 +1,5 @@
 //! `mesh service ...`.
 
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,14 +11,15 @@ use mesh_proto::{
     ServiceSpec, TaskSpec, TaskView, UpdateConfig, UpdateServiceRequest,
 };
 use serde_json::Value;
-use tabwriter::TabWriter;
 use tonic::transport::Channel;
 
+use super::format::{self, Format, FormatArgs, InspectFormatArgs};
 use super::network::key_values;
-use super::progress::{self, state_name};
+use super::progress;
 use super::service_flags::{parse_network, parse_publish, port_key, replicas_arg};
-use super::service_view::{mode_text, ports_text, service_json, task_json};
-use super::{Format, FormatArgs};
+use super::service_view::{
+    SERVICE_ROWS, TASK_ROWS, service_json, service_row, task_json, task_row,
+};
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCommand {
@@ -27,11 +27,11 @@ pub enum ServiceCommand {
     Create(Box<CreateArgs>),
     /// List services.
     #[command(alias = "list")]
-    Ls(FormatArgs),
+    Ls(LsArgs),
     /// List the tasks of services.
     Ps(PsArgs),
     /// Show services in detail (JSON).
-    Inspect(NamesArgs),
+    Inspect(InspectArgs),
     /// Set the replica count of services: `mesh service scale web=5 api=2`.
     Scale(ScaleArgs),
     /// Change a service.
@@ -120,12 +120,39 @@ pub struct CreateArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// Print service ids only, one a line.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print whole ids (tables and templates show their first 12 characters).
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct PsArgs {
     /// Services: names, ids or id prefixes.
     #[arg(required = true)]
     pub services: Vec<String>,
     #[command(flatten)]
     pub format: FormatArgs,
+    /// Print task ids only, one a line.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print whole ids (tables and templates show their first 12 characters).
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Services: names, ids or id prefixes.
+    #[arg(required = true)]
+    pub services: Vec<String>,
+    #[command(flatten)]
+    pub format: InspectFormatArgs,
 }
 
 #[derive(Args, Debug)]
@@ -282,7 +309,8 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                 progress::wait_converged(control, &id).await?;
             }
         }
-        ServiceCommand::Ls(f) => {
+        ServiceCommand::Ls(a) => {
+            let format = Format::parse(&a.format.format, Some(&SERVICE_ROWS))?;
             let mut services = control
                 .list_services(ListServicesRequest {})
                 .await?
@@ -294,33 +322,22 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                     .and_then(|s| s.spec.as_ref())
                     .map(|s| s.name.clone())
             });
-            if f.format == Format::Json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&Value::Array(
-                        services.iter().map(service_json).collect()
-                    ))?
-                );
-                return Ok(());
+            let mut out = std::io::stdout().lock();
+            if matches!(format, Format::Json) && !a.quiet {
+                let docs: Vec<Value> = services.iter().map(service_json).collect();
+                return format::write_docs(&mut out, &Format::Json, &docs);
             }
-            let mut tw = TabWriter::new(std::io::stdout()).padding(3);
-            writeln!(tw, "ID\tNAME\tMODE\tREPLICAS\tPORTS")?;
-            for v in &services {
-                let s = v.service.clone().unwrap_or_default();
-                let name = s.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-                writeln!(
-                    tw,
-                    "{}\t{name}\t{}\t{}/{}\t{}",
-                    &s.id[..s.id.len().min(12)],
-                    mode_text(v),
-                    v.running,
-                    v.desired,
-                    ports_text(v)
-                )?;
+            let rows: Vec<_> = services
+                .iter()
+                .map(|v| service_row(v, a.no_trunc))
+                .collect();
+            if a.quiet {
+                return format::write_ids(&mut out, &SERVICE_ROWS, &rows);
             }
-            tw.flush()?;
+            format::write_rows(&mut out, &SERVICE_ROWS, &format, &rows)?;
         }
         ServiceCommand::Ps(a) => {
+            let format = Format::parse(&a.format.format, Some(&TASK_ROWS))?;
             let mut all: Vec<TaskView> = Vec::new();
             for s in &a.services {
                 all.extend(
@@ -344,58 +361,29 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                     )
                 })
             });
-            if a.format.format == Format::Json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&Value::Array(
-                        all.iter().map(task_json).collect()
-                    ))?
-                );
-                return Ok(());
+            let mut out = std::io::stdout().lock();
+            if matches!(format, Format::Json) && !a.quiet {
+                let docs: Vec<Value> = all.iter().map(task_json).collect();
+                return format::write_docs(&mut out, &Format::Json, &docs);
             }
-            let mut tw = TabWriter::new(std::io::stdout()).padding(3);
-            writeln!(
-                tw,
-                "ID\tNAME\tNODE\tDESIRED STATE\tCURRENT STATE\tADDRESSES\tERROR"
-            )?;
-            for t in &all {
-                let task = t.task.clone().unwrap_or_default();
-                let st = task.status.clone().unwrap_or_default();
-                let addrs = task
-                    .networks
-                    .iter()
-                    .map(|n| n.addr.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let restarts = if st.restarts > 0 {
-                    format!(" ({} restarts)", st.restarts)
-                } else {
-                    String::new()
-                };
-                writeln!(
-                    tw,
-                    "{}\t{}\t{}\t{}\t{}{restarts}\t{addrs}\t{}",
-                    &task.id[..task.id.len().min(12)],
-                    task.name,
-                    t.node_hostname,
-                    state_name(task.desired_state()),
-                    state_name(st.state()),
-                    st.err
-                )?;
+            let rows: Vec<_> = all.iter().map(|t| task_row(t, a.no_trunc)).collect();
+            if a.quiet {
+                return format::write_ids(&mut out, &TASK_ROWS, &rows);
             }
-            tw.flush()?;
+            format::write_rows(&mut out, &TASK_ROWS, &format, &rows)?;
         }
         ServiceCommand::Inspect(a) => {
-            let mut out = Vec::new();
+            let format = Format::parse(&a.format.format, None)?;
+            let mut docs = Vec::new();
             for s in a.services {
-                out.push(service_json(
+                docs.push(service_json(
                     &control
                         .get_service(GetServiceRequest { service: s })
                         .await?
                         .into_inner(),
                 ));
             }
-            println!("{}", serde_json::to_string_pretty(&Value::Array(out))?);
+            format::write_docs(&mut std::io::stdout().lock(), &format, &docs)?;
         }
         ServiceCommand::Scale(a) => {
             for target in &a.targets {
