@@ -13,6 +13,7 @@ use mesh_proto::{
 use serde_json::Value;
 use tonic::transport::Channel;
 
+use super::filter::TaskFilter;
 use super::format::{self, Format, FormatArgs, InspectFormatArgs};
 use super::network::key_values;
 use super::progress;
@@ -144,6 +145,11 @@ pub struct PsArgs {
     /// Print whole ids (tables and templates show their first 12 characters).
     #[arg(long)]
     pub no_trunc: bool,
+    /// Only tasks that match: desired-state=running|shutdown|accepted, name=TASK (or its
+    /// start), node=HOSTNAME|NODE-ID, id=TASK-ID (or its start). Repeatable: values of one
+    /// key are alternatives, different keys must all match.
+    #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+    pub filters: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -338,6 +344,7 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
         }
         ServiceCommand::Ps(a) => {
             let format = Format::parse(&a.format.format, Some(&TASK_ROWS))?;
+            let filter = TaskFilter::parse(&a.filters)?;
             let mut all: Vec<TaskView> = Vec::new();
             for s in &a.services {
                 all.extend(
@@ -351,6 +358,7 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                         .tasks,
                 );
             }
+            all.retain(|t| filter.matches(t));
             all.sort_by_key(|t| {
                 t.task.as_ref().map(|t| {
                     (

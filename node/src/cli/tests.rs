@@ -1,4 +1,4 @@
-//! The CLI's output formats and help, in memory.
+//! The CLI's output formats, filters and help, in memory.
 
 use clap::CommandFactory;
 use mesh_proto::{
@@ -8,6 +8,7 @@ use mesh_proto::{
 use serde_json::json;
 
 use super::Cli;
+use super::filter::TaskFilter;
 use super::format::{self, Format, MAX_TEMPLATE, Row, RowKind};
 use super::network::{NETWORK_ROWS, network_row};
 use super::output::{NODE_ROWS, node_row};
@@ -318,6 +319,54 @@ fn inspect_templates_see_the_json_document() {
         print("json"),
         format!("{}\n", serde_json::to_string_pretty(&docs).unwrap())
     );
+}
+
+fn filtered(items: &[&str], tasks: &[TaskView]) -> Vec<String> {
+    let items: Vec<String> = items.iter().map(|s| s.to_string()).collect();
+    let f = TaskFilter::parse(&items).unwrap();
+    tasks
+        .iter()
+        .filter(|t| f.matches(t))
+        .map(|t| t.task.as_ref().unwrap().name.clone())
+        .collect()
+}
+
+#[test]
+fn task_filters() {
+    let tasks = vec![
+        task("web.1", "node1", TaskState::Running, TaskState::Running),
+        task("web.2", "node2", TaskState::Shutdown, TaskState::Failed),
+        task("web.3", "node2", TaskState::Running, TaskState::Pending),
+        task("api.1", "node1", TaskState::New, TaskState::Pending),
+    ];
+    assert_eq!(filtered(&[], &tasks).len(), 4);
+    assert_eq!(
+        filtered(&["desired-state=running"], &tasks),
+        ["web.1", "web.3"]
+    );
+    assert_eq!(filtered(&["desired-state=shutdown"], &tasks), ["web.2"]);
+    assert_eq!(filtered(&["desired-state=accepted"], &tasks), ["api.1"]);
+    // Values of one key are alternatives...
+    assert_eq!(
+        filtered(
+            &["desired-state=shutdown", "desired-state=accepted"],
+            &tasks
+        ),
+        ["web.2", "api.1"]
+    );
+    // ... keys must all match.
+    assert_eq!(
+        filtered(&["desired-state=running", "node=node2"], &tasks),
+        ["web.3"]
+    );
+    assert_eq!(filtered(&["node=id-node1"], &tasks), ["web.1", "api.1"]);
+    assert_eq!(filtered(&["name=web.2"], &tasks), ["web.2"]);
+    assert_eq!(filtered(&["name=api"], &tasks), ["api.1"]);
+    assert_eq!(filtered(&["id=web.3-"], &tasks), ["web.3"]);
+    for bad in ["desired-state=gone", "colour=red", "node"] {
+        let err = TaskFilter::parse(&[bad.to_string()]).unwrap_err();
+        assert!(err.to_string().starts_with("--filter: "), "{bad}: {err}");
+    }
 }
 
 /// Every argument of every command says what it is for in `--help`.
