@@ -66,6 +66,8 @@ pub enum Command {
     Leave(LeaveArgs),
     /// Show this node's cluster membership.
     Info(FormatArgs),
+    /// Print the version of this `mesh` binary.
+    Version(VersionArgs),
     /// Manage nodes.
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -197,6 +199,14 @@ pub struct LeaveArgs {
     pub force: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct VersionArgs {
+    /// Output format: `table` (lines for people), `json`, or a Go template over the JSON
+    /// document (`'{{.Client.Version}}'`).
+    #[arg(long, default_value = "table", value_name = "FORMAT")]
+    pub format: String,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
     /// Replace the key that encrypts gossip; the previous key stays valid
@@ -255,6 +265,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::TaskShim(args) => return Ok(crate::runtime::shim::run(args)),
         Command::Whoami(args) => return Ok(crate::whoami::run(args)),
         Command::Exec(args) => return exec(&cli.host, args),
+        // No call of the daemon's API carries its version: this binary's only.
+        Command::Version(args) => {
+            output::print_version(&mut std::io::stdout().lock(), &args.format)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         other => other,
     };
     check_format(&command)?;
@@ -357,6 +372,7 @@ async fn run_client(channel: Channel, command: Command) -> anyhow::Result<()> {
         | Command::Sandbox(_)
         | Command::TaskShim(_)
         | Command::Whoami(_)
+        | Command::Version(_)
         | Command::Exec(_) => {
             unreachable!("handled before connecting")
         }

@@ -185,3 +185,36 @@ pub fn node_row(n: &NodeView, me: &str) -> Row {
 pub fn sort_nodes(nodes: &mut [NodeView]) {
     nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
 }
+
+pub fn version_json() -> Value {
+    json!({
+        "Client": {
+            "Version": env!("CARGO_PKG_VERSION"),
+            "Os": std::env::consts::OS,
+            "Arch": std::env::consts::ARCH,
+        }
+    })
+}
+
+/// `mesh version`: this binary's version. The daemon's is not shown: no call of its API
+/// carries it.
+pub fn print_version(out: &mut impl Write, format: &str) -> anyhow::Result<()> {
+    let doc = version_json();
+    if format.trim() == "table" {
+        writeln!(out, "Client:")?;
+        writeln!(out, " Version:  {}", env!("CARGO_PKG_VERSION"))?;
+        writeln!(
+            out,
+            " OS/Arch:  {}/{}",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        )?;
+        return Ok(());
+    }
+    let format = Format::parse(format, None)?;
+    match format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?,
+        _ => format::write_docs(out, &format, &[doc])?,
+    }
+    Ok(())
+}

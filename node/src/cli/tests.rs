@@ -11,7 +11,7 @@ use super::Cli;
 use super::filter::TaskFilter;
 use super::format::{self, Format, MAX_TEMPLATE, Row, RowKind};
 use super::network::{NETWORK_ROWS, network_row};
-use super::output::{NODE_ROWS, node_row};
+use super::output::{NODE_ROWS, node_row, print_version};
 use super::service_view::{SERVICE_ROWS, TASK_ROWS, service_row, task_row};
 
 const LONG_ID: &str = "0123456789abcdef0123456789";
@@ -319,6 +319,20 @@ fn inspect_templates_see_the_json_document() {
         print("json"),
         format!("{}\n", serde_json::to_string_pretty(&docs).unwrap())
     );
+}
+
+#[test]
+fn version_prints_this_binary() {
+    let print = |text: &str| {
+        let mut out = Vec::new();
+        print_version(&mut out, text).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(print("table").contains(&format!(" Version:  {version}\n")));
+    let v: serde_json::Value = serde_json::from_str(&print("json")).unwrap();
+    assert_eq!(v["Client"]["Version"], version);
+    assert_eq!(print("{{.Client.Version}}"), format!("{version}\n"));
 }
 
 fn filtered(items: &[&str], tasks: &[TaskView]) -> Vec<String> {
