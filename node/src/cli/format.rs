@@ -211,6 +211,12 @@ impl Format {
         }
         // As Docker: `\t` and `\n` typed in a shell's single quotes are a tab and a newline.
         let body = body.trim().replace("\\t", "\t").replace("\\n", "\n");
+        // gtmpl reports an action left open as a bad character on a line past the end.
+        if let Some(open) = body.rfind("{{")
+            && !body[open..].contains("}}")
+        {
+            bail!("--format: {text:?} is not a valid template: a `{{{{` is never closed");
+        }
         let mut tmpl = gtmpl::Template::default();
         add_funcs(&mut tmpl);
         tmpl.parse(body.as_str()).map_err(|e| {

@@ -283,7 +283,8 @@ fn quiet_prints_ids_one_a_line() {
 #[test]
 fn bad_templates_fail_with_one_line() {
     for (text, expect) in [
-        ("{{.Name", "is not a valid template"),
+        ("{{.Name", "is not a valid template: a `{{` is never closed"),
+        ("{{.Name}} {{.ID", "a `{{` is never closed"),
         (
             "{{.Nope}}",
             "no field \"Nope\"; the fields are ID, Name, Mode",
