@@ -3,6 +3,8 @@
 //! Failures print one line on stderr and exit non-zero.
 
 pub mod client;
+mod filter;
+mod format;
 mod logs;
 mod network;
 mod node;
@@ -31,6 +33,7 @@ use mesh_proto::{
 use tonic::transport::Channel;
 
 pub use client::DEFAULT_HOST;
+use format::{Format, FormatArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -63,6 +66,8 @@ pub enum Command {
     Leave(LeaveArgs),
     /// Show this node's cluster membership.
     Info(FormatArgs),
+    /// Print the version of this `mesh` binary.
+    Version(VersionArgs),
     /// Manage nodes.
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -177,6 +182,7 @@ impl From<Role> for NodeRole {
 
 #[derive(Args, Debug)]
 pub struct JoinTokenArgs {
+    /// Whose token: worker or manager.
     pub role: Role,
     /// Print the token only.
     #[arg(short, long)]
@@ -193,18 +199,12 @@ pub struct LeaveArgs {
     pub force: bool,
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Format {
-    #[default]
-    Table,
-    Json,
-}
-
 #[derive(Args, Debug)]
-pub struct FormatArgs {
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+pub struct VersionArgs {
+    /// Output format: `table` (lines for people), `json`, or a Go template over the JSON
+    /// document (`'{{.Client.Version}}'`).
+    #[arg(long, default_value = "table", value_name = "FORMAT")]
+    pub format: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -265,8 +265,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::TaskShim(args) => return Ok(crate::runtime::shim::run(args)),
         Command::Whoami(args) => return Ok(crate::whoami::run(args)),
         Command::Exec(args) => return exec(&cli.host, args),
+        // No call of the daemon's API carries its version: this binary's only.
+        Command::Version(args) => {
+            output::print_version(&mut std::io::stdout().lock(), &args.format)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         other => other,
     };
+    check_format(&command)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -276,6 +282,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         run_client(channel, command).await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses a bad `--format` before the daemon is asked anything (the commands read it
+/// again when they print).
+fn check_format(command: &Command) -> anyhow::Result<()> {
+    use network::NetworkCommand as Net;
+    use node::NodeCommand as Node;
+    use service::ServiceCommand as Svc;
+    let (text, kind) = match command {
+        Command::Node(Node::Ls(a)) => (&a.format.format, Some(&output::NODE_ROWS)),
+        Command::Node(Node::Inspect(a)) => (&a.format.format, None),
+        Command::Network(Net::Ls(a)) => (&a.format.format, Some(&network::NETWORK_ROWS)),
+        Command::Network(Net::Inspect(a)) => (&a.format.format, None),
+        Command::Service(Svc::Ls(a)) => (&a.format.format, Some(&service_view::SERVICE_ROWS)),
+        Command::Service(Svc::Ps(a)) => {
+            filter::TaskFilter::parse(&a.filters)?;
+            (&a.format.format, Some(&service_view::TASK_ROWS))
+        }
+        Command::Service(Svc::Inspect(a)) => (&a.format.format, None),
+        Command::Info(a) if a.format.trim() == "table" => return Ok(()),
+        Command::Info(a) => (&a.format, None),
+        _ => return Ok(()),
+    };
+    Format::parse(text, kind).map(drop)
 }
 
 /// Asks the daemon for the task's pid, then becomes the command inside the
@@ -342,6 +372,7 @@ async fn run_client(channel: Channel, command: Command) -> anyhow::Result<()> {
         | Command::Sandbox(_)
         | Command::TaskShim(_)
         | Command::Whoami(_)
+        | Command::Version(_)
         | Command::Exec(_) => {
             unreachable!("handled before connecting")
         }
@@ -427,8 +458,13 @@ async fn run_client(channel: Channel, command: Command) -> anyhow::Result<()> {
             println!("This node left the cluster.");
         }
         Command::Info(f) => {
+            let format = if f.format.trim() == "table" {
+                Format::Table
+            } else {
+                Format::parse(&f.format, None)?
+            };
             let info = local.info(InfoRequest {}).await?.into_inner();
-            output::print_info(&info, f.format)?;
+            output::print_info(&info, &format)?;
         }
         Command::Node(cmd) => node::run(&mut local, &mut control, cmd).await?,
         Command::Network(cmd) => network::run(&mut control, cmd).await?,
@@ -446,3 +482,6 @@ async fn run_client(channel: Channel, command: Command) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,7 +1,6 @@
 //! `mesh network ...`.
 
 use std::collections::HashMap;
-use std::io::Write;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
@@ -11,10 +10,9 @@ use mesh_proto::{
     RemoveNetworkRequest,
 };
 use serde_json::{Value, json};
-use tabwriter::TabWriter;
 use tonic::transport::Channel;
 
-use super::{Format, FormatArgs};
+use super::format::{self, Format, FormatArgs, InspectFormatArgs, Row, RowKind};
 
 #[derive(Subcommand, Debug)]
 pub enum NetworkCommand {
@@ -22,9 +20,9 @@ pub enum NetworkCommand {
     Create(CreateArgs),
     /// List networks.
     #[command(alias = "list")]
-    Ls(FormatArgs),
+    Ls(LsArgs),
     /// Show networks in detail (JSON).
-    Inspect(NamesArgs),
+    Inspect(InspectArgs),
     /// Remove networks.
     #[command(alias = "remove")]
     Rm(NamesArgs),
@@ -53,16 +51,71 @@ pub struct CreateArgs {
     /// Driver options: mtu=N.
     #[arg(long = "opt", short = 'o', value_name = "KEY=VALUE")]
     pub opts: Vec<String>,
-    /// Labels.
+    /// A label on the network (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Name of the network.
     pub name: String,
 }
 
 #[derive(Args, Debug)]
-pub struct NamesArgs {
+pub struct LsArgs {
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// Print network ids only, one a line.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print whole ids (tables and templates show their first 12 characters).
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Networks: names, ids or id prefixes.
     #[arg(required = true)]
     pub networks: Vec<String>,
+    #[command(flatten)]
+    pub format: InspectFormatArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct NamesArgs {
+    /// Networks: names, ids or id prefixes.
+    #[arg(required = true)]
+    pub networks: Vec<String>,
+}
+
+/// The rows of `mesh network ls`. Scope is always `swarm`: every network is the cluster's.
+pub const NETWORK_ROWS: RowKind = RowKind {
+    fields: &[
+        ("ID", "NETWORK ID"),
+        ("Name", "NAME"),
+        ("Driver", "DRIVER"),
+        ("Scope", "SCOPE"),
+        ("Subnet", "SUBNET"),
+        ("VNI", "VNI"),
+        ("Tasks", "TASKS"),
+        ("Internal", "INTERNAL"),
+        ("Attachable", "ATTACHABLE"),
+    ],
+    table: &["ID", "Name", "Driver", "Subnet", "VNI", "Tasks"],
+};
+
+pub fn network_row(v: &NetworkView, no_trunc: bool) -> Row {
+    let n = v.network.clone().unwrap_or_default();
+    let s = n.spec.clone().unwrap_or_default();
+    vec![
+        format::id(&n.id, no_trunc),
+        s.name,
+        s.driver,
+        "swarm".into(),
+        n.subnet,
+        n.vni.to_string(),
+        v.tasks.to_string(),
+        s.internal.to_string(),
+        s.attachable.to_string(),
+    ]
 }
 
 /// `KEY=VALUE` pairs of a repeatable flag.
@@ -136,7 +189,8 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: NetworkCommand) -> a
                 .into_inner();
             println!("{}", v.network.map(|n| n.id).unwrap_or_default());
         }
-        NetworkCommand::Ls(f) => {
+        NetworkCommand::Ls(a) => {
+            let format = Format::parse(&a.format.format, Some(&NETWORK_ROWS))?;
             let mut nets = control
                 .list_networks(ListNetworksRequest {})
                 .await?
@@ -148,44 +202,29 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: NetworkCommand) -> a
                     .and_then(|n| n.spec.as_ref())
                     .map(|s| s.name.clone())
             });
-            if f.format == Format::Json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&Value::Array(
-                        nets.iter().map(network_json).collect()
-                    ))?
-                );
-                return Ok(());
+            let mut out = std::io::stdout().lock();
+            if matches!(format, Format::Json) && !a.quiet {
+                let docs: Vec<Value> = nets.iter().map(network_json).collect();
+                return format::write_docs(&mut out, &Format::Json, &docs);
             }
-            let mut tw = TabWriter::new(std::io::stdout()).padding(3);
-            writeln!(tw, "NETWORK ID\tNAME\tDRIVER\tSUBNET\tVNI\tTASKS")?;
-            for v in &nets {
-                let n = v.network.clone().unwrap_or_default();
-                let s = n.spec.clone().unwrap_or_default();
-                writeln!(
-                    tw,
-                    "{}\t{}\t{}\t{}\t{}\t{}",
-                    &n.id[..n.id.len().min(12)],
-                    s.name,
-                    s.driver,
-                    n.subnet,
-                    n.vni,
-                    v.tasks
-                )?;
+            let rows: Vec<_> = nets.iter().map(|v| network_row(v, a.no_trunc)).collect();
+            if a.quiet {
+                return format::write_ids(&mut out, &NETWORK_ROWS, &rows);
             }
-            tw.flush()?;
+            format::write_rows(&mut out, &NETWORK_ROWS, &format, &rows)?;
         }
         NetworkCommand::Inspect(a) => {
-            let mut out = Vec::new();
+            let format = Format::parse(&a.format.format, None)?;
+            let mut docs = Vec::new();
             for name in a.networks {
-                out.push(network_json(
+                docs.push(network_json(
                     &control
                         .get_network(GetNetworkRequest { network: name })
                         .await?
                         .into_inner(),
                 ));
             }
-            println!("{}", serde_json::to_string_pretty(&Value::Array(out))?);
+            format::write_docs(&mut std::io::stdout().lock(), &format, &docs)?;
         }
         NetworkCommand::Rm(a) => {
             for name in a.networks {

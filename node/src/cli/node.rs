@@ -11,8 +11,8 @@ use mesh_proto::{
 };
 use tonic::transport::Channel;
 
-use super::output;
-use super::{Format, FormatArgs};
+use super::format::{self, Format, FormatArgs, InspectFormatArgs};
+use super::output::{self, NODE_ROWS};
 
 #[derive(Subcommand, Debug)]
 pub enum NodeCommand {
@@ -44,10 +44,13 @@ pub struct NodesArgs {
     /// Node ids, id prefixes or hostnames.
     #[arg(required = true)]
     pub nodes: Vec<String>,
+    #[command(flatten)]
+    pub format: InspectFormatArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct RoleArgs {
+    /// Node ids, id prefixes or hostnames.
     #[arg(required = true)]
     pub nodes: Vec<String>,
     /// Return at once instead of waiting for the role change to complete.
@@ -57,6 +60,7 @@ pub struct RoleArgs {
 
 #[derive(Args, Debug)]
 pub struct RmArgs {
+    /// Node ids, id prefixes or hostnames.
     #[arg(required = true)]
     pub nodes: Vec<String>,
     /// Remove even a node that is still up.
@@ -76,7 +80,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     match cmd {
         NodeCommand::Ls(a) => {
-            let nodes = control
+            let format = Format::parse(&a.format.format, Some(&NODE_ROWS))?;
+            let mut nodes = control
                 .list_nodes(ListNodesRequest {})
                 .await?
                 .into_inner()
@@ -88,15 +93,21 @@ pub async fn run(
                 return Ok(());
             }
             let me = local.info(InfoRequest {}).await?.into_inner().node_id;
-            match a.format.format {
+            match format {
                 Format::Json => println!(
                     "{}",
                     serde_json::to_string_pretty(&output::nodes_json(&nodes, &me))?
                 ),
                 Format::Table => output::print_nodes(&nodes, &me)?,
+                Format::Template(_) => {
+                    output::sort_nodes(&mut nodes);
+                    let rows: Vec<_> = nodes.iter().map(|n| output::node_row(n, &me)).collect();
+                    format::write_rows(&mut std::io::stdout().lock(), &NODE_ROWS, &format, &rows)?;
+                }
             }
         }
         NodeCommand::Inspect(a) => {
+            let format = Format::parse(&a.format.format, None)?;
             let me = local.info(InfoRequest {}).await?.into_inner().node_id;
             let mut views = Vec::new();
             for n in a.nodes {
@@ -107,10 +118,11 @@ pub async fn run(
                         .into_inner(),
                 );
             }
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&output::nodes_json(&views, &me))?
-            );
+            let docs = match output::nodes_json(&views, &me) {
+                serde_json::Value::Array(docs) => docs,
+                _ => unreachable!("nodes_json makes an array"),
+            };
+            format::write_docs(&mut std::io::stdout().lock(), &format, &docs)?;
         }
         NodeCommand::Promote(a) => set_role(control, a, NodeRole::Manager).await?,
         NodeCommand::Demote(a) => set_role(control, a, NodeRole::Worker).await?,

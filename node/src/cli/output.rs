@@ -7,7 +7,7 @@ use mesh_proto::{InfoResponse, NodeRole, NodeStatus, NodeView};
 use serde_json::{Value, json};
 use tabwriter::TabWriter;
 
-use super::Format;
+use super::format::{self, Format, Row, RowKind};
 
 fn role(r: NodeRole) -> &'static str {
     match r {
@@ -89,10 +89,16 @@ pub fn info_json(i: &InfoResponse) -> Value {
     })
 }
 
-pub fn print_info(i: &InfoResponse, format: Format) -> anyhow::Result<()> {
-    if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&info_json(i))?);
-        return Ok(());
+pub fn print_info(i: &InfoResponse, format: &Format) -> anyhow::Result<()> {
+    match format {
+        Format::Json => {
+            println!("{}", serde_json::to_string_pretty(&info_json(i))?);
+            return Ok(());
+        }
+        Format::Template(_) => {
+            return format::write_docs(&mut std::io::stdout().lock(), format, &[info_json(i)]);
+        }
+        Format::Table => {}
     }
     if i.node_id.is_empty() {
         println!("This node ({}) is not part of a cluster.", i.hostname);
@@ -139,5 +145,76 @@ pub fn print_info(i: &InfoResponse, format: Format) -> anyhow::Result<()> {
         humantime::format_rfc3339_seconds(expires)
     )?;
     tw.flush()?;
+    Ok(())
+}
+
+/// The rows of `mesh node ls`.
+pub const NODE_ROWS: RowKind = RowKind {
+    fields: &[
+        ("ID", "ID"),
+        ("Self", "SELF"),
+        ("Hostname", "HOSTNAME"),
+        ("Address", "ADDRESS"),
+        ("Status", "STATUS"),
+        ("Role", "ROLE"),
+        ("ManagerStatus", "MANAGER STATUS"),
+    ],
+    table: &[
+        "ID",
+        "Hostname",
+        "Address",
+        "Status",
+        "Role",
+        "ManagerStatus",
+    ],
+};
+
+pub fn node_row(n: &NodeView, me: &str) -> Row {
+    vec![
+        n.id.clone(),
+        (n.id == me).to_string(),
+        n.hostname.clone(),
+        n.addr.clone(),
+        status(n.status()).to_string(),
+        role(n.role()).to_string(),
+        n.manager_status.clone(),
+    ]
+}
+
+/// The nodes in the order of the table: by hostname.
+pub fn sort_nodes(nodes: &mut [NodeView]) {
+    nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+}
+
+pub fn version_json() -> Value {
+    json!({
+        "Client": {
+            "Version": env!("CARGO_PKG_VERSION"),
+            "Os": std::env::consts::OS,
+            "Arch": std::env::consts::ARCH,
+        }
+    })
+}
+
+/// `mesh version`: this binary's version. The daemon's is not shown: no call of its API
+/// carries it.
+pub fn print_version(out: &mut impl Write, format: &str) -> anyhow::Result<()> {
+    let doc = version_json();
+    if format.trim() == "table" {
+        writeln!(out, "Client:")?;
+        writeln!(out, " Version:  {}", env!("CARGO_PKG_VERSION"))?;
+        writeln!(
+            out,
+            " OS/Arch:  {}/{}",
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        )?;
+        return Ok(());
+    }
+    let format = Format::parse(format, None)?;
+    match format {
+        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?,
+        _ => format::write_docs(out, &format, &[doc])?,
+    }
     Ok(())
 }

@@ -1,6 +1,5 @@
 //! `mesh service ...`.
 
-use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,14 +11,16 @@ use mesh_proto::{
     ServiceSpec, TaskSpec, TaskView, UpdateConfig, UpdateServiceRequest,
 };
 use serde_json::Value;
-use tabwriter::TabWriter;
 use tonic::transport::Channel;
 
+use super::filter::TaskFilter;
+use super::format::{self, Format, FormatArgs, InspectFormatArgs};
 use super::network::key_values;
-use super::progress::{self, state_name};
+use super::progress;
 use super::service_flags::{parse_network, parse_publish, port_key, replicas_arg};
-use super::service_view::{mode_text, ports_text, service_json, task_json};
-use super::{Format, FormatArgs};
+use super::service_view::{
+    SERVICE_ROWS, TASK_ROWS, service_json, service_row, task_json, task_row,
+};
 
 #[derive(Subcommand, Debug)]
 pub enum ServiceCommand {
@@ -27,11 +28,11 @@ pub enum ServiceCommand {
     Create(Box<CreateArgs>),
     /// List services.
     #[command(alias = "list")]
-    Ls(FormatArgs),
+    Ls(LsArgs),
     /// List the tasks of services.
     Ps(PsArgs),
     /// Show services in detail (JSON).
-    Inspect(NamesArgs),
+    Inspect(InspectArgs),
     /// Set the replica count of services: `mesh service scale web=5 api=2`.
     Scale(ScaleArgs),
     /// Change a service.
@@ -64,16 +65,20 @@ pub enum Restart {
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
+    /// Name of the service; its tasks are NAME.1, NAME.2, ...
     #[arg(long)]
     pub name: String,
     /// Number of tasks (replicated mode).
     #[arg(long, allow_negative_numbers = true)]
     pub replicas: Option<i64>,
+    /// replicated: --replicas tasks across the cluster; global: one task on every node.
     #[arg(long, value_enum, default_value = "replicated")]
     pub mode: Mode,
     /// Network to attach: NAME, or name=NAME[,alias=A...] (repeatable).
     #[arg(long = "network")]
     pub networks: Vec<String>,
+    /// vip: the service name resolves to one virtual IP balanced over the tasks; dnsrr: to
+    /// the tasks' own addresses.
     #[arg(long, value_enum, default_value = "vip")]
     pub endpoint_mode: Endpoint,
     /// Publish a port: published=P,target=T[,protocol=udp][,mode=host] or P:T[/udp] (repeatable).
@@ -85,20 +90,26 @@ pub struct CreateArgs {
     /// Working directory of the task's process.
     #[arg(long, default_value = "")]
     pub workdir: String,
+    /// When a task that stopped is replaced: any (every stop), on-failure (a non-zero exit)
+    /// or none.
     #[arg(long, value_enum, default_value = "any")]
     pub restart_condition: Restart,
+    /// Wait between a task stopping and its replacement starting (e.g. 500ms, 5s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub restart_delay: Duration,
     /// Give up after this many restarts (0 = never).
     #[arg(long, default_value_t = 0)]
     pub restart_max_attempts: u32,
+    /// Time a task gets between SIGTERM and SIGKILL when it is stopped.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub stop_grace_period: Duration,
     /// Tasks replaced at once in a rolling update (0 = all).
     #[arg(long, default_value_t = 1)]
     pub update_parallelism: u32,
+    /// Wait between two batches of a rolling update (e.g. 10s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub update_delay: Duration,
+    /// A label on the service (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
     /// Return at once instead of waiting for the tasks to run.
@@ -110,15 +121,49 @@ pub struct CreateArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub format: FormatArgs,
+    /// Print service ids only, one a line.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print whole ids (tables and templates show their first 12 characters).
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct PsArgs {
+    /// Services: names, ids or id prefixes.
     #[arg(required = true)]
     pub services: Vec<String>,
     #[command(flatten)]
     pub format: FormatArgs,
+    /// Print task ids only, one a line.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print whole ids (tables and templates show their first 12 characters).
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Only tasks that match: desired-state=running|shutdown|accepted, name=TASK (or its
+    /// start), node=HOSTNAME|NODE-ID, id=TASK-ID (or its start). Repeatable: values of one
+    /// key are alternatives, different keys must all match.
+    #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+    pub filters: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Services: names, ids or id prefixes.
+    #[arg(required = true)]
+    pub services: Vec<String>,
+    #[command(flatten)]
+    pub format: InspectFormatArgs,
 }
 
 #[derive(Args, Debug)]
 pub struct NamesArgs {
+    /// Services: names, ids or id prefixes.
     #[arg(required = true)]
     pub services: Vec<String>,
 }
@@ -128,13 +173,16 @@ pub struct ScaleArgs {
     /// SERVICE=REPLICAS pairs.
     #[arg(required = true)]
     pub targets: Vec<String>,
+    /// Return at once instead of waiting for the tasks to converge.
     #[arg(long, short = 'd')]
     pub detach: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct UpdateArgs {
+    /// The service: its name, id or id prefix.
     pub service: String,
+    /// Number of tasks (replicated mode).
     #[arg(long, allow_negative_numbers = true)]
     pub replicas: Option<i64>,
     /// Add or replace an environment variable (repeatable).
@@ -143,8 +191,10 @@ pub struct UpdateArgs {
     /// Remove an environment variable by name (repeatable).
     #[arg(long)]
     pub env_rm: Vec<String>,
+    /// Tasks replaced at once in a rolling update (0 = all).
     #[arg(long)]
     pub update_parallelism: Option<u32>,
+    /// Wait between two batches of a rolling update (e.g. 10s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub update_delay: Option<Duration>,
     /// Publish another port (same forms as create).
@@ -156,6 +206,7 @@ pub struct UpdateArgs {
     /// Replace every task even if nothing changed.
     #[arg(long)]
     pub force: bool,
+    /// Return at once instead of waiting for the update to converge.
     #[arg(long, short = 'd')]
     pub detach: bool,
     /// A new command for the tasks.
@@ -264,7 +315,8 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                 progress::wait_converged(control, &id).await?;
             }
         }
-        ServiceCommand::Ls(f) => {
+        ServiceCommand::Ls(a) => {
+            let format = Format::parse(&a.format.format, Some(&SERVICE_ROWS))?;
             let mut services = control
                 .list_services(ListServicesRequest {})
                 .await?
@@ -276,33 +328,23 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                     .and_then(|s| s.spec.as_ref())
                     .map(|s| s.name.clone())
             });
-            if f.format == Format::Json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&Value::Array(
-                        services.iter().map(service_json).collect()
-                    ))?
-                );
-                return Ok(());
+            let mut out = std::io::stdout().lock();
+            if matches!(format, Format::Json) && !a.quiet {
+                let docs: Vec<Value> = services.iter().map(service_json).collect();
+                return format::write_docs(&mut out, &Format::Json, &docs);
             }
-            let mut tw = TabWriter::new(std::io::stdout()).padding(3);
-            writeln!(tw, "ID\tNAME\tMODE\tREPLICAS\tPORTS")?;
-            for v in &services {
-                let s = v.service.clone().unwrap_or_default();
-                let name = s.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-                writeln!(
-                    tw,
-                    "{}\t{name}\t{}\t{}/{}\t{}",
-                    &s.id[..s.id.len().min(12)],
-                    mode_text(v),
-                    v.running,
-                    v.desired,
-                    ports_text(v)
-                )?;
+            let rows: Vec<_> = services
+                .iter()
+                .map(|v| service_row(v, a.no_trunc))
+                .collect();
+            if a.quiet {
+                return format::write_ids(&mut out, &SERVICE_ROWS, &rows);
             }
-            tw.flush()?;
+            format::write_rows(&mut out, &SERVICE_ROWS, &format, &rows)?;
         }
         ServiceCommand::Ps(a) => {
+            let format = Format::parse(&a.format.format, Some(&TASK_ROWS))?;
+            let filter = TaskFilter::parse(&a.filters)?;
             let mut all: Vec<TaskView> = Vec::new();
             for s in &a.services {
                 all.extend(
@@ -316,6 +358,7 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                         .tasks,
                 );
             }
+            all.retain(|t| filter.matches(t));
             all.sort_by_key(|t| {
                 t.task.as_ref().map(|t| {
                     (
@@ -326,58 +369,29 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                     )
                 })
             });
-            if a.format.format == Format::Json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&Value::Array(
-                        all.iter().map(task_json).collect()
-                    ))?
-                );
-                return Ok(());
+            let mut out = std::io::stdout().lock();
+            if matches!(format, Format::Json) && !a.quiet {
+                let docs: Vec<Value> = all.iter().map(task_json).collect();
+                return format::write_docs(&mut out, &Format::Json, &docs);
             }
-            let mut tw = TabWriter::new(std::io::stdout()).padding(3);
-            writeln!(
-                tw,
-                "ID\tNAME\tNODE\tDESIRED STATE\tCURRENT STATE\tADDRESSES\tERROR"
-            )?;
-            for t in &all {
-                let task = t.task.clone().unwrap_or_default();
-                let st = task.status.clone().unwrap_or_default();
-                let addrs = task
-                    .networks
-                    .iter()
-                    .map(|n| n.addr.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let restarts = if st.restarts > 0 {
-                    format!(" ({} restarts)", st.restarts)
-                } else {
-                    String::new()
-                };
-                writeln!(
-                    tw,
-                    "{}\t{}\t{}\t{}\t{}{restarts}\t{addrs}\t{}",
-                    &task.id[..task.id.len().min(12)],
-                    task.name,
-                    t.node_hostname,
-                    state_name(task.desired_state()),
-                    state_name(st.state()),
-                    st.err
-                )?;
+            let rows: Vec<_> = all.iter().map(|t| task_row(t, a.no_trunc)).collect();
+            if a.quiet {
+                return format::write_ids(&mut out, &TASK_ROWS, &rows);
             }
-            tw.flush()?;
+            format::write_rows(&mut out, &TASK_ROWS, &format, &rows)?;
         }
         ServiceCommand::Inspect(a) => {
-            let mut out = Vec::new();
+            let format = Format::parse(&a.format.format, None)?;
+            let mut docs = Vec::new();
             for s in a.services {
-                out.push(service_json(
+                docs.push(service_json(
                     &control
                         .get_service(GetServiceRequest { service: s })
                         .await?
                         .into_inner(),
                 ));
             }
-            println!("{}", serde_json::to_string_pretty(&Value::Array(out))?);
+            format::write_docs(&mut std::io::stdout().lock(), &format, &docs)?;
         }
         ServiceCommand::Scale(a) => {
             for target in &a.targets {

@@ -6,6 +6,7 @@ use mesh_proto::{
 };
 use serde_json::{Value, json};
 
+use super::format::{self, Row, RowKind};
 use super::progress::state_name;
 
 pub(super) fn mode_text(v: &ServiceView) -> String {
@@ -110,4 +111,79 @@ pub fn task_json(t: &TaskView) -> Value {
         "spec_version": task.spec_version,
         "updated_at_ms": task.updated_at_ms,
     })
+}
+
+/// The rows of `mesh service ls`. Command stands where Docker has Image.
+pub(super) const SERVICE_ROWS: RowKind = RowKind {
+    fields: &[
+        ("ID", "ID"),
+        ("Name", "NAME"),
+        ("Mode", "MODE"),
+        ("Replicas", "REPLICAS"),
+        ("Ports", "PORTS"),
+        ("Command", "COMMAND"),
+    ],
+    table: &["ID", "Name", "Mode", "Replicas", "Ports"],
+};
+
+pub(super) fn service_row(v: &ServiceView, no_trunc: bool) -> Row {
+    let s = v.service.clone().unwrap_or_default();
+    let spec = s.spec.clone().unwrap_or_default();
+    vec![
+        format::id(&s.id, no_trunc),
+        spec.name,
+        mode_text(v),
+        format!("{}/{}", v.running, v.desired),
+        ports_text(v),
+        spec.task.unwrap_or_default().command.join(" "),
+    ]
+}
+
+/// The rows of `mesh service ps`.
+pub(super) const TASK_ROWS: RowKind = RowKind {
+    fields: &[
+        ("ID", "ID"),
+        ("Name", "NAME"),
+        ("Service", "SERVICE"),
+        ("Node", "NODE"),
+        ("DesiredState", "DESIRED STATE"),
+        ("CurrentState", "CURRENT STATE"),
+        ("Error", "ERROR"),
+        ("Addresses", "ADDRESSES"),
+    ],
+    table: &[
+        "ID",
+        "Name",
+        "Node",
+        "DesiredState",
+        "CurrentState",
+        "Addresses",
+        "Error",
+    ],
+};
+
+pub(super) fn task_row(t: &TaskView, no_trunc: bool) -> Row {
+    let task = t.task.clone().unwrap_or_default();
+    let st = task.status.clone().unwrap_or_default();
+    let addrs = task
+        .networks
+        .iter()
+        .map(|n| n.addr.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let restarts = if st.restarts > 0 {
+        format!(" ({} restarts)", st.restarts)
+    } else {
+        String::new()
+    };
+    vec![
+        format::id(&task.id, no_trunc),
+        task.name.clone(),
+        task.service_name.clone(),
+        t.node_hostname.clone(),
+        state_name(task.desired_state()).to_string(),
+        format!("{}{restarts}", state_name(st.state())),
+        st.err,
+        addrs,
+    ]
 }
