@@ -516,6 +516,7 @@ impl Inner {
             state.message = "stopped: the supervisor did not exit and was killed".to_owned();
             state.finished_at_ms = Some(state::now_ms());
             state.done = true;
+            state.stopped = true;
             dir.write_state(&state)?;
         }
         Ok(())

@@ -64,6 +64,11 @@ pub struct TaskState {
     /// process. A state that is not `done` whose shim is dead means the shim died.
     #[serde(default)]
     pub done: bool,
+    /// The supervisor was told to stop the task (SIGTERM or SIGINT to the shim): the end is
+    /// not the task's doing. The agent stops a task only to remove it, so a task still wanted
+    /// that ended this way was stopped from outside (the host shutting down) and starts again.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 impl TaskState {
@@ -80,6 +85,7 @@ impl TaskState {
             finished_at_ms: None,
             message: message.into(),
             done: false,
+            stopped: false,
         }
     }
 
@@ -92,6 +98,11 @@ impl TaskState {
     /// restart, a kill), not by anything the task did.
     pub fn supervisor_died(&self) -> bool {
         self.done && self.message.starts_with(SUPERVISOR_DIED)
+    }
+
+    /// Whether the task ended by nothing it did: its supervisor died, or was told to stop.
+    pub fn ended_from_outside(&self) -> bool {
+        self.supervisor_died() || (self.done && self.stopped)
     }
 
     /// This state as seen once its shim is known to be dead: unchanged if it was final,

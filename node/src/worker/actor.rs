@@ -345,11 +345,12 @@ where
                 continue;
             }
             match self.runtime.state(&t.id) {
-                Some(st) if st.supervisor_died() => {
-                    // Its supervisor died with the host (a reboot, a container restart) or
-                    // was killed: the task did nothing wrong and is still wanted here, so it
+                Some(st) if st.ended_from_outside() => {
+                    // Its supervisor died with the host (a container restart, a kill) or was
+                    // told to stop by something other than this agent (the host shutting
+                    // down): the task did nothing wrong and is still wanted here, so it
                     // starts again.
-                    info!(task = %t.id, name = %t.name, "the task's supervisor is gone; starting it again");
+                    info!(task = %t.id, name = %t.name, why = %st.message, "the task ended from outside; starting it again");
                     self.services.detach(&t.id).await;
                     match self.runtime.remove(&t.id).await {
                         Ok(()) => {

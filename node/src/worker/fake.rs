@@ -57,6 +57,7 @@ impl FakeRuntime {
             finished_at_ms: None,
             message: "running".into(),
             done: false,
+            stopped: false,
         }
     }
 

@@ -430,17 +430,14 @@ async fn nothing_is_touched_before_the_full_assignment_set() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_task_whose_supervisor_died_is_started_again() -> Result<()> {
+/// A wanted task whose run ended as `end` leaves it is started again.
+async fn started_again_after(end: impl FnOnce(&mut crate::runtime::TaskState)) -> Result<()> {
     let h = Harness::start();
     h.assign(vec![task("t1", 3, TaskState::Running)]);
     until("the task to run", || h.runtime.spec("t1")).await?;
-    // What the runtime reports after a reboot: the supervisor is gone with its process.
-    let mut dead = h.runtime.list().remove(0).1;
-    dead.state = crate::runtime::TaskPhase::Failed;
-    dead.message = crate::runtime::state::SUPERVISOR_DIED.into();
-    dead.done = true;
-    h.runtime.set_state("t1", dead);
+    let mut ended = h.runtime.list().remove(0).1;
+    end(&mut ended);
+    h.runtime.set_state("t1", ended);
     until("the task started again", || {
         (h.runtime.started().iter().filter(|id| *id == "t1").count() == 2).then_some(())
     })
@@ -450,6 +447,31 @@ async fn a_task_whose_supervisor_died_is_started_again() -> Result<()> {
     })
     .await?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_whose_supervisor_died_is_started_again() -> Result<()> {
+    // What the runtime reports after a host crash: the supervisor is gone with its process.
+    started_again_after(|st| {
+        st.state = crate::runtime::TaskPhase::Failed;
+        st.message = crate::runtime::state::SUPERVISOR_DIED.into();
+        st.done = true;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_stopped_by_the_host_shutting_down_is_started_again() -> Result<()> {
+    // What the runtime reports after a clean reboot: the host's shutdown told the supervisor
+    // to stop, and it recorded the stop.
+    started_again_after(|st| {
+        st.state = crate::runtime::TaskPhase::Exited;
+        st.message = "stopped: exited with status 0".into();
+        st.exit_code = Some(0);
+        st.done = true;
+        st.stopped = true;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]

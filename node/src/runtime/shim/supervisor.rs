@@ -184,6 +184,7 @@ impl Supervisor {
             _ = tokio::time::sleep(delay) => true,
             _ = stop.recv() => {
                 self.state.message = format!("stopped; last run {last}");
+                self.state.stopped = true;
                 false
             }
         }
@@ -267,6 +268,7 @@ impl Supervisor {
         match stopped {
             Some(killed) => {
                 self.state.state = TaskPhase::Exited;
+                self.state.stopped = true;
                 self.state.message = if killed {
                     format!(
                         "stopped: killed after the {} grace period",

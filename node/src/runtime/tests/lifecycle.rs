@@ -244,6 +244,7 @@ fn runtime_stop_is_graceful_with_sigterm() {
     assert_eq!(state.state, TaskPhase::Exited, "{state:?}");
     assert_eq!(state.signal, Some(15));
     assert_eq!(state.message, "stopped: killed by signal 15 (SIGTERM)");
+    assert!(state.stopped, "a stop is recorded as one: {state:?}");
     assert!(state.done);
     let task = ProcIdentity {
         pid: running.pid.unwrap(),
