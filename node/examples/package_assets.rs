@@ -32,13 +32,19 @@ fn main() -> Result<()> {
     // One page per command a user types, not per `help` subcommand clap adds to each.
     for entry in std::fs::read_dir(&man)? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.contains("-help-") || name.ends_with("-help.1") {
             std::fs::remove_file(&path)?;
         }
     }
-    std::fs::write(out.join("mesh.toml"), mesh_node::config::commented_default())
-        .context("mesh.toml")?;
+    std::fs::write(
+        out.join("mesh.toml"),
+        mesh_node::config::commented_default(),
+    )
+    .context("mesh.toml")?;
     println!("package assets in {}", out.display());
     Ok(())
 }

@@ -118,7 +118,10 @@ mod tests {
         let shipped = commented_default();
         let as_is: DaemonConfig = toml::from_str(&shipped).unwrap();
         assert_eq!(as_is, DaemonConfig::default());
-        let keys = shipped.lines().filter(|l| l.starts_with("# ") && l.contains(" = ")).count();
+        let keys = shipped
+            .lines()
+            .filter(|l| l.starts_with("# ") && l.contains(" = "))
+            .count();
         assert!(keys >= 20, "only {keys} keys:\n{shipped}");
         let uncommented: String = shipped
             .lines()

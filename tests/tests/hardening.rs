@@ -295,10 +295,7 @@ fn by_node(tasks: Vec<TaskRow>) -> BTreeMap<String, usize> {
 /// node1 (manager) and node2 (worker) with a global `web` and a 4-replica `api` on one
 /// network; node2 then goes down as a host does (its agent, every task supervisor and every
 /// task), and stays down until `before_start` returns. The placement of api before.
-fn reboot_node2(
-    lab: &mesh_tests::Lab,
-    before_start: impl FnOnce(),
-) -> BTreeMap<String, usize> {
+fn reboot_node2(lab: &mesh_tests::Lab, before_start: impl FnOnce()) -> BTreeMap<String, usize> {
     let (n1, n2) = (lab.host(1), lab.host(2));
     create_network(n1, "ov", &[]).unwrap();
     create_service(n1, "web", &["--mode", "global", "--network", "ov"]).unwrap();
@@ -395,17 +392,22 @@ fn a_node_down_past_its_grace_runs_its_global_tasks_again_when_back() {
     let n1 = lab.host(1);
     // node2 stays down until it is seen down and api's replicas have moved to node1.
     reboot_node2(&lab, || {
-        wait(&lab, "node2 down and api's 4 replicas on node1", SETTLE, || {
-            let down = mesh_tests::nodes(n1)?
-                .iter()
-                .any(|n| n.hostname == "node2" && n.status == "down");
-            let api = by_node(services::running(n1, "api")?);
-            Ok(if down && api.get("node1") == Some(&4) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending(format!("node2 down {down}, api {api:?}"))
-            })
-        })
+        wait(
+            &lab,
+            "node2 down and api's 4 replicas on node1",
+            SETTLE,
+            || {
+                let down = mesh_tests::nodes(n1)?
+                    .iter()
+                    .any(|n| n.hostname == "node2" && n.status == "down");
+                let api = by_node(services::running(n1, "api")?);
+                Ok(if down && api.get("node1") == Some(&4) {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending(format!("node2 down {down}, api {api:?}"))
+                })
+            },
+        )
         .unwrap();
     });
     // Back: its task of the global service runs again, with a live process.
