@@ -285,6 +285,28 @@ pub fn write_rows(
     Ok(())
 }
 
+/// Prints the result of an `ls` or `ps` to stdout: its JSON documents (`--format json`), the
+/// IDs only (`-q`), or rows (a table or a template).
+pub fn print_list<T>(
+    kind: &RowKind,
+    format: &Format,
+    quiet: bool,
+    items: &[T],
+    json: impl Fn(&T) -> serde_json::Value,
+    row: impl Fn(&T) -> Row,
+) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if matches!(format, Format::Json) && !quiet {
+        let docs: Vec<serde_json::Value> = items.iter().map(json).collect();
+        return write_docs(&mut out, &Format::Json, &docs);
+    }
+    let rows: Vec<Row> = items.iter().map(row).collect();
+    if quiet {
+        return write_ids(&mut out, kind, &rows);
+    }
+    write_rows(&mut out, kind, format, &rows)
+}
+
 /// Prints the IDs of rows, one a line (`-q`).
 pub fn write_ids(out: &mut impl Write, kind: &RowKind, rows: &[Row]) -> anyhow::Result<()> {
     let id = kind.index("ID");

@@ -202,16 +202,9 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: NetworkCommand) -> a
                     .and_then(|n| n.spec.as_ref())
                     .map(|s| s.name.clone())
             });
-            let mut out = std::io::stdout().lock();
-            if matches!(format, Format::Json) && !a.quiet {
-                let docs: Vec<Value> = nets.iter().map(network_json).collect();
-                return format::write_docs(&mut out, &Format::Json, &docs);
-            }
-            let rows: Vec<_> = nets.iter().map(|v| network_row(v, a.no_trunc)).collect();
-            if a.quiet {
-                return format::write_ids(&mut out, &NETWORK_ROWS, &rows);
-            }
-            format::write_rows(&mut out, &NETWORK_ROWS, &format, &rows)?;
+            format::print_list(&NETWORK_ROWS, &format, a.quiet, &nets, network_json, |v| {
+                network_row(v, a.no_trunc)
+            })?;
         }
         NetworkCommand::Inspect(a) => {
             let format = Format::parse(&a.format.format, None)?;

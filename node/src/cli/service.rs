@@ -10,7 +10,6 @@ use mesh_proto::{
     ListTasksRequest, RemoveServiceRequest, RestartCondition, RestartPolicy, ServiceMode,
     ServiceSpec, TaskSpec, TaskView, UpdateConfig, UpdateServiceRequest,
 };
-use serde_json::Value;
 use tonic::transport::Channel;
 
 use super::filter::TaskFilter;
@@ -328,19 +327,14 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                     .and_then(|s| s.spec.as_ref())
                     .map(|s| s.name.clone())
             });
-            let mut out = std::io::stdout().lock();
-            if matches!(format, Format::Json) && !a.quiet {
-                let docs: Vec<Value> = services.iter().map(service_json).collect();
-                return format::write_docs(&mut out, &Format::Json, &docs);
-            }
-            let rows: Vec<_> = services
-                .iter()
-                .map(|v| service_row(v, a.no_trunc))
-                .collect();
-            if a.quiet {
-                return format::write_ids(&mut out, &SERVICE_ROWS, &rows);
-            }
-            format::write_rows(&mut out, &SERVICE_ROWS, &format, &rows)?;
+            format::print_list(
+                &SERVICE_ROWS,
+                &format,
+                a.quiet,
+                &services,
+                service_json,
+                |v| service_row(v, a.no_trunc),
+            )?;
         }
         ServiceCommand::Ps(a) => {
             let format = Format::parse(&a.format.format, Some(&TASK_ROWS))?;
@@ -369,16 +363,9 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                     )
                 })
             });
-            let mut out = std::io::stdout().lock();
-            if matches!(format, Format::Json) && !a.quiet {
-                let docs: Vec<Value> = all.iter().map(task_json).collect();
-                return format::write_docs(&mut out, &Format::Json, &docs);
-            }
-            let rows: Vec<_> = all.iter().map(|t| task_row(t, a.no_trunc)).collect();
-            if a.quiet {
-                return format::write_ids(&mut out, &TASK_ROWS, &rows);
-            }
-            format::write_rows(&mut out, &TASK_ROWS, &format, &rows)?;
+            format::print_list(&TASK_ROWS, &format, a.quiet, &all, task_json, |t| {
+                task_row(t, a.no_trunc)
+            })?;
         }
         ServiceCommand::Inspect(a) => {
             let format = Format::parse(&a.format.format, None)?;
