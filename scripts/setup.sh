@@ -28,6 +28,14 @@ declare -A wanted=(
     # (the Docker engine itself is not installed: without one the test is skipped).
     [docker-compose]=docker-compose
     [mmdebstrap]=mmdebstrap
+    # The Vagrant cluster and its test (tests/tests/vagrant.rs): VMs under libvirt with a box
+    # built locally (vagrant/build-box.sh), mesh installed from its Debian package.
+    [vagrant]="vagrant vagrant-libvirt"
+    [libvirtd]="libvirt-daemon-system libvirt-clients"
+    [qemu-img]=qemu-utils
+    [dnsmasq]=dnsmasq-base
+    [iptables]=iptables
+    [ebtables]=ebtables
 )
 missing=()
 for cmd in "${!wanted[@]}"; do
@@ -38,10 +46,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # shellcheck disable=SC2086 # a value may name several packages
+    apt-get install -y -qq --no-install-recommends ${missing[*]} >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found; install a Rust toolchain (1.90 or newer) first" >&2
     exit 1
+fi
+
+# The Debian package (node/debian/build-deb.sh) is built with cargo-deb.
+if ! command -v cargo-deb >/dev/null 2>&1; then
+    echo "setup: installing cargo-deb"
+    cargo install cargo-deb --locked --quiet
 fi

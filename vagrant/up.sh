@@ -19,10 +19,10 @@ if [ -e /dev/kvm ] && getent group kvm >/dev/null; then
     chgrp kvm /dev/kvm && chmod 0660 /dev/kvm
 fi
 "$here/build-box.sh"
-[ -x "${MESH_BIN:-$here/../target/release/mesh}" ] || {
-    echo "up: build mesh first (cargo build --release -p mesh-node) or set MESH_BIN" >&2
+if [ -z "${MESH_DEB:-}" ] && ! ls "$here"/../target/debian/mesh_*.deb >/dev/null 2>&1; then
+    echo "up: build the package first (node/debian/build-deb.sh) or set MESH_DEB" >&2
     exit 1
-}
+fi
 
 vagrant up --no-parallel
 on() { local n=$1; shift; vagrant ssh "$n" -c "sudo $*" -- -q 2>/dev/null; }
