@@ -272,6 +272,7 @@ pub fn new_cluster(
         id: node_id.clone(),
         spec: Some(NodeSpec {
             desired_role: NodeRole::Manager as i32,
+            ..Default::default()
         }),
         hostname: node.hostname,
         addr: node.addr.to_string(),

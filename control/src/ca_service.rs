@@ -163,7 +163,10 @@ impl CaService {
                 let now = now_ms();
                 let mut node = Node {
                     id: node_id.clone(),
-                    spec: Some(NodeSpec { desired_role: role as i32 }),
+                    spec: Some(NodeSpec {
+                        desired_role: role as i32,
+                        ..Default::default()
+                    }),
                     hostname: r.hostname.clone(),
                     addr: r.addr.clone(),
                     control_port: r.control_port,

@@ -49,3 +49,10 @@ pub fn service_networks(v: &Service) -> &[NetworkAttachmentConfig] {
         .map(|s| s.networks.as_slice())
         .unwrap_or_default()
 }
+
+/// A node's availability as the scheduler and orchestrators read it: active when unset.
+pub fn availability(n: &mesh_proto::Node) -> mesh_proto::NodeAvailability {
+    n.spec
+        .as_ref()
+        .map_or(mesh_proto::NodeAvailability::Active, |s| s.availability())
+}

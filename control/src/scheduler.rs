@@ -8,11 +8,14 @@ use std::sync::Arc;
 use mesh_common::Liveness;
 use mesh_common::task::{is_terminal, observed_state};
 use mesh_common::time::now_ms;
-use mesh_proto::{NodeStatus, PublishMode, StoreOp, Task, TaskState, TaskStatus, Transaction};
+use mesh_proto::{
+    NodeAvailability, NodeStatus, PublishMode, StoreOp, Task, TaskState, TaskStatus, Transaction,
+};
 
 use crate::allocator::tasks::is_allocated;
 use crate::component::Component;
 use crate::error::ControlError;
+use crate::objects::availability;
 use crate::store::txn::Batch;
 use crate::store::{Store, StoreState, txn};
 
@@ -28,10 +31,12 @@ fn host_ports_of(t: &Task) -> Vec<(u32, i32)> {
 /// Ops assigning every unplaced task; `ready` says which nodes may take
 /// tasks (the leader's liveness view).
 pub fn plan(state: &StoreState, ready: &dyn Fn(&str) -> bool, now_ms: i64) -> Vec<StoreOp> {
+    // Paused and drained nodes take nothing new.
     let candidates: Vec<&str> = state
         .nodes
-        .keys()
-        .map(String::as_str)
+        .values()
+        .filter(|n| availability(n) == NodeAvailability::Active)
+        .map(|n| n.id.as_str())
         .filter(|id| ready(id))
         .collect();
     // Load per node: all active tasks, and per service.
@@ -103,7 +108,7 @@ pub fn plan(state: &StoreState, ready: &dyn Fn(&str) -> bool, now_ms: i64) -> Ve
             }
             None => {
                 let why = if wanted.is_empty() {
-                    "no node is ready to run it"
+                    "no node is ready and active to run it"
                 } else {
                     "no ready node has its host-mode port(s) free"
                 };

@@ -316,6 +316,7 @@ fn manager_node(id: &str, raft_id: u64) -> Node {
         raft_id,
         spec: Some(NodeSpec {
             desired_role: NodeRole::Manager as i32,
+            ..Default::default()
         }),
         ..Default::default()
     }

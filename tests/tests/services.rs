@@ -535,3 +535,83 @@ fn negative_replicas_at_creation_are_refused_with_one_line() {
     })
     .unwrap();
 }
+
+#[test]
+fn draining_a_node_moves_its_tasks_elsewhere_and_no_request_fails() {
+    let lab = mesh_tests::cluster(3, 0).unwrap();
+    let (net, probes, vip) = probe_and_api(&lab, 3);
+    let n1 = lab.host(1);
+    let api = wait_running(&lab, n1, "api", 3, SETTLE).unwrap();
+    let all: Vec<TaskRow> = probes.values().cloned().collect();
+    wait_lb(&lab, &all, vip, &ips(&api, &net), SETTLE).unwrap();
+    let requests = RequestLoop::start(probes["node1"].netns(&lab).unwrap(), vip_addr(vip));
+    wait(&lab, "20 requests before the drain", SETTLE, || {
+        Ok(requests.outcomes().len() >= 20)
+    })
+    .unwrap();
+
+    let drained_at = Instant::now();
+    cli_ok(
+        n1,
+        &["node", "update", "--availability", "drain", "node3"],
+        CLI_BOUND,
+    )
+    .unwrap();
+    // api's replicas run on node1 and node2 only, node3's probe (global) is gone, and the
+    // other probes' load balancers hold exactly the running replicas.
+    let api = wait(
+        &lab,
+        "api off node3, and node3's probe gone",
+        SETTLE,
+        || {
+            let api = services::running(n1, "api")?;
+            let probes = services::running(n1, "probe")?;
+            let off = |t: &TaskRow| t.node != "node3";
+            Ok(
+                if api.len() == 3 && api.iter().all(off) && probes.iter().all(off) {
+                    Poll::Ready(api)
+                } else {
+                    Poll::Pending(format!(
+                        "api {}; probes {}",
+                        services::task_summary(&api),
+                        services::task_summary(&probes)
+                    ))
+                },
+            )
+        },
+    )
+    .unwrap();
+    let live: Vec<TaskRow> = probes
+        .values()
+        .filter(|p| p.node != "node3")
+        .cloned()
+        .collect();
+    wait_lb(&lab, &live, vip, &ips(&api, &net), SETTLE).unwrap();
+    let settled = Instant::now();
+    wait(&lab, "20 requests after the drain", SETTLE, || {
+        Ok(requests.outcomes().since(settled).len() >= 20)
+    })
+    .unwrap();
+    let outcomes = requests.stop().unwrap();
+    let nodes = mesh_tests::nodes(n1).unwrap();
+    let node3 = nodes.iter().find(|n| n.hostname == "node3").unwrap();
+    ensure_or_dump(
+        &lab,
+        outcomes.since(drained_at).failures().is_empty(),
+        "no request to fail during the drain",
+        || outcomes.since(drained_at).summary(drained_at),
+    )
+    .unwrap();
+    let shown = cli_ok(n1, &["node", "inspect", "node3"], CLI_BOUND).unwrap();
+    assert!(shown.contains("\"availability\": \"drain\""), "{shown}");
+    assert!(node3.is_up(), "a drained node is still up: {node3:?}");
+
+    // Active again: the global service comes back to it.
+    cli_ok(
+        n1,
+        &["node", "update", "--availability", "active", "node3"],
+        CLI_BOUND,
+    )
+    .unwrap();
+    wait_running(&lab, n1, "probe", 3, SETTLE).unwrap();
+}

@@ -38,7 +38,7 @@ use mesh_proto::{
     ListTasksResponse, NetworkView, NodeView, RemoveNetworkRequest, RemoveNetworkResponse,
     RemoveNodeRequest, RemoveNodeResponse, RemoveServiceRequest, RemoveServiceResponse,
     RotateGossipKeyRequest, RotateGossipKeyResponse, ServiceLogsRequest, ServiceView,
-    SetNodeRoleRequest, UpdateServiceRequest,
+    SetNodeRoleRequest, UpdateNodeRequest, UpdateServiceRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -158,6 +158,13 @@ impl<C: ControlContext> Control for ControlService<C> {
         req: Request<SetNodeRoleRequest>,
     ) -> Result<Response<NodeView>, Status> {
         Ok(Response::new(route!(self, req, nodes.set_node_role)))
+    }
+
+    async fn update_node(
+        &self,
+        req: Request<UpdateNodeRequest>,
+    ) -> Result<Response<NodeView>, Status> {
+        Ok(Response::new(route!(self, req, nodes.update_node)))
     }
 
     async fn remove_node(

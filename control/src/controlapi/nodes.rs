@@ -1,4 +1,5 @@
-//! Node calls of the control API: list, inspect, promote/demote, remove.
+//! Node calls of the control API: list, inspect, promote/demote, availability and labels,
+//! remove.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -7,9 +8,9 @@ use mesh_common::auth::Caller;
 use mesh_common::pki::role_name;
 use mesh_common::time::now_ms;
 use mesh_proto::{
-    GetNodeRequest, ListNodesRequest, ListNodesResponse, Node, NodeRole, NodeSpec, NodeStatus,
-    NodeView, RemoveNodeRequest, RemoveNodeResponse, SetNodeRoleRequest, StoreOp, Transaction,
-    store_op::Op,
+    GetNodeRequest, ListNodesRequest, ListNodesResponse, Node, NodeAvailability, NodeRole,
+    NodeStatus, NodeView, RemoveNodeRequest, RemoveNodeResponse, SetNodeRoleRequest, StoreOp,
+    Transaction, UpdateNodeRequest, store_op::Op,
 };
 use tracing::info;
 
@@ -74,6 +75,10 @@ impl NodeApi {
         v.set_role(n.role());
         v.set_desired_role(desired_role(n));
         v.set_status(status);
+        if let Some(spec) = &n.spec {
+            v.set_availability(spec.availability());
+            v.labels = spec.labels.clone();
+        }
         v
     }
 
@@ -162,9 +167,7 @@ impl NodeApi {
                 }
             }
             let mut next = node.clone();
-            next.spec = Some(NodeSpec {
-                desired_role: role as i32,
-            });
+            next.spec.get_or_insert_default().desired_role = role as i32;
             next.updated_at_ms = now_ms();
             Ok(Some(next))
         };
@@ -195,6 +198,51 @@ impl NodeApi {
             }
         };
         Ok(self.views(std::slice::from_ref(&target)).remove(0))
+    }
+
+    /// `mesh node update`: availability and labels. Checked whole before anything is
+    /// written; a request that changes nothing writes nothing.
+    pub async fn update_node(&self, caller: &Caller, req: UpdateNodeRequest) -> Result<NodeView> {
+        manager_check(caller)?;
+        let change = NodeChange::parse(&req)?;
+        let plan = |s: &StoreState| -> Result<Option<Node>> {
+            let node = resolve_node(s, &req.node)?;
+            let mut next = node.clone();
+            change.apply(next.spec.get_or_insert_default())?;
+            if next.spec == node.spec {
+                return Ok(None);
+            }
+            next.updated_at_ms = now_ms();
+            Ok(Some(next))
+        };
+        if self
+            .ctx
+            .store
+            .read_consistent(|s| plan(s))
+            .await??
+            .is_some()
+        {
+            let mut id = String::new();
+            self.ctx
+                .store
+                .update(|s| {
+                    let ops = match plan(s)? {
+                        Some(n) => {
+                            id = n.id.clone();
+                            vec![txn::put_if_unchanged(n)]
+                        }
+                        None => vec![],
+                    };
+                    Ok::<_, ControlError>(Transaction { ops })
+                })
+                .await?;
+            info!(node = %id, availability = ?change.availability, "node updated");
+        }
+        let node = self
+            .ctx
+            .store
+            .read(|s| resolve_node(s, &req.node).cloned())?;
+        Ok(self.views(std::slice::from_ref(&node)).remove(0))
     }
 
     pub async fn remove_node(
@@ -239,5 +287,144 @@ impl NodeApi {
             .await?;
         info!(node = %removed, "node removed");
         Ok(RemoveNodeResponse {})
+    }
+}
+
+/// Most labels a node may carry, and the longest key and value.
+pub const MAX_NODE_LABELS: usize = 64;
+pub const MAX_LABEL_KEY: usize = 128;
+pub const MAX_LABEL_VALUE: usize = 256;
+
+/// What a `mesh node update` asks, checked.
+#[derive(Debug, PartialEq)]
+pub struct NodeChange {
+    pub availability: Option<NodeAvailability>,
+    pub add: Vec<(String, String)>,
+    pub rm: Vec<String>,
+}
+
+fn bad(msg: String) -> ControlError {
+    ControlError::InvalidArgument(msg)
+}
+
+fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_LABEL_KEY {
+        return Err(bad(format!(
+            "label key {key:?}: 1 to {MAX_LABEL_KEY} characters"
+        )));
+    }
+    if !key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'))
+    {
+        return Err(bad(format!(
+            "label key {key:?}: only letters, digits and . _ - /"
+        )));
+    }
+    Ok(())
+}
+
+impl NodeChange {
+    pub fn parse(req: &UpdateNodeRequest) -> Result<NodeChange> {
+        let availability = match req.availability.as_str() {
+            "" => None,
+            "active" => Some(NodeAvailability::Active),
+            "pause" => Some(NodeAvailability::Pause),
+            "drain" => Some(NodeAvailability::Drain),
+            other => {
+                return Err(bad(format!(
+                    "availability {other:?}: must be active, pause or drain"
+                )));
+            }
+        };
+        if req.label_add.len() + req.label_rm.len() > MAX_NODE_LABELS {
+            return Err(bad(format!(
+                "at most {MAX_NODE_LABELS} labels may change at once"
+            )));
+        }
+        let mut add = Vec::new();
+        for kv in &req.label_add {
+            let (k, v) = kv.split_once('=').unwrap_or((kv.as_str(), ""));
+            check_key(k)?;
+            if v.len() > MAX_LABEL_VALUE || v.chars().any(char::is_control) {
+                return Err(bad(format!(
+                    "label {k}: the value must be at most {MAX_LABEL_VALUE} printable characters"
+                )));
+            }
+            add.push((k.to_string(), v.to_string()));
+        }
+        for k in &req.label_rm {
+            check_key(k)?;
+        }
+        Ok(NodeChange {
+            availability,
+            add,
+            rm: req.label_rm.clone(),
+        })
+    }
+
+    /// Applies the change to `spec`; fails if the node would carry too many labels.
+    pub fn apply(&self, spec: &mut mesh_proto::NodeSpec) -> Result<()> {
+        if let Some(a) = self.availability {
+            spec.set_availability(a);
+        }
+        for k in &self.rm {
+            spec.labels.remove(k);
+        }
+        for (k, v) in &self.add {
+            spec.labels.insert(k.clone(), v.clone());
+        }
+        if spec.labels.len() > MAX_NODE_LABELS {
+            return Err(bad(format!(
+                "a node carries at most {MAX_NODE_LABELS} labels"
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod change_tests {
+    use super::*;
+
+    fn req(availability: &str, add: &[&str], rm: &[&str]) -> UpdateNodeRequest {
+        UpdateNodeRequest {
+            node: "n".into(),
+            availability: availability.into(),
+            label_add: add.iter().map(|s| s.to_string()).collect(),
+            label_rm: rm.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_change_is_checked_whole_and_applied_in_order() {
+        let c = NodeChange::parse(&req("drain", &["zone=a", "ssd"], &["old"])).unwrap();
+        let mut spec = mesh_proto::NodeSpec::default();
+        spec.labels.insert("old".into(), "x".into());
+        c.apply(&mut spec).unwrap();
+        assert_eq!(spec.availability(), NodeAvailability::Drain);
+        assert_eq!(spec.labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(spec.labels.get("ssd").map(String::as_str), Some(""));
+        assert!(!spec.labels.contains_key("old"));
+    }
+
+    #[test]
+    fn hostile_changes_are_refused_with_what_was_wrong() {
+        for (r, says) in [
+            (req("off", &[], &[]), "availability"),
+            (req("", &["=v"], &[]), "label key"),
+            (req("", &["a b=c"], &[]), "label key"),
+            (req("", &[&format!("k={}", "v".repeat(300))], &[]), "value"),
+            (req("", &["k=a\nb"], &[]), "value"),
+            (req("", &[], &[&"k".repeat(200)]), "label key"),
+        ] {
+            match NodeChange::parse(&r) {
+                Err(e) => assert!(e.to_string().contains(says), "{e}"),
+                Ok(c) => panic!("{r:?} accepted: {c:?}"),
+            }
+        }
+        let many: Vec<String> = (0..=MAX_NODE_LABELS).map(|i| format!("k{i}=v")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(NodeChange::parse(&req("", &many, &[])).is_err());
     }
 }

@@ -5,12 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh_common::Liveness;
-use mesh_proto::{ServiceMode, StoreOp};
+use mesh_proto::{NodeAvailability, ServiceMode, StoreOp};
 
 use super::update::next_batch;
-use super::{Context, NodeFailures, TasksByService, new_task, reconcile_with, shut_down, staying};
+use super::{
+    Context, NodeFailures, TasksByService, drained, new_task, reconcile_with, shut_down, staying,
+};
 use crate::component::Component;
 use crate::error::ControlError;
+use crate::objects::availability;
 use crate::store::txn::Batch;
 use crate::store::{Store, StoreState, txn};
 
@@ -36,7 +39,7 @@ pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
         let mut leaving: BTreeSet<&str> = BTreeSet::new();
         for t in live
             .iter()
-            .filter(|t| !state.nodes.contains_key(&t.node_id))
+            .filter(|t| !state.nodes.contains_key(&t.node_id) || drained(state, &t.node_id))
         {
             ops.push(shut_down(t, ctx.now_ms));
             leaving.insert(&t.id);
@@ -50,10 +53,12 @@ pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
             .iter()
             .map(|t| t.node_id.as_str())
             .collect();
+        // A paused or drained node gets no new task (a paused one keeps what it runs).
         for node in state
             .nodes
             .values()
             .filter(|n| !covered.contains(n.id.as_str()))
+            .filter(|n| availability(n) == NodeAvailability::Active)
         {
             let task = new_task(state, service, 0, Some((&node.id, &node.hostname)), ctx);
             ops.push(txn::put_if_unchanged(task));

@@ -46,6 +46,15 @@ pub struct Context<'a> {
     pub node_failed: &'a dyn Fn(&str) -> bool,
 }
 
+/// Whether node `id` is drained (`mesh node update --availability drain`): its tasks are
+/// shut down and, for replicated services, placed elsewhere.
+pub(crate) fn drained(state: &StoreState, id: &str) -> bool {
+    state
+        .nodes
+        .get(id)
+        .is_some_and(|n| crate::objects::availability(n) == mesh_proto::NodeAvailability::Drain)
+}
+
 /// The ops that bring the tasks of every service in line with it (both orchestrators).
 pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
     let mut ops = replicated::plan(state, ctx);

@@ -9,7 +9,9 @@ use mesh_common::Liveness;
 use mesh_proto::{ServiceMode, StoreOp, Task};
 
 use super::update::next_batch;
-use super::{Context, NodeFailures, TasksByService, new_task, reconcile_with, shut_down, staying};
+use super::{
+    Context, NodeFailures, TasksByService, drained, new_task, reconcile_with, shut_down, staying,
+};
 use crate::component::Component;
 use crate::error::ControlError;
 use crate::store::txn::Batch;
@@ -36,12 +38,11 @@ pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
             .cloned()
             .unwrap_or_default();
         let mut leaving: BTreeSet<&str> = BTreeSet::new();
-        // Tasks of nodes down past the grace period are replaced; the old ones keep their
-        // address until the node is back (and stops them) or is removed.
-        for t in live
-            .iter()
-            .filter(|t| !t.node_id.is_empty() && (ctx.node_failed)(&t.node_id))
-        {
+        // Tasks of nodes down past the grace period, or drained, are replaced; the old ones
+        // keep their address until their node stops them (or is removed).
+        for t in live.iter().filter(|t| {
+            !t.node_id.is_empty() && ((ctx.node_failed)(&t.node_id) || drained(state, &t.node_id))
+        }) {
             ops.push(shut_down(t, ctx.now_ms));
             leaving.insert(&t.id);
         }

@@ -405,3 +405,62 @@ fn publishing_services_get_ingress_attachments_and_nodes_get_ingress_addresses()
     assert_eq!(ing.vip, "10.255.0.4/24");
     assert_eq!(t.ports.len(), 1);
 }
+
+fn set_availability(s: &mut StoreState, node: &str, a: mesh_proto::NodeAvailability) {
+    s.nodes
+        .get_mut(node)
+        .unwrap()
+        .spec
+        .get_or_insert_default()
+        .set_availability(a);
+}
+
+#[test]
+fn a_drained_node_runs_nothing_and_a_paused_one_takes_nothing_new() {
+    use mesh_proto::NodeAvailability::{Drain, Pause};
+    let mut s = state();
+    s.services
+        .insert("web".into(), service("web", ServiceMode::Replicated, 2));
+    s.services
+        .insert("agent".into(), service("agent", ServiceMode::Global, 0));
+    let ops = run(&s);
+    apply(&mut s, ops, 10);
+    let web: Vec<String> = s
+        .tasks
+        .values()
+        .filter(|t| t.service_id == "web")
+        .map(|t| t.id.clone())
+        .collect();
+    s.tasks.get_mut(&web[0]).unwrap().node_id = "n1".into();
+    s.tasks.get_mut(&web[1]).unwrap().node_id = "n2".into();
+    assert!(run(&s).is_empty(), "settled");
+
+    // Paused: what n2 runs stays.
+    set_availability(&mut s, "n2", Pause);
+    assert!(run(&s).is_empty(), "a paused node keeps its tasks");
+    // Drained: n2's web task and its agent task are shut down, web's replaced.
+    set_availability(&mut s, "n2", Drain);
+    let ops = run(&s);
+    apply(&mut s, ops, 11);
+    let on_n2: Vec<&Task> = s
+        .tasks
+        .values()
+        .filter(|t| t.node_id == "n2" && t.desired_state() == TaskState::Running)
+        .collect();
+    assert!(on_n2.is_empty(), "still desired on n2: {on_n2:?}");
+    assert_eq!(live(&s, "web").len(), 2, "web's replica replaced");
+    assert!(
+        run(&s).is_empty(),
+        "and no new global task for the drained node"
+    );
+    // The scheduler never places on it (nor on a paused node).
+    let placed = crate::scheduler::plan(&s, &|_| true, 1);
+    assert!(!placed.is_empty(), "web's new replica is placed");
+    assert_eq!(s.apply(txn::of(placed), 12).conflict, "");
+    let on_n2 = s
+        .tasks
+        .values()
+        .filter(|t| t.node_id == "n2" && t.desired_state() == TaskState::Running)
+        .count();
+    assert_eq!(on_n2, 0, "placed on the drained node");
+}

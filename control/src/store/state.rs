@@ -372,6 +372,7 @@ mod tests {
             version,
             spec: Some(NodeSpec {
                 desired_role: NodeRole::Worker as i32,
+                ..Default::default()
             }),
             hostname: format!("{id}.example"),
             ..Default::default()

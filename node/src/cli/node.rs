@@ -7,7 +7,7 @@ use mesh_proto::control_client::ControlClient;
 use mesh_proto::local_client::LocalClient;
 use mesh_proto::{
     GetNodeRequest, InfoRequest, ListNodesRequest, NodeRole, NodeView, RemoveNodeRequest,
-    SetNodeRoleRequest,
+    SetNodeRoleRequest, UpdateNodeRequest,
 };
 use tonic::transport::Channel;
 
@@ -25,9 +25,27 @@ pub enum NodeCommand {
     Promote(RoleArgs),
     /// Make managers workers.
     Demote(RoleArgs),
+    /// Set a node's availability or labels: `mesh node update --availability drain node2`.
+    Update(UpdateArgs),
     /// Remove nodes from the cluster.
     #[command(alias = "remove")]
     Rm(RmArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UpdateArgs {
+    /// Node id, id prefix or hostname.
+    pub node: String,
+    /// active: takes new tasks; pause: keeps its tasks, takes no new ones; drain: its tasks
+    /// are withdrawn from every load balancer, stopped and placed on other nodes.
+    #[arg(long, value_parser = ["active", "pause", "drain"])]
+    pub availability: Option<String>,
+    /// Add or replace a label (`key=value`, or `key`), for placement constraints.
+    #[arg(long = "label-add", value_name = "KEY=VALUE")]
+    pub label_add: Vec<String>,
+    /// Remove a label.
+    #[arg(long = "label-rm", value_name = "KEY")]
+    pub label_rm: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -123,6 +141,18 @@ pub async fn run(
                 _ => unreachable!("nodes_json makes an array"),
             };
             format::write_docs(&mut std::io::stdout().lock(), &format, &docs)?;
+        }
+        NodeCommand::Update(a) => {
+            let v = control
+                .update_node(UpdateNodeRequest {
+                    node: a.node,
+                    availability: a.availability.unwrap_or_default(),
+                    label_add: a.label_add,
+                    label_rm: a.label_rm,
+                })
+                .await?
+                .into_inner();
+            println!("{}", v.hostname);
         }
         NodeCommand::Promote(a) => set_role(control, a, NodeRole::Manager).await?,
         NodeCommand::Demote(a) => set_role(control, a, NodeRole::Worker).await?,

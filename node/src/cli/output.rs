@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use mesh_proto::{InfoResponse, NodeRole, NodeStatus, NodeView};
+use mesh_proto::{InfoResponse, NodeAvailability, NodeRole, NodeStatus, NodeView};
 use serde_json::{Value, json};
 use tabwriter::TabWriter;
 
@@ -14,6 +14,14 @@ fn role(r: NodeRole) -> &'static str {
         NodeRole::Manager => "manager",
         NodeRole::Worker => "worker",
         NodeRole::Unspecified => "",
+    }
+}
+
+pub fn availability(a: NodeAvailability) -> &'static str {
+    match a {
+        NodeAvailability::Active => "active",
+        NodeAvailability::Pause => "pause",
+        NodeAvailability::Drain => "drain",
     }
 }
 
@@ -37,6 +45,8 @@ pub fn nodes_json(nodes: &[NodeView], me: &str) -> Value {
                     "role": role(n.role()),
                     "desired_role": role(n.desired_role()),
                     "status": status(n.status()),
+                    "availability": availability(n.availability()),
+                    "labels": n.labels,
                     "leader": n.leader,
                     "manager_status": n.manager_status,
                     "self": n.id == me,
@@ -53,18 +63,22 @@ pub fn nodes_json(nodes: &[NodeView], me: &str) -> Value {
 
 pub fn print_nodes(nodes: &[NodeView], me: &str) -> anyhow::Result<()> {
     let mut tw = TabWriter::new(std::io::stdout()).padding(3);
-    writeln!(tw, "ID\tHOSTNAME\tADDRESS\tSTATUS\tROLE\tMANAGER STATUS")?;
+    writeln!(
+        tw,
+        "ID\tHOSTNAME\tADDRESS\tSTATUS\tAVAILABILITY\tROLE\tMANAGER STATUS"
+    )?;
     let mut sorted: Vec<&NodeView> = nodes.iter().collect();
     sorted.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
     for n in sorted {
         let mark = if n.id == me { " *" } else { "" };
         writeln!(
             tw,
-            "{}{mark}\t{}\t{}\t{}\t{}\t{}",
+            "{}{mark}\t{}\t{}\t{}\t{}\t{}\t{}",
             n.id,
             n.hostname,
             n.addr,
             status(n.status()),
+            availability(n.availability()),
             role(n.role()),
             n.manager_status
         )?;
@@ -156,6 +170,7 @@ pub const NODE_ROWS: RowKind = RowKind {
         ("Hostname", "HOSTNAME"),
         ("Address", "ADDRESS"),
         ("Status", "STATUS"),
+        ("Availability", "AVAILABILITY"),
         ("Role", "ROLE"),
         ("ManagerStatus", "MANAGER STATUS"),
     ],
@@ -164,6 +179,7 @@ pub const NODE_ROWS: RowKind = RowKind {
         "Hostname",
         "Address",
         "Status",
+        "Availability",
         "Role",
         "ManagerStatus",
     ],
@@ -176,6 +192,7 @@ pub fn node_row(n: &NodeView, me: &str) -> Row {
         n.hostname.clone(),
         n.addr.clone(),
         status(n.status()).to_string(),
+        availability(n.availability()).to_string(),
         role(n.role()).to_string(),
         n.manager_status.clone(),
     ]

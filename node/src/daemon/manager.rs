@@ -13,7 +13,7 @@ use mesh_common::tls::Credentials;
 use mesh_control::manager::{Manager, ManagerOptions};
 use mesh_control::store::{Store, StoreOptions};
 use mesh_proto::raft_client::RaftClient;
-use mesh_proto::{JoinRaftRequest, NodeRole, NodeSpec, Transaction};
+use mesh_proto::{JoinRaftRequest, NodeRole, Transaction};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{error, info, warn};
@@ -204,9 +204,7 @@ async fn demote_the_others(store: &Store, me: &str, timeout: Duration) -> anyhow
                 for n in s.nodes.values() {
                     if n.id != me && mesh_control::objects::desired_role(n) == NodeRole::Manager {
                         let mut next = n.clone();
-                        next.spec = Some(NodeSpec {
-                            desired_role: NodeRole::Worker as i32,
-                        });
+                        next.spec.get_or_insert_default().desired_role = NodeRole::Worker as i32;
                         next.updated_at_ms = mesh_common::time::now_ms();
                         demoted.push(n.hostname.clone());
                         ops.push(mesh_control::store::txn::put_if_unchanged(next));
