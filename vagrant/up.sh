@@ -48,3 +48,11 @@ done
 ready() { [ "$(on node1 mesh node ls | grep -c ' ready ')" -eq "$N" ]; }
 wait_until 120 "$N ready nodes" ready
 on node1 mesh node ls
+# The demo: a service on an overlay network, published on port 8080 of every VM.
+if ! on node1 mesh service inspect whoami >/dev/null 2>&1; then
+    on node1 mesh network inspect demo >/dev/null 2>&1 || on node1 mesh network create demo
+    on node1 mesh service create --name whoami --replicas "$N" --network demo \
+        --publish published=8080,target=80 -- mesh whoami --port 80
+fi
+on node1 mesh service ls
+echo "up: try curl http://$NET.11:8080/ (any VM's address answers)"

@@ -1,6 +1,7 @@
 //! The cluster of `vagrant/` for real: three Debian VMs under vagrant-libvirt (software
 //! emulation), mesh installed from this tree's Debian package and started by systemd, the
-//! cluster formed by `vagrant/up.sh`. Then what only real kernels and hosts show:
+//! cluster formed and the demo service (`whoami`, published on 8080) deployed by
+//! `vagrant/up.sh`. Then what only real kernels and hosts show:
 //!
 //! - every VM runs `mesh.service`, and the manager lists three ready nodes;
 //! - Debian's kernel has IPVS, and the agents chose it;
@@ -206,7 +207,7 @@ impl Vms {
                 .on(
                     node,
                     "sh -c 'mesh node ls; mesh service ls; mesh service ps client; \
-                     mesh service ps web; systemctl is-active mesh; \
+                     mesh service ps whoami; systemctl is-active mesh; \
                      journalctl -u mesh --no-pager -n 15'",
                 )
                 .unwrap_or_else(|e| format!("{e:#}"));
@@ -282,22 +283,14 @@ fn check(vms: &Vms) -> Result<()> {
         );
     }
 
-    // On one overlay network: a replicated service published on every node, and a client
-    // task on every node.
-    vms.mesh("node1", "network create appnet")?;
+    // vagrant/up.sh deployed the demo: `whoami`, 3 replicas on the overlay network `demo`,
+    // published on port 8080. A client task on every node joins it.
     vms.mesh(
         "node1",
-        &format!(
-            "service create --name web --replicas 3 --network appnet -p {PUBLISHED}:80 \
-             -- mesh whoami --port 80"
-        ),
+        "service create --name client --mode global --network demo -- mesh whoami --port 81",
     )?;
-    vms.mesh(
-        "node1",
-        "service create --name client --mode global --network appnet -- mesh whoami --port 81",
-    )?;
-    let web = wait_for("3 running web tasks on 3 VMs", CONVERGE, || {
-        let tasks = vms.running("web")?;
+    let served = wait_for("3 running whoami tasks on 3 VMs", CONVERGE, || {
+        let tasks = vms.running("whoami")?;
         let mut on: Vec<String> = tasks
             .iter()
             .filter_map(|t| t["node"].as_str().map(str::to_owned))
@@ -328,31 +321,31 @@ fn check(vms: &Vms) -> Result<()> {
         .and_then(|t| t["name"].as_str())
         .context("a client on node2")?
         .to_owned();
-    let service: Value = serde_json::from_str(&vms.mesh("node1", "service inspect web")?)?;
-    let resolved = vms.mesh("node2", &format!("exec {client} -- getent hosts web"))?;
+    let service: Value = serde_json::from_str(&vms.mesh("node1", "service inspect whoami")?)?;
+    let resolved = vms.mesh("node2", &format!("exec {client} -- getent hosts whoami"))?;
     let vip = resolved.split_whitespace().next().unwrap_or_default();
     ensure!(
         !vip.is_empty() && service.to_string().contains(&format!("\"{vip}/")),
-        "`web` resolves to {vip:?} in {client}, not its VIP: {service}"
+        "`whoami` resolves to {vip:?} in {client}, not its VIP: {service}"
     );
     let ipvs = vms.mesh("node2", &format!("exec {client} -- cat /proc/net/ip_vs"))?;
     ensure!(
         ipvs.lines().any(|l| l.starts_with("FWM")),
         "no IPVS service in {client}'s namespace:\n{ipvs}"
     );
-    let want: std::collections::BTreeSet<String> = web
+    let want: std::collections::BTreeSet<String> = served
         .iter()
         .filter_map(|t| t["id"].as_str().map(str::to_owned))
         .collect();
     let seen = wait_for(
-        "answers from every web task through the VIP",
+        "answers from every whoami task through the VIP",
         CONVERGE,
         || {
             let out = vms.mesh(
                 "node2",
                 &format!(
                     "exec {client} -- sh -c 'for i in 1 2 3 4 5 6 7 8 9; do \
-                 curl -fsS --max-time 3 \"http://web/?format=json\" || exit; echo; done'"
+                 curl -fsS --max-time 3 \"http://whoami/?format=json\" || exit; echo; done'"
                 ),
             )?;
             let mut seen = std::collections::BTreeSet::new();
@@ -414,11 +407,11 @@ fn check(vms: &Vms) -> Result<()> {
     })?;
     eprintln!("node3 rebooted and back in {}", elapsed(t));
 
-    // A halt: node3 (running a web replica) is seen down, and web's replicas run on the
+    // A halt: node3 (running a whoami replica) is seen down, and the replicas run on the
     // other two. node3's replica may have moved during the reboot: 5 replicas put one there.
-    vms.mesh("node1", "service scale web=5")?;
-    wait_for("5 web replicas, one on node3", CONVERGE, || {
-        let tasks = vms.running("web")?;
+    vms.mesh("node1", "service scale whoami=5")?;
+    wait_for("5 whoami replicas, one on node3", CONVERGE, || {
+        let tasks = vms.running("whoami")?;
         Ok(tasks.len() == 5 && tasks.iter().any(|t| t["node"] == "node3"))
     })?;
     let t = Instant::now();
@@ -429,8 +422,8 @@ fn check(vms: &Vms) -> Result<()> {
             .iter()
             .any(|n| n["hostname"] == "node3" && n["status"] == "down"))
     })?;
-    wait_for("web's 5 replicas on node1 and node2", CONVERGE, || {
-        let tasks = vms.running("web")?;
+    wait_for("whoami's 5 replicas on node1 and node2", CONVERGE, || {
+        let tasks = vms.running("whoami")?;
         Ok(tasks.len() == 5 && tasks.iter().all(|t| t["node"] != "node3"))
     })?;
     eprintln!(
