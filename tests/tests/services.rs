@@ -550,6 +550,17 @@ fn draining_a_node_moves_its_tasks_elsewhere_and_no_request_fails() {
     })
     .unwrap();
 
+    // `node ps node3` lists what node3 runs, and only that.
+    let on_node3: Vec<serde_json::Value> = serde_json::from_str(
+        &cli_ok(n1, &["node", "ps", "node3", "--format", "json"], CLI_BOUND).unwrap(),
+    )
+    .unwrap();
+    let want = api.iter().filter(|t| t.node == "node3").count() + 1;
+    assert!(
+        on_node3.len() == want && on_node3.iter().all(|t| t["node"] == "node3"),
+        "node ps node3, want its {want} tasks: {on_node3:?}"
+    );
+
     let drained_at = Instant::now();
     cli_ok(
         n1,

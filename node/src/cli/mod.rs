@@ -296,9 +296,10 @@ fn check_format(command: &Command) -> anyhow::Result<()> {
         Command::Network(Net::Ls(a)) => (&a.format.format, Some(&network::NETWORK_ROWS)),
         Command::Network(Net::Inspect(a)) => (&a.format.format, None),
         Command::Service(Svc::Ls(a)) => (&a.format.format, Some(&service_view::SERVICE_ROWS)),
-        Command::Service(Svc::Ps(a)) => {
-            filter::TaskFilter::parse(&a.filters)?;
-            (&a.format.format, Some(&service_view::TASK_ROWS))
+        Command::Service(Svc::Ps(service::PsArgs { list, .. }))
+        | Command::Node(Node::Ps(node::NodePsArgs { list, .. })) => {
+            filter::TaskFilter::parse(&list.filters)?;
+            (&list.format.format, Some(&service_view::TASK_ROWS))
         }
         Command::Service(Svc::Inspect(a)) => (&a.format.format, None),
         Command::Info(a) if a.format.trim() == "table" => return Ok(()),

@@ -6,8 +6,8 @@ use clap::{Args, Subcommand};
 use mesh_proto::control_client::ControlClient;
 use mesh_proto::local_client::LocalClient;
 use mesh_proto::{
-    GetNodeRequest, InfoRequest, ListNodesRequest, NodeRole, NodeView, RemoveNodeRequest,
-    SetNodeRoleRequest, UpdateNodeRequest,
+    GetNodeRequest, InfoRequest, ListNodesRequest, ListTasksRequest, NodeRole, NodeView,
+    RemoveNodeRequest, SetNodeRoleRequest, UpdateNodeRequest,
 };
 use tonic::transport::Channel;
 
@@ -25,11 +25,21 @@ pub enum NodeCommand {
     Promote(RoleArgs),
     /// Make managers workers.
     Demote(RoleArgs),
+    /// List the tasks on nodes (this node by default).
+    Ps(NodePsArgs),
     /// Set a node's availability or labels: `mesh node update --availability drain node2`.
     Update(UpdateArgs),
     /// Remove nodes from the cluster.
     #[command(alias = "remove")]
     Rm(RmArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NodePsArgs {
+    /// Node ids, id prefixes or hostnames (default: this node).
+    pub nodes: Vec<String>,
+    #[command(flatten)]
+    pub list: super::service::TaskListArgs,
 }
 
 #[derive(Args, Debug)]
@@ -141,6 +151,21 @@ pub async fn run(
                 _ => unreachable!("nodes_json makes an array"),
             };
             format::write_docs(&mut std::io::stdout().lock(), &format, &docs)?;
+        }
+        NodeCommand::Ps(a) => {
+            let nodes = if a.nodes.is_empty() {
+                vec![local.info(InfoRequest {}).await?.into_inner().node_id]
+            } else {
+                a.nodes
+            };
+            let queries = nodes
+                .into_iter()
+                .map(|node| ListTasksRequest {
+                    service: String::new(),
+                    node,
+                })
+                .collect();
+            super::service::print_tasks(control, queries, &a.list).await?;
         }
         NodeCommand::Update(a) => {
             let v = control

@@ -137,6 +137,13 @@ pub struct PsArgs {
     #[arg(required = true)]
     pub services: Vec<String>,
     #[command(flatten)]
+    pub list: TaskListArgs,
+}
+
+/// How `service ps` and `node ps` print tasks.
+#[derive(Args, Debug)]
+pub struct TaskListArgs {
+    #[command(flatten)]
     pub format: FormatArgs,
     /// Print task ids only, one a line.
     #[arg(short, long)]
@@ -149,6 +156,34 @@ pub struct PsArgs {
     /// key are alternatives, different keys must all match.
     #[arg(short, long = "filter", value_name = "KEY=VALUE")]
     pub filters: Vec<String>,
+}
+
+/// Prints the tasks `queries` return, filtered and sorted as `service ps` shows them.
+pub async fn print_tasks(
+    control: &mut ControlClient<Channel>,
+    queries: Vec<ListTasksRequest>,
+    a: &TaskListArgs,
+) -> anyhow::Result<()> {
+    let format = Format::parse(&a.format.format, Some(&TASK_ROWS))?;
+    let filter = TaskFilter::parse(&a.filters)?;
+    let mut all: Vec<TaskView> = Vec::new();
+    for q in queries {
+        all.extend(control.list_tasks(q).await?.into_inner().tasks);
+    }
+    all.retain(|t| filter.matches(t));
+    all.sort_by_key(|t| {
+        t.task.as_ref().map(|t| {
+            (
+                t.service_name.clone(),
+                t.slot,
+                t.name.clone(),
+                -t.created_at_ms,
+            )
+        })
+    });
+    format::print_list(&TASK_ROWS, &format, a.quiet, &all, task_json, |t| {
+        task_row(t, a.no_trunc)
+    })
 }
 
 #[derive(Args, Debug)]
@@ -337,35 +372,15 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
             )?;
         }
         ServiceCommand::Ps(a) => {
-            let format = Format::parse(&a.format.format, Some(&TASK_ROWS))?;
-            let filter = TaskFilter::parse(&a.filters)?;
-            let mut all: Vec<TaskView> = Vec::new();
-            for s in &a.services {
-                all.extend(
-                    control
-                        .list_tasks(ListTasksRequest {
-                            service: s.clone(),
-                            node: String::new(),
-                        })
-                        .await?
-                        .into_inner()
-                        .tasks,
-                );
-            }
-            all.retain(|t| filter.matches(t));
-            all.sort_by_key(|t| {
-                t.task.as_ref().map(|t| {
-                    (
-                        t.service_name.clone(),
-                        t.slot,
-                        t.name.clone(),
-                        -t.created_at_ms,
-                    )
+            let queries = a
+                .services
+                .iter()
+                .map(|s| ListTasksRequest {
+                    service: s.clone(),
+                    node: String::new(),
                 })
-            });
-            format::print_list(&TASK_ROWS, &format, a.quiet, &all, task_json, |t| {
-                task_row(t, a.no_trunc)
-            })?;
+                .collect();
+            print_tasks(control, queries, &a.list).await?;
         }
         ServiceCommand::Inspect(a) => {
             let format = Format::parse(&a.format.format, None)?;
