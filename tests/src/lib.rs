@@ -44,6 +44,7 @@
 //! files after a run, until the next run removes them).
 
 pub mod bench;
+pub mod command;
 pub mod config;
 pub mod entry;
 pub mod grpc;

@@ -26,11 +26,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use mesh_tests::command::run;
 use mesh_tests::{Poll, mesh_binary, parse_nodes, wait_for};
 use serde_json::Value;
 
@@ -53,25 +54,6 @@ fn compose_dir() -> PathBuf {
 
 fn elapsed(start: Instant) -> String {
     format!("{:.1} s", start.elapsed().as_secs_f64())
-}
-
-/// Runs `cmd`; its stdout if it exits 0, else an error with its stderr.
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    ok_stdout(cmd, out)
-}
-
-fn ok_stdout(cmd: &Command, out: Output) -> Result<String> {
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim(),
-        String::from_utf8_lossy(&out.stdout).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn docker(args: &[&str]) -> Result<String> {

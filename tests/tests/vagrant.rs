@@ -27,6 +27,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use mesh_tests::command::run;
 use mesh_tests::{Poll, wait_for};
 use serde_json::Value;
 
@@ -53,21 +54,6 @@ fn addr(node: &str) -> String {
 
 fn elapsed(start: Instant) -> String {
     format!("{:.0} s", start.elapsed().as_secs_f64())
-}
-
-/// Runs `cmd`; its stdout if it exits 0, else an error with its output.
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    ensure!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim(),
-        String::from_utf8_lossy(&out.stdout).trim()
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Why the test cannot run here, if it cannot.
