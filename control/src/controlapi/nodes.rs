@@ -91,6 +91,40 @@ impl NodeApi {
             .collect()
     }
 
+    /// Writes the node `plan` makes of the state, if it makes one: planned on a consistent
+    /// read first (a request that changes nothing writes nothing), then again inside the
+    /// write. The id of the node written, and node `node` as stored after.
+    async fn write_node(
+        &self,
+        node: &str,
+        plan: impl Fn(&StoreState) -> Result<Option<Node>>,
+    ) -> Result<(Option<String>, Node)> {
+        let mut written = None;
+        if self
+            .ctx
+            .store
+            .read_consistent(|s| plan(s))
+            .await??
+            .is_some()
+        {
+            self.ctx
+                .store
+                .update(|s| {
+                    let ops = match plan(s)? {
+                        Some(n) => {
+                            written = Some(n.id.clone());
+                            vec![txn::put_if_unchanged(n)]
+                        }
+                        None => vec![],
+                    };
+                    Ok::<_, ControlError>(Transaction { ops })
+                })
+                .await?;
+        }
+        let after = self.ctx.store.read(|s| resolve_node(s, node).cloned())?;
+        Ok((written, after))
+    }
+
     pub async fn list_nodes(
         &self,
         _caller: &Caller,
@@ -171,32 +205,10 @@ impl NodeApi {
             next.updated_at_ms = now_ms();
             Ok(Some(next))
         };
-        let target = match self.ctx.store.read_consistent(|s| plan(s)).await?? {
-            None => self
-                .ctx
-                .store
-                .read(|s| resolve_node(s, &req.node).cloned())?,
-            Some(_) => {
-                let mut id = String::new();
-                self.ctx
-                    .store
-                    .update(|s| {
-                        let ops = match plan(s)? {
-                            Some(n) => {
-                                id = n.id.clone();
-                                vec![txn::put_if_unchanged(n)]
-                            }
-                            None => vec![],
-                        };
-                        Ok::<_, ControlError>(Transaction { ops })
-                    })
-                    .await?;
-                info!(node = %id, role = role_name(role), "node role change requested");
-                self.ctx
-                    .store
-                    .read(|s| resolve_node(s, &req.node).cloned())?
-            }
-        };
+        let (written, target) = self.write_node(&req.node, plan).await?;
+        if let Some(id) = written {
+            info!(node = %id, role = role_name(role), "node role change requested");
+        }
         Ok(self.views(std::slice::from_ref(&target)).remove(0))
     }
 
@@ -215,33 +227,10 @@ impl NodeApi {
             next.updated_at_ms = now_ms();
             Ok(Some(next))
         };
-        if self
-            .ctx
-            .store
-            .read_consistent(|s| plan(s))
-            .await??
-            .is_some()
-        {
-            let mut id = String::new();
-            self.ctx
-                .store
-                .update(|s| {
-                    let ops = match plan(s)? {
-                        Some(n) => {
-                            id = n.id.clone();
-                            vec![txn::put_if_unchanged(n)]
-                        }
-                        None => vec![],
-                    };
-                    Ok::<_, ControlError>(Transaction { ops })
-                })
-                .await?;
+        let (written, node) = self.write_node(&req.node, plan).await?;
+        if let Some(id) = written {
             info!(node = %id, availability = ?change.availability, "node updated");
         }
-        let node = self
-            .ctx
-            .store
-            .read(|s| resolve_node(s, &req.node).cloned())?;
         Ok(self.views(std::slice::from_ref(&node)).remove(0))
     }
 
