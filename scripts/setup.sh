@@ -46,6 +46,17 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo "setup: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
+    # A machine whose qemu-utils came from bookworm-backports cannot take bookworm's
+    # qemu-system-x86 (qemu-utils breaks qemu-system-common < 8.0): take QEMU from the same
+    # backports release, with its own sources entry.
+    qemu_utils=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+    if [[ "$qemu_utils" == *bpo12* ]] && ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+        echo "setup: qemu-utils $qemu_utils is a bookworm backport; QEMU comes from there too"
+        echo 'deb http://deb.debian.org/debian bookworm-backports main' \
+            >/etc/apt/sources.list.d/mesh-bookworm-backports.list
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-system-x86 >/dev/null
+    fi
     # shellcheck disable=SC2086 # a value may name several packages
     apt-get install -y -qq --no-install-recommends ${missing[*]} >/dev/null
 fi

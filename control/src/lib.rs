@@ -12,6 +12,7 @@
 //! - [`orchestrator`]: the replicated and global orchestrators, rolling updates
 //!   and the task reaper.
 //! - [`scheduler`]: places allocated tasks on ready nodes.
+//! - [`placement`]: constraints, spread preferences and per-node limits, parsed.
 //! - [`roles`]: makes raft membership follow the nodes' desired roles.
 //! - [`controlapi`]: the CLI's API, one handler per area; followers forward to
 //!   the leader.
@@ -34,6 +35,7 @@ pub mod error;
 pub mod manager;
 pub mod objects;
 pub mod orchestrator;
+pub mod placement;
 pub mod roles;
 pub mod scheduler;
 pub mod server;

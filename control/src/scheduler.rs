@@ -1,6 +1,8 @@
-//! The scheduler: places allocated, unassigned tasks on ready nodes, spreading each
-//! service across nodes (fewest tasks of that service first, then fewest
-//! tasks overall, then node id, so the choice is deterministic).
+//! The scheduler: places allocated, unassigned tasks on ready, active nodes that satisfy
+//! the task's constraints and hold fewer than its `--replicas-max-per-node`, spreading each
+//! service (over its `spread=` label groups first, then fewest tasks of that service on the
+//! node, then fewest tasks overall, then node id, so the choice is deterministic). A task no
+//! node can take stays pending with Docker's reason (`no suitable node (...)`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -9,13 +11,15 @@ use mesh_common::Liveness;
 use mesh_common::task::{is_terminal, observed_state};
 use mesh_common::time::now_ms;
 use mesh_proto::{
-    NodeAvailability, NodeStatus, PublishMode, StoreOp, Task, TaskState, TaskStatus, Transaction,
+    Node, NodeAvailability, NodeStatus, PublishMode, StoreOp, Task, TaskState, TaskStatus,
+    Transaction,
 };
 
 use crate::allocator::tasks::is_allocated;
 use crate::component::Component;
 use crate::error::ControlError;
 use crate::objects::availability;
+use crate::placement::Rules;
 use crate::store::txn::Batch;
 use crate::store::{Store, StoreState, txn};
 
@@ -28,19 +32,67 @@ fn host_ports_of(t: &Task) -> Vec<(u32, i32)> {
         .collect()
 }
 
+/// Why no node could take a task, counted per node as Docker reports it.
+#[derive(Default)]
+struct Refusals {
+    /// Nodes that fail a constraint, and the first such constraint seen.
+    constraint: usize,
+    first_unmet: Option<String>,
+    /// Nodes that already hold `--replicas-max-per-node` tasks of the service.
+    full: usize,
+    /// Nodes where a host-mode port of the task is taken.
+    ports: usize,
+}
+
+impl Refusals {
+    /// The pending reason shown by `service ps`.
+    fn reason(&self, candidates: usize) -> String {
+        if candidates == 0 {
+            return "no suitable node (no node is ready and active)".into();
+        }
+        let mut parts = Vec::new();
+        if self.constraint > 0 {
+            parts.push(format!(
+                "scheduling constraints not satisfied on {} node{}: {}",
+                self.constraint,
+                plural(self.constraint),
+                self.first_unmet.as_deref().unwrap_or_default()
+            ));
+        }
+        if self.full > 0 {
+            parts.push(format!(
+                "max replicas per node reached on {} node{}",
+                self.full,
+                plural(self.full)
+            ));
+        }
+        if self.ports > 0 {
+            parts.push(format!(
+                "host-mode port already in use on {} node{}",
+                self.ports,
+                plural(self.ports)
+            ));
+        }
+        format!("no suitable node ({})", parts.join("; "))
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
 /// Ops assigning every unplaced task; `ready` says which nodes may take
 /// tasks (the leader's liveness view).
 pub fn plan(state: &StoreState, ready: &dyn Fn(&str) -> bool, now_ms: i64) -> Vec<StoreOp> {
     // Paused and drained nodes take nothing new.
-    let candidates: Vec<&str> = state
+    let candidates: Vec<&Node> = state
         .nodes
         .values()
         .filter(|n| availability(n) == NodeAvailability::Active)
-        .map(|n| n.id.as_str())
-        .filter(|id| ready(id))
+        .filter(|n| ready(&n.id))
         .collect();
     // Load per node: all active tasks, and per service.
-    let mut total: BTreeMap<&str, usize> = candidates.iter().map(|n| (*n, 0)).collect();
+    let mut total: BTreeMap<&str, usize> = candidates.iter().map(|n| (n.id.as_str(), 0)).collect();
     let mut per_service: BTreeMap<(&str, &str), usize> = BTreeMap::new();
     // Host-mode ports taken per node: two tasks cannot bind the same one.
     let mut host_ports: BTreeSet<(String, u32, i32)> = BTreeSet::new();
@@ -68,36 +120,75 @@ pub fn plan(state: &StoreState, ready: &dyn Fn(&str) -> bool, now_ms: i64) -> Ve
         .collect();
     unplaced.sort_by(|a, b| (&a.service_id, a.slot).cmp(&(&b.service_id, b.slot)));
     for task in unplaced {
+        let rules = Rules::of(task.spec.as_ref().and_then(|s| s.placement.as_ref()));
         let wanted = host_ports_of(task);
-        let best = candidates
+        let service = task.service_id.as_str();
+        let mut refused = Refusals::default();
+        let fit: Vec<&Node> = candidates
             .iter()
             .copied()
             .filter(|n| {
-                wanted
+                if let Some(c) = rules.unmet(n) {
+                    refused.constraint += 1;
+                    refused.first_unmet.get_or_insert_with(|| c.to_string());
+                    return false;
+                }
+                let held = per_service.get(&(service, n.id.as_str())).copied();
+                if rules.max_per_node > 0 && held.unwrap_or(0) as u64 >= rules.max_per_node {
+                    refused.full += 1;
+                    return false;
+                }
+                if wanted
                     .iter()
-                    .all(|(port, proto)| !host_ports.contains(&(n.to_string(), *port, *proto)))
+                    .any(|(port, proto)| host_ports.contains(&(n.id.clone(), *port, *proto)))
+                {
+                    refused.ports += 1;
+                    return false;
+                }
+                true
             })
-            .min_by_key(|n| {
-                (
-                    per_service
-                        .get(&(task.service_id.as_str(), *n))
-                        .copied()
-                        .unwrap_or(0),
-                    total[n],
-                    *n,
-                )
-            });
+            .collect();
+        // Spread preferences first (fewest tasks of the service in the node's group, level
+        // by level), then fewest of the service on the node, then fewest tasks overall.
+        let spread = |n: &Node| -> Vec<usize> {
+            (0..rules.spread.len())
+                .map(|level| {
+                    let group = rules.group(n, level);
+                    state
+                        .nodes
+                        .values()
+                        .filter(|m| rules.group(m, level) == group)
+                        .map(|m| {
+                            per_service
+                                .get(&(service, m.id.as_str()))
+                                .copied()
+                                .unwrap_or(0)
+                        })
+                        .sum()
+                })
+                .collect()
+        };
+        let best = fit.into_iter().min_by_key(|n| {
+            (
+                spread(n),
+                per_service
+                    .get(&(service, n.id.as_str()))
+                    .copied()
+                    .unwrap_or(0),
+                total[n.id.as_str()],
+                n.id.as_str(),
+            )
+        });
         let mut t = task.clone();
         t.updated_at_ms = now_ms;
         match best {
             Some(node) => {
+                let node = node.id.as_str();
                 *total.get_mut(node).expect("candidate has a load entry") += 1;
                 for (port, proto) in &wanted {
                     host_ports.insert((node.to_string(), *port, *proto));
                 }
-                *per_service
-                    .entry((task.service_id.as_str(), node))
-                    .or_default() += 1;
+                *per_service.entry((service, node)).or_default() += 1;
                 t.node_id = node.to_string();
                 t.status = Some(TaskStatus {
                     state: TaskState::Assigned as i32,
@@ -107,11 +198,7 @@ pub fn plan(state: &StoreState, ready: &dyn Fn(&str) -> bool, now_ms: i64) -> Ve
                 });
             }
             None => {
-                let why = if wanted.is_empty() {
-                    "no node is ready and active to run it"
-                } else {
-                    "no ready node has its host-mode port(s) free"
-                };
+                let why = refused.reason(candidates.len());
                 if task
                     .status
                     .as_ref()
@@ -121,8 +208,8 @@ pub fn plan(state: &StoreState, ready: &dyn Fn(&str) -> bool, now_ms: i64) -> Ve
                 }
                 t.status = Some(TaskStatus {
                     state: TaskState::Pending as i32,
-                    message: "no suitable node".into(),
-                    err: why.into(),
+                    message: "pending".into(),
+                    err: why,
                     timestamp_ms: now_ms,
                     ..Default::default()
                 });
@@ -178,7 +265,7 @@ impl Component for Scheduler {
 
 #[cfg(test)]
 mod tests {
-    use mesh_proto::{Node, Task};
+    use mesh_proto::Task;
 
     use super::*;
 
@@ -302,5 +389,75 @@ mod tests {
             "{:?}",
             e3.status
         );
+    }
+
+    fn place(s: &mut StoreState, placement: mesh_proto::Placement, n: u64) {
+        for slot in 1..=n {
+            let id = format!("w{slot}");
+            task(s, &id, "web", slot, "");
+            s.tasks.get_mut(&id).unwrap().spec = Some(mesh_proto::TaskSpec {
+                placement: Some(placement.clone()),
+                ..Default::default()
+            });
+        }
+        let ops = plan(s, &|_| true, 1);
+        assert_eq!(s.apply(txn::of(ops), 9).conflict, "");
+    }
+
+    fn labelled(s: &mut StoreState, id: &str, labels: &[(&str, &str)]) {
+        node(s, id);
+        s.nodes.get_mut(id).unwrap().spec = Some(mesh_proto::NodeSpec {
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        });
+    }
+
+    fn count_on(s: &StoreState, nodes: &[&str]) -> usize {
+        s.tasks
+            .values()
+            .filter(|t| nodes.contains(&t.node_id.as_str()))
+            .count()
+    }
+
+    #[test]
+    fn replicas_max_per_node_leaves_the_rest_pending_with_the_reason() {
+        let mut s = StoreState::default();
+        node(&mut s, "a");
+        node(&mut s, "b");
+        let p = mesh_proto::Placement {
+            max_replicas: 2,
+            ..Default::default()
+        };
+        place(&mut s, p, 5);
+        assert_eq!((count_on(&s, &["a"]), count_on(&s, &["b"])), (2, 2));
+        let pending: Vec<&Task> = s.tasks.values().filter(|t| t.node_id.is_empty()).collect();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(
+            pending[0].status.as_ref().unwrap().err,
+            "no suitable node (max replicas per node reached on 2 nodes)"
+        );
+    }
+
+    #[test]
+    fn spread_balances_label_groups_not_nodes() {
+        // Zone a has three nodes, zone b one, and one node has no zone (a group of its own):
+        // six tasks go two to each group, not one or two to each node.
+        let mut s = StoreState::default();
+        for n in ["a1", "a2", "a3"] {
+            labelled(&mut s, n, &[("zone", "a")]);
+        }
+        labelled(&mut s, "b1", &[("zone", "b")]);
+        labelled(&mut s, "x", &[]);
+        let p = mesh_proto::Placement {
+            spread: vec!["node.labels.zone".into()],
+            ..Default::default()
+        };
+        place(&mut s, p, 6);
+        assert_eq!(count_on(&s, &["a1", "a2", "a3"]), 2);
+        assert_eq!(count_on(&s, &["b1"]), 2);
+        assert_eq!(count_on(&s, &["x"]), 2);
     }
 }

@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use mesh_common::auth::Caller;
 use mesh_common::ids::random_id;
+use mesh_common::task::{health_problem, health_settings};
 use mesh_common::time::now_ms;
 use mesh_proto::{
     CreateServiceRequest, EndpointMode, GetServiceRequest, ListServicesRequest,
     ListServicesResponse, ListTasksRequest, ListTasksResponse, NetworkAttachmentConfig,
-    PublishMode, RemoveServiceRequest, RemoveServiceResponse, Service, ServiceMode, ServiceSpec,
-    ServiceView, TaskState, TaskView, Transaction, UpdateServiceRequest,
+    NodeAvailability, PublishMode, RemoveServiceRequest, RemoveServiceResponse, Service,
+    ServiceMode, ServiceSpec, ServiceView, TaskState, TaskView, Transaction, UpdateServiceRequest,
 };
 use tracing::info;
 
@@ -23,7 +24,8 @@ use super::resolve::{check_dns_name, resolve_network, resolve_node, resolve_serv
 use crate::allocator::{self, service::protocol_name};
 use crate::config::LimitsConfig;
 use crate::error::{ControlError, Result};
-use crate::objects::service_name;
+use crate::objects::{availability, service_name};
+use crate::placement::Rules;
 use crate::store::{StoreState, txn};
 
 fn invalid(msg: impl Into<String>) -> ControlError {
@@ -124,6 +126,26 @@ fn validate(
     if spec.mode() == ServiceMode::Global && spec.replicas != 0 {
         return Err(invalid("--replicas: cannot be used with --mode global"));
     }
+    if let Some(h) = &task.health {
+        let (interval, timeout, retries, start_period) = health_settings(h);
+        if let Some(problem) = health_problem(&h.cmd, interval, timeout, retries, start_period) {
+            return Err(invalid(problem));
+        }
+    }
+    if let Some(p) = &task.placement {
+        Rules::parse(p).map_err(invalid)?;
+        if spec.mode() == ServiceMode::Global && p.max_replicas != 0 {
+            return Err(invalid(
+                "--replicas-max-per-node: a global service runs one task per node already",
+            ));
+        }
+        if p.max_replicas > limits.max_replicas {
+            return Err(invalid(format!(
+                "--replicas-max-per-node: {} is more than the {} replicas a service may have ([limits] max_replicas)",
+                p.max_replicas, limits.max_replicas
+            )));
+        }
+    }
     let mut seen = BTreeSet::new();
     let mut resolved = Vec::new();
     for attach in &spec.networks {
@@ -217,10 +239,14 @@ fn view(s: &StoreState, v: &Service) -> ServiceView {
         .tasks
         .values()
         .filter(|t| t.service_id == v.id && t.desired_state() == TaskState::Running);
-    let (mut running, mut total) = (0, 0);
+    let mut running = 0;
+    // Nodes with a live task of the service.
+    let mut on: BTreeSet<&str> = BTreeSet::new();
     let mut problems: BTreeMap<String, usize> = BTreeMap::new();
     for t in live {
-        total += 1;
+        if !t.node_id.is_empty() {
+            on.insert(&t.node_id);
+        }
         let st = t.status.clone().unwrap_or_default();
         if st.state() == TaskState::Running {
             running += 1;
@@ -230,8 +256,21 @@ fn view(s: &StoreState, v: &Service) -> ServiceView {
     }
     let spec = v.spec.as_ref();
     let desired = match spec.map(|s| s.mode()) {
-        // One task per node, as the orchestrator places them (before it has run, too).
-        Some(ServiceMode::Global) => total.max(s.nodes.len() as _),
+        // One task per node the orchestrator gives one (before it has run, too): active
+        // nodes that satisfy the constraints, and nodes that still run one (paused).
+        Some(ServiceMode::Global) => {
+            let rules = Rules::of(
+                spec.and_then(|s| s.task.as_ref())
+                    .and_then(|t| t.placement.as_ref()),
+            );
+            s.nodes
+                .values()
+                .filter(|n| {
+                    on.contains(n.id.as_str())
+                        || (availability(n) == NodeAvailability::Active && rules.fits(n))
+                })
+                .count() as u64
+        }
         _ => spec.map(|s| s.replicas).unwrap_or(0),
     };
     ServiceView {

@@ -1,4 +1,5 @@
-//! The global orchestrator: one task of every global service on every node.
+//! The global orchestrator: one task of every global service on every active node that
+//! satisfies the service's constraints.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,11 +10,12 @@ use mesh_proto::{NodeAvailability, ServiceMode, StoreOp};
 
 use super::update::next_batch;
 use super::{
-    Context, NodeFailures, TasksByService, drained, new_task, reconcile_with, shut_down, staying,
+    Context, NodeFailures, TasksByService, must_leave, new_task, reconcile_with, shut_down, staying,
 };
 use crate::component::Component;
 use crate::error::ControlError;
 use crate::objects::availability;
+use crate::placement::Rules;
 use crate::store::txn::Batch;
 use crate::store::{Store, StoreState, txn};
 
@@ -39,7 +41,7 @@ pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
         let mut leaving: BTreeSet<&str> = BTreeSet::new();
         for t in live
             .iter()
-            .filter(|t| !state.nodes.contains_key(&t.node_id) || drained(state, &t.node_id))
+            .filter(|t| !state.nodes.contains_key(&t.node_id) || must_leave(state, t))
         {
             ops.push(shut_down(t, ctx.now_ms));
             leaving.insert(&t.id);
@@ -53,12 +55,20 @@ pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
             .iter()
             .map(|t| t.node_id.as_str())
             .collect();
-        // A paused or drained node gets no new task (a paused one keeps what it runs).
+        // A paused or drained node gets no new task (a paused one keeps what it runs), nor
+        // does one that fails the service's constraints.
+        let rules = Rules::of(
+            service
+                .spec
+                .as_ref()
+                .and_then(|s| s.task.as_ref())
+                .and_then(|t| t.placement.as_ref()),
+        );
         for node in state
             .nodes
             .values()
             .filter(|n| !covered.contains(n.id.as_str()))
-            .filter(|n| availability(n) == NodeAvailability::Active)
+            .filter(|n| availability(n) == NodeAvailability::Active && rules.fits(n))
         {
             let task = new_task(state, service, 0, Some((&node.id, &node.hostname)), ctx);
             ops.push(txn::put_if_unchanged(task));

@@ -46,13 +46,19 @@ pub struct Context<'a> {
     pub node_failed: &'a dyn Fn(&str) -> bool,
 }
 
-/// Whether node `id` is drained (`mesh node update --availability drain`): its tasks are
-/// shut down and, for replicated services, placed elsewhere.
-pub(crate) fn drained(state: &StoreState, id: &str) -> bool {
-    state
-        .nodes
-        .get(id)
-        .is_some_and(|n| crate::objects::availability(n) == mesh_proto::NodeAvailability::Drain)
+/// Whether task `t` must leave its node: the node is drained (`mesh node update
+/// --availability drain`), or no longer satisfies the task's placement constraints (a label
+/// removed, a role changed). Its replicated tasks are placed elsewhere.
+pub(crate) fn must_leave(state: &StoreState, t: &Task) -> bool {
+    state.nodes.get(&t.node_id).is_some_and(|n| {
+        crate::objects::availability(n) == mesh_proto::NodeAvailability::Drain
+            || !crate::placement::Rules::of(task_placement(t)).fits(n)
+    })
+}
+
+/// The placement a task was made with.
+pub(crate) fn task_placement(t: &Task) -> Option<&mesh_proto::Placement> {
+    t.spec.as_ref().and_then(|s| s.placement.as_ref())
 }
 
 /// The ops that bring the tasks of every service in line with it (both orchestrators).

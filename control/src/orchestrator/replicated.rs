@@ -10,7 +10,7 @@ use mesh_proto::{ServiceMode, StoreOp, Task};
 
 use super::update::next_batch;
 use super::{
-    Context, NodeFailures, TasksByService, drained, new_task, reconcile_with, shut_down, staying,
+    Context, NodeFailures, TasksByService, must_leave, new_task, reconcile_with, shut_down, staying,
 };
 use crate::component::Component;
 use crate::error::ControlError;
@@ -38,10 +38,11 @@ pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
             .cloned()
             .unwrap_or_default();
         let mut leaving: BTreeSet<&str> = BTreeSet::new();
-        // Tasks of nodes down past the grace period, or drained, are replaced; the old ones
-        // keep their address until their node stops them (or is removed).
+        // Tasks of nodes down past the grace period, drained, or no longer satisfying the
+        // task's constraints are replaced; the old ones keep their address until their node
+        // stops them (or is removed).
         for t in live.iter().filter(|t| {
-            !t.node_id.is_empty() && ((ctx.node_failed)(&t.node_id) || drained(state, &t.node_id))
+            !t.node_id.is_empty() && ((ctx.node_failed)(&t.node_id) || must_leave(state, t))
         }) {
             ops.push(shut_down(t, ctx.now_ms));
             leaving.insert(&t.id);

@@ -464,3 +464,103 @@ fn a_drained_node_runs_nothing_and_a_paused_one_takes_nothing_new() {
         .count();
     assert_eq!(on_n2, 0, "placed on the drained node");
 }
+
+fn set_label(s: &mut StoreState, node: &str, key: &str, value: Option<&str>) {
+    let labels = &mut s
+        .nodes
+        .get_mut(node)
+        .unwrap()
+        .spec
+        .get_or_insert_default()
+        .labels;
+    match value {
+        Some(v) => labels.insert(key.into(), v.into()),
+        None => labels.remove(key),
+    };
+}
+
+fn constrained(mut v: Service, constraint: &str) -> Service {
+    let task = v.spec.as_mut().unwrap().task.as_mut().unwrap();
+    task.placement = Some(mesh_proto::Placement {
+        constraints: vec![constraint.into()],
+        ..Default::default()
+    });
+    v
+}
+
+#[test]
+fn constraints_choose_global_nodes_and_a_node_that_stops_satisfying_them_is_left() {
+    let mut s = state();
+    set_label(&mut s, "n1", "zone", Some("a"));
+    s.services.insert(
+        "agent".into(),
+        constrained(
+            service("agent", ServiceMode::Global, 0),
+            "node.labels.zone==a",
+        ),
+    );
+    s.services.insert(
+        "web".into(),
+        constrained(
+            service("web", ServiceMode::Replicated, 1),
+            "node.labels.zone==a",
+        ),
+    );
+    let ops = run(&s);
+    apply(&mut s, ops, 10);
+    let agents: Vec<&Task> = s
+        .tasks
+        .values()
+        .filter(|t| t.service_id == "agent")
+        .collect();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert_eq!(agents[0].node_id, "n1", "only the node with zone=a");
+    // The scheduler puts web on n1 too, n2 fails the constraint.
+    let placed = crate::scheduler::plan(&s, &|_| true, 1);
+    assert_eq!(s.apply(txn::of(placed), 12).conflict, "");
+    let web: Vec<&Task> = s.tasks.values().filter(|t| t.service_id == "web").collect();
+    assert_eq!(web[0].node_id, "n1");
+    assert!(run(&s).is_empty(), "settled");
+
+    // The label goes: n1 no longer satisfies either service; both tasks leave it, and web's
+    // replacement has nowhere to go.
+    set_label(&mut s, "n1", "zone", None);
+    let ops = run(&s);
+    apply(&mut s, ops, 13);
+    let on_n1 = s
+        .tasks
+        .values()
+        .filter(|t| t.node_id == "n1" && t.desired_state() == TaskState::Running)
+        .count();
+    assert_eq!(
+        on_n1, 0,
+        "tasks stay on a node that fails their constraints"
+    );
+    assert_eq!(live(&s, "web").len(), 1, "web's replica is replaced");
+    let placed = crate::scheduler::plan(&s, &|_| true, 2);
+    assert_eq!(s.apply(txn::of(placed), 14).conflict, "");
+    let pending: Vec<&Task> = s
+        .tasks
+        .values()
+        .filter(|t| t.service_id == "web" && t.desired_state() == TaskState::Running)
+        .collect();
+    let status = pending[0].status.as_ref().unwrap();
+    assert_eq!(status.state(), TaskState::Pending);
+    assert_eq!(
+        status.err,
+        "no suitable node (scheduling constraints not satisfied on 2 nodes: node.labels.zone==a)"
+    );
+    // The label on n2: the pending task is placed there, and a global task starts there.
+    set_label(&mut s, "n2", "zone", Some("a"));
+    let ops = run(&s);
+    apply(&mut s, ops, 15);
+    let placed = crate::scheduler::plan(&s, &|_| true, 3);
+    assert_eq!(s.apply(txn::of(placed), 17).conflict, "");
+    let running_on_n2: BTreeSet<&str> = s
+        .tasks
+        .values()
+        .filter(|t| t.node_id == "n2" && t.desired_state() == TaskState::Running)
+        .map(|t| t.service_id.as_str())
+        .collect();
+    assert_eq!(running_on_n2, BTreeSet::from(["agent", "web"]));
+}

@@ -1,10 +1,10 @@
 //! Rolling updates: which tasks of a service still running an older spec to replace now.
 
-use mesh_common::task::{is_terminal, observed_state};
+use mesh_common::task::{is_terminal, is_up, observed_state};
 use mesh_proto::{Service, Task, TaskState};
 
 /// The tasks of a rolling update to replace now: none while an earlier batch is still
-/// starting (or its old tasks still stopping), none until the update delay passed since the
+/// starting (not running, or not yet healthy) (or its old tasks still stopping), none until the update delay passed since the
 /// last new task came up; then up to `parallelism` (0 = all) old tasks, lowest slot first.
 pub fn next_batch<'t>(
     service: &Service,
@@ -22,9 +22,10 @@ pub fn next_batch<'t>(
     if old.is_empty() {
         return old;
     }
+    // A new task is up once running and, with a health check, healthy.
     let starting = live
         .iter()
-        .filter(|t| t.spec_version == current && observed_state(t) != TaskState::Running)
+        .filter(|t| t.spec_version == current && !is_up(t))
         .count();
     let stopping = all
         .iter()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mesh_proto::control_client::ControlClient;
-use mesh_proto::{GetServiceRequest, ListTasksRequest, TaskState, TaskView};
+use mesh_proto::{GetServiceRequest, ListTasksRequest, TaskHealth, TaskState, TaskView};
 use tonic::transport::Channel;
 
 /// How long a service may take to converge before the CLI gives up.
@@ -38,8 +38,8 @@ fn state_of(t: &TaskView) -> TaskState {
         .unwrap_or(TaskState::New)
 }
 
-/// Waits until every wanted task of `service` runs the current spec and no
-/// unwanted one is left running; fails at the first task that failed for good.
+/// Waits until every wanted task of `service` runs the current spec (and is healthy, if it
+/// has a health check) and no unwanted one is left running; fails at the first task that failed for good.
 pub async fn wait_converged(
     control: &mut ControlClient<Channel>,
     service: &str,
@@ -122,8 +122,14 @@ pub async fn wait_converged(
             } else {
                 format!(": {}", status.err)
             };
+            let health = match status.health() {
+                TaskHealth::None => "",
+                TaskHealth::Starting => " (health: starting)",
+                TaskHealth::Healthy => " (healthy)",
+                TaskHealth::Unhealthy => " (unhealthy)",
+            };
             bar.set_message(format!(
-                "{}{node} {}{why}",
+                "{}{health}{node} {}{why}",
                 state_name(status.state()),
                 status.message
             ));
@@ -145,7 +151,8 @@ pub async fn wait_converged(
                     .as_ref()
                     .is_some_and(|t| t.spec_version == svc.spec_version)
             })
-            .filter(|t| state_of(t) == TaskState::Running)
+            // Up: running and, with a health check, healthy.
+            .filter(|t| t.task.as_ref().is_some_and(mesh_common::task::is_up))
             .count() as u64;
         let summary = if view.problems.is_empty() {
             format!("{current}/{} tasks running", view.desired)

@@ -6,9 +6,10 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use mesh_proto::control_client::ControlClient;
 use mesh_proto::{
-    CreateServiceRequest, EndpointMode, EndpointSpec, GetServiceRequest, ListServicesRequest,
-    ListTasksRequest, RemoveServiceRequest, RestartCondition, RestartPolicy, ServiceMode,
-    ServiceSpec, TaskSpec, TaskView, UpdateConfig, UpdateServiceRequest,
+    CreateServiceRequest, EndpointMode, EndpointSpec, GetServiceRequest, HealthConfig,
+    ListServicesRequest, ListTasksRequest, Placement, RemoveServiceRequest, RestartCondition,
+    RestartPolicy, ServiceMode, ServiceSpec, TaskSpec, TaskView, UpdateConfig,
+    UpdateServiceRequest,
 };
 use tonic::transport::Channel;
 
@@ -16,7 +17,9 @@ use super::filter::TaskFilter;
 use super::format::{self, Format, FormatArgs, InspectFormatArgs};
 use super::network::key_values;
 use super::progress;
-use super::service_flags::{parse_network, parse_publish, port_key, replicas_arg};
+use super::service_flags::{
+    parse_network, parse_placement_pref, parse_publish, port_key, replicas_arg,
+};
 use super::service_view::{
     SERVICE_ROWS, TASK_ROWS, service_json, service_row, task_json, task_row,
 };
@@ -111,12 +114,84 @@ pub struct CreateArgs {
     /// A label on the service (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Run tasks only on nodes where this holds: node.id, node.hostname, node.role or
+    /// node.labels.KEY, then == or !=, then a value (repeatable; all must hold).
+    #[arg(long = "constraint", value_name = "EXPR")]
+    pub constraints: Vec<String>,
+    /// Spread tasks evenly over the values of a node label: spread=node.labels.KEY
+    /// (repeatable, outermost first).
+    #[arg(long = "placement-pref", value_name = "spread=node.labels.KEY")]
+    pub placement_prefs: Vec<String>,
+    /// Most tasks of this service on one node (0 = no limit).
+    #[arg(long, default_value_t = 0)]
+    pub replicas_max_per_node: u64,
+    #[command(flatten)]
+    pub health: HealthArgs,
     /// Return at once instead of waiting for the tasks to run.
     #[arg(long, short = 'd')]
     pub detach: bool,
     /// The command the tasks run.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
+}
+
+/// Docker's health check flags. Without `--health-cmd` the others change an existing check.
+#[derive(Args, Debug)]
+pub struct HealthArgs {
+    /// Command run with /bin/sh -c inside the task's namespaces to check its health (exit
+    /// status 0 = healthy); the task receives traffic only while healthy.
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between the end of one check and the start of the next (default 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub health_interval: Option<Duration>,
+    /// A check running longer than this fails (default 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub health_timeout: Option<Duration>,
+    /// Failures in a row that make the task unhealthy (default 3).
+    #[arg(long)]
+    pub health_retries: Option<u32>,
+    /// Failures in this time after a start do not count, until a check passes (default 0s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub health_start_period: Option<Duration>,
+}
+
+impl HealthArgs {
+    /// Applies the flags to `current` (a check to change, or none); an error if settings
+    /// are given without any check to apply them to.
+    fn apply(&self, current: Option<HealthConfig>) -> anyhow::Result<Option<HealthConfig>> {
+        let settings = self.health_interval.is_some()
+            || self.health_timeout.is_some()
+            || self.health_retries.is_some()
+            || self.health_start_period.is_some();
+        let mut h = match (&self.health_cmd, current) {
+            (Some(cmd), current) => HealthConfig {
+                cmd: cmd.clone(),
+                ..current.unwrap_or_default()
+            },
+            (None, Some(current)) => current,
+            (None, None) if settings => {
+                bail!(
+                    "--health-interval, --health-timeout, --health-retries and --health-start-period need --health-cmd"
+                )
+            }
+            (None, None) => return Ok(None),
+        };
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        if let Some(d) = self.health_interval {
+            h.interval_ms = ms(d);
+        }
+        if let Some(d) = self.health_timeout {
+            h.timeout_ms = ms(d);
+        }
+        if let Some(r) = self.health_retries {
+            h.retries = r;
+        }
+        if let Some(d) = self.health_start_period {
+            h.start_period_ms = ms(d);
+        }
+        Ok(Some(h))
+    }
 }
 
 #[derive(Args, Debug)]
@@ -231,6 +306,26 @@ pub struct UpdateArgs {
     /// Wait between two batches of a rolling update (e.g. 10s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub update_delay: Option<Duration>,
+    /// Add a placement constraint (same form as create; repeatable).
+    #[arg(long, value_name = "EXPR")]
+    pub constraint_add: Vec<String>,
+    /// Remove a placement constraint, written as it was added (repeatable).
+    #[arg(long, value_name = "EXPR")]
+    pub constraint_rm: Vec<String>,
+    /// Add a placement preference: spread=node.labels.KEY (repeatable).
+    #[arg(long, value_name = "spread=node.labels.KEY")]
+    pub placement_pref_add: Vec<String>,
+    /// Remove a placement preference: spread=node.labels.KEY (repeatable).
+    #[arg(long, value_name = "spread=node.labels.KEY")]
+    pub placement_pref_rm: Vec<String>,
+    /// Most tasks of this service on one node (0 = no limit).
+    #[arg(long)]
+    pub replicas_max_per_node: Option<u64>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    /// Remove the service's health check.
+    #[arg(long, conflicts_with = "health_cmd")]
+    pub no_healthcheck: bool,
     /// Publish another port (same forms as create).
     #[arg(long)]
     pub publish_add: Vec<String>,
@@ -266,6 +361,17 @@ fn spec(a: CreateArgs) -> anyhow::Result<ServiceSpec> {
                 max_attempts: a.restart_max_attempts,
             }),
             stop_grace_ms: a.stop_grace_period.as_millis() as u64,
+            placement: Some(Placement {
+                constraints: a.constraints,
+                spread: a
+                    .placement_prefs
+                    .iter()
+                    .map(|p| parse_placement_pref("--placement-pref", p))
+                    .collect::<anyhow::Result<_>>()?,
+                max_replicas: a.replicas_max_per_node,
+            })
+            .filter(|p| *p != Placement::default()),
+            health: a.health.apply(None)?,
         }),
         networks: a
             .networks
@@ -439,6 +545,43 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                 if !a.command.is_empty() {
                     task.command = a.command.clone();
                 }
+                let placement = task.placement.get_or_insert_with(Default::default);
+                for rm in &a.constraint_rm {
+                    let before = placement.constraints.len();
+                    placement
+                        .constraints
+                        .retain(|c| c.replace(' ', "") != rm.replace(' ', ""));
+                    if placement.constraints.len() == before {
+                        bail!("--constraint-rm: {rm:?} is not a constraint of this service");
+                    }
+                }
+                placement
+                    .constraints
+                    .extend(a.constraint_add.iter().cloned());
+                for rm in &a.placement_pref_rm {
+                    let key = parse_placement_pref("--placement-pref-rm", rm)?;
+                    let before = placement.spread.len();
+                    placement.spread.retain(|k| *k != key);
+                    if placement.spread.len() == before {
+                        bail!("--placement-pref-rm: {rm:?} is not a preference of this service");
+                    }
+                }
+                for add in &a.placement_pref_add {
+                    placement
+                        .spread
+                        .push(parse_placement_pref("--placement-pref-add", add)?);
+                }
+                if let Some(n) = a.replicas_max_per_node {
+                    placement.max_replicas = n;
+                }
+                if task.placement.as_ref() == Some(&Placement::default()) {
+                    task.placement = None;
+                }
+                task.health = if a.no_healthcheck {
+                    None
+                } else {
+                    a.health.apply(task.health.take())?
+                };
                 if a.force {
                     task.env.retain(|e| !e.starts_with("MESH_FORCE_UPDATE="));
                     task.env

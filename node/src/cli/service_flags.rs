@@ -1,5 +1,5 @@
 //! Parsing of `mesh service` flags given as free text: `--publish`, `--network`,
-//! `--replicas`.
+//! `--replicas`, `--placement-pref`.
 
 use anyhow::{Context, bail};
 use mesh_proto::{NetworkAttachmentConfig, PortConfig, PortProtocol, PublishMode};
@@ -97,6 +97,14 @@ pub fn port_key(text: &str) -> anyhow::Result<(u32, PortProtocol)> {
     Ok((parse_port_number("--publish-rm", "published", port)?, proto))
 }
 
+/// `spread=node.labels.KEY` (Docker's only placement preference) as the key it spreads over.
+pub fn parse_placement_pref(flag: &str, text: &str) -> anyhow::Result<String> {
+    match text.split_once('=') {
+        Some(("spread", key)) if !key.is_empty() => Ok(key.to_string()),
+        _ => bail!("{flag}: {text:?} is not spread=node.labels.KEY"),
+    }
+}
+
 /// `--replicas` as a count: parsed signed so that a negative one gets our one-line error
 /// rather than clap's usage text.
 pub(super) fn replicas_arg(r: Option<i64>) -> anyhow::Result<Option<u64>> {
@@ -140,6 +148,21 @@ mod tests {
         ] {
             let err = parse_publish(bad).unwrap_err().to_string();
             assert!(err.starts_with("--publish:"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn placement_pref_forms() {
+        assert_eq!(
+            parse_placement_pref("--placement-pref", "spread=node.labels.zone").unwrap(),
+            "node.labels.zone"
+        );
+        for bad in ["spread=", "node.labels.zone", "binpack=node.labels.zone"] {
+            let err = parse_placement_pref("--placement-pref", bad).unwrap_err();
+            assert!(
+                err.to_string().starts_with("--placement-pref: "),
+                "{bad}: {err}"
+            );
         }
     }
 

@@ -2,7 +2,7 @@
 
 use mesh_proto::{
     EndpointMode, PortConfig, PortProtocol, PublishMode, RestartCondition, ServiceMode,
-    ServiceView, TaskView,
+    ServiceView, TaskHealth, TaskView,
 };
 use serde_json::{Value, json};
 
@@ -77,6 +77,18 @@ pub fn service_json(v: &ServiceView) -> Value {
             "delay_ms": restart.delay_ms,
             "max_attempts": restart.max_attempts,
         },
+        "health": task.health.map(|h| json!({
+            "cmd": h.cmd,
+            "interval_ms": h.interval_ms,
+            "timeout_ms": h.timeout_ms,
+            "retries": h.retries,
+            "start_period_ms": h.start_period_ms,
+        })),
+        "placement": task.placement.map(|p| json!({
+            "constraints": p.constraints,
+            "preferences": p.spread.iter().map(|k| json!({"spread": k})).collect::<Vec<_>>(),
+            "max_replicas_per_node": p.max_replicas,
+        })),
         // The networks as resolved to ids (the spec keeps what the user typed).
         "networks": if s.networks.is_empty() { &spec.networks } else { &s.networks }.iter().map(|n| json!({"network": n.target, "aliases": n.aliases})).collect::<Vec<_>>(),
         "endpoint_mode": if endpoint.mode() == EndpointMode::Dnsrr { "dnsrr" } else { "vip" },
@@ -107,6 +119,7 @@ pub fn task_json(t: &TaskView) -> Value {
         "error": st.err,
         "exit_code": st.exit_code,
         "restarts": st.restarts,
+        "health": health_name(st.health()),
         "addresses": task.networks.iter().map(|a| json!({"network": a.network_id, "addr": a.addr, "mac": a.mac})).collect::<Vec<_>>(),
         "spec_version": task.spec_version,
         "updated_at_ms": task.updated_at_ms,
@@ -162,6 +175,23 @@ pub(super) const TASK_ROWS: RowKind = RowKind {
     ],
 };
 
+/// Docker's health words; `None` for a task without a check.
+fn health_name(h: TaskHealth) -> Option<&'static str> {
+    match h {
+        TaskHealth::None => None,
+        TaskHealth::Starting => Some("starting"),
+        TaskHealth::Healthy => Some("healthy"),
+        TaskHealth::Unhealthy => Some("unhealthy"),
+    }
+}
+
+/// ` (healthy)` after a state, as `docker ps` shows it.
+fn health_suffix(h: TaskHealth) -> String {
+    health_name(h)
+        .map(|h| format!(" ({h})"))
+        .unwrap_or_default()
+}
+
 pub(super) fn task_row(t: &TaskView, no_trunc: bool) -> Row {
     let task = t.task.clone().unwrap_or_default();
     let st = task.status.clone().unwrap_or_default();
@@ -182,7 +212,11 @@ pub(super) fn task_row(t: &TaskView, no_trunc: bool) -> Row {
         task.service_name.clone(),
         t.node_hostname.clone(),
         state_name(task.desired_state()).to_string(),
-        format!("{}{restarts}", state_name(st.state())),
+        format!(
+            "{}{}{restarts}",
+            state_name(st.state()),
+            health_suffix(st.health())
+        ),
         st.err,
         addrs,
     ]

@@ -70,8 +70,8 @@ pub use error::{Result, RuntimeError};
 pub use exec::{ExecArgs, exec_in_task, exit_code, run_exec, task_command};
 pub use proc::ProcIdentity;
 pub use shim::TaskShimArgs;
-pub use spec::{RestartCondition, RestartPolicy, TaskSpec, validate_task_id};
-pub use state::{TaskDir, TaskPhase, TaskState};
+pub use spec::{HealthCheck, RestartCondition, RestartPolicy, TaskSpec, validate_task_id};
+pub use state::{Health, HealthStatus, TaskDir, TaskPhase, TaskState};
 
 /// How often [`TaskRuntime::watch`] looks at the task dirs, unless configured.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(100);

@@ -57,6 +57,40 @@ pub struct TaskSpec {
     /// kept).
     #[serde(default = "default_log_max")]
     pub log_max_bytes: u64,
+    /// A check the shim runs while the process runs; `None` = none.
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
+}
+
+/// Docker's HEALTHCHECK, run by the shim in the task's namespaces with `/bin/sh -c`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub cmd: String,
+    /// Between the end of one check and the start of the next (the first comes one interval
+    /// after the process started).
+    #[serde(with = "millis", rename = "interval_ms")]
+    pub interval: Duration,
+    /// A check still running after this fails (its process group is killed).
+    #[serde(with = "millis", rename = "timeout_ms")]
+    pub timeout: Duration,
+    /// Failures in a row (outside the start period) that make the task unhealthy.
+    pub retries: u32,
+    /// After a start, failures do not count until this passed or a check succeeded.
+    #[serde(with = "millis", rename = "start_period_ms")]
+    pub start_period: Duration,
+}
+
+impl HealthCheck {
+    /// Why this check cannot run, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        mesh_common::task::health_problem(
+            &self.cmd,
+            self.interval,
+            self.timeout,
+            self.retries,
+            self.start_period,
+        )
+    }
 }
 
 /// Swarm's restart policy.
@@ -166,6 +200,7 @@ impl TaskSpec {
             restart: RestartPolicy::default(),
             stop_grace: default_grace(),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+            health: None,
         }
     }
 
@@ -196,6 +231,9 @@ impl TaskSpec {
                 "working directory {} is not absolute",
                 dir.display()
             )));
+        }
+        if let Some(problem) = self.health.as_ref().and_then(HealthCheck::problem) {
+            return Err(invalid(problem));
         }
         if self.log_max_bytes < 1024 {
             return Err(invalid(format!(

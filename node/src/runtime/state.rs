@@ -69,6 +69,47 @@ pub struct TaskState {
     /// that ended this way was stopped from outside (the host shutting down) and starts again.
     #[serde(default)]
     pub stopped: bool,
+    /// The health of the current run, for a task with a health check (none before its
+    /// process runs).
+    #[serde(default)]
+    pub health: Option<Health>,
+}
+
+/// Docker's health states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// No check passed yet, and not yet enough failures to say unhealthy.
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// What the health checks of the current run found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub status: HealthStatus,
+    /// Failures in a row that counted.
+    pub failing_streak: u32,
+    /// The output (or why it failed) of the last failed check, cut to
+    /// [`MAX_HEALTH_OUTPUT`] bytes; empty after a success.
+    #[serde(default)]
+    pub last_failure: String,
+}
+
+/// Most bytes of a failed check's output kept in the state.
+pub const MAX_HEALTH_OUTPUT: usize = 256;
+
+impl TaskState {
+    /// Whether the task may receive traffic: its process runs and, if it has a health check,
+    /// the check says healthy.
+    pub fn serving(&self) -> bool {
+        self.state == TaskPhase::Running
+            && self
+                .health
+                .as_ref()
+                .is_none_or(|h| h.status == HealthStatus::Healthy)
+    }
 }
 
 impl TaskState {
@@ -86,6 +127,7 @@ impl TaskState {
             message: message.into(),
             done: false,
             stopped: false,
+            health: None,
         }
     }
 

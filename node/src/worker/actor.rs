@@ -27,7 +27,7 @@ use super::sandboxes::{INGRESS_SANDBOX, Sandboxes};
 use super::services::{Ctx, Services};
 use super::timers::{recv_opt, sleep_until, take_due};
 use super::{Msg, WorkerConfig};
-use crate::runtime::{self, TaskPhase};
+use crate::runtime;
 
 /// The services' view of the worker's parts (a macro: the fields are borrowed apart from
 /// the services they are given to).
@@ -541,10 +541,9 @@ where
     }
 
     fn publish(&mut self, t: &Task) {
-        let running = self
-            .runtime
-            .state(&t.id)
-            .is_some_and(|s| s.state == TaskPhase::Running);
+        // In load balancers and DNS only while it serves: running, and healthy if it has a
+        // health check.
+        let running = self.runtime.state(&t.id).is_some_and(|s| s.serving());
         for a in &t.networks {
             let Some(e) = Endpoint::of_task(t, a, &self.me, self.cfg.underlay_ip, running) else {
                 warn!(task = %t.id, network = %a.network_id, "unusable network attachment");

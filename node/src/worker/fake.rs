@@ -58,6 +58,7 @@ impl FakeRuntime {
             message: "running".into(),
             done: false,
             stopped: false,
+            health: None,
         }
     }
 

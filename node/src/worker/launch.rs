@@ -73,6 +73,16 @@ pub fn launch_spec(t: &Task, host: &Host<'_>) -> Result<runtime::TaskSpec, Strin
     }
     rs.hosts = Some(hosts);
     rs.resolv_conf = Some(crate::dns::RESOLV_CONF.to_string());
+    rs.health = spec.health.as_ref().map(|h| {
+        let (interval, timeout, retries, start_period) = mesh_common::task::health_settings(h);
+        runtime::HealthCheck {
+            cmd: h.cmd.clone(),
+            interval,
+            timeout,
+            retries,
+            start_period,
+        }
+    });
     let restart = spec.restart.unwrap_or_default();
     rs.restart = runtime::RestartPolicy {
         condition: match restart.condition() {

@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 
 use mesh_common::time::now_ms;
-use mesh_proto::{TaskState, TaskStatus, TaskStatusUpdate};
+use mesh_proto::{TaskHealth, TaskState, TaskStatus, TaskStatusUpdate};
 use tracing::debug;
 
 use super::env::StatusSink;
-use crate::runtime::{self, TaskPhase};
+use crate::runtime::{self, HealthStatus, TaskPhase};
 
 /// What a supervisor appends to the last run's outcome while it waits to restart.
 const RESTARTING_IN: &str = "; restarting in";
@@ -48,6 +48,17 @@ pub fn status_of(st: &runtime::TaskState) -> TaskStatus {
             s
         }
     };
+    if st.state == TaskPhase::Running {
+        s.set_health(match st.health.as_ref().map(|h| h.status) {
+            None => TaskHealth::None,
+            Some(HealthStatus::Starting) => TaskHealth::Starting,
+            Some(HealthStatus::Healthy) => TaskHealth::Healthy,
+            Some(HealthStatus::Unhealthy) => TaskHealth::Unhealthy,
+        });
+        if let Some(h) = st.health.as_ref().filter(|h| !h.last_failure.is_empty()) {
+            s.err = format!("health check: {}", h.last_failure);
+        }
+    }
     s.exit_code = st.exit_code.unwrap_or(0);
     s.restarts = st.restarts;
     s
@@ -60,6 +71,7 @@ fn same_status(a: &TaskStatus, b: &TaskStatus) -> bool {
         && a.err == b.err
         && a.exit_code == b.exit_code
         && a.restarts == b.restarts
+        && a.health == b.health
 }
 
 /// Reports waiting to be sent, and the last one sent of each task.

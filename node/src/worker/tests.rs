@@ -534,3 +534,73 @@ async fn a_restarted_worker_keeps_its_load_balancers_and_remotes_until_its_endpo
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_with_a_health_check_serves_only_while_healthy() -> Result<()> {
+    use crate::runtime::{Health, HealthStatus};
+    let h = Harness::start();
+    let mut t = task("t1", 3, TaskState::Running);
+    t.spec.as_mut().unwrap().health = Some(mesh_proto::HealthConfig {
+        cmd: "true".into(),
+        interval_ms: 500,
+        ..Default::default()
+    });
+    h.assign(vec![t]);
+    until("the task to run", || h.runtime.spec("t1")).await?;
+    let check = h
+        .runtime
+        .spec("t1")
+        .unwrap()
+        .health
+        .expect("a health check");
+    assert_eq!(
+        (check.interval, check.timeout, check.retries),
+        (Duration::from_millis(500), Duration::from_secs(30), 3),
+        "Docker's defaults for what is not given"
+    );
+    let health = |status| {
+        let mut st = h.runtime.list().remove(0).1;
+        st.health = Some(Health {
+            status,
+            failing_streak: 0,
+            last_failure: String::new(),
+        });
+        h.runtime.set_state("t1", st);
+    };
+    let reported = |want: mesh_proto::TaskHealth| {
+        h.sink
+            .sent()
+            .iter()
+            .rev()
+            .find(|u| u.task_id == "t1")
+            .and_then(|u| u.status.as_ref())
+            .is_some_and(|s| s.health() == want)
+            .then_some(())
+    };
+    // Running, but no check passed yet: in no load balancer.
+    health(HealthStatus::Starting);
+    until("health starting reported", || {
+        reported(mesh_proto::TaskHealth::Starting)
+    })
+    .await?;
+    let rec = h.published("t1").expect("a record");
+    assert!(
+        !rec.running,
+        "a task not yet healthy serves nothing: {rec:?}"
+    );
+    health(HealthStatus::Healthy);
+    until("the record says serving", || {
+        h.published("t1").filter(|r| r.running)
+    })
+    .await?;
+    until("healthy reported", || {
+        reported(mesh_proto::TaskHealth::Healthy)
+    })
+    .await?;
+    health(HealthStatus::Unhealthy);
+    until("the record withdrawn from service", || {
+        h.published("t1").filter(|r| !r.running)
+    })
+    .await?;
+    Ok(())
+}

@@ -75,8 +75,29 @@ fn c_path(path: &Path) -> Result<CString, String> {
 /// The command of one run. `netns` was opened by the caller (once per run, so a namespace
 /// recreated at the same path is picked up by the next run).
 pub fn command(spec: &TaskSpec, prepared: &Prepared, netns: Option<&Netns>) -> io::Result<Command> {
-    let mut cmd = Command::new(&spec.argv[0]);
-    cmd.args(&spec.argv[1..])
+    in_task(spec, prepared, netns, &spec.argv)
+}
+
+/// A health check of the task: `/bin/sh -c CMD` where the task runs (same namespaces,
+/// environment, directory and files), in its own process group.
+pub fn check_command(
+    spec: &TaskSpec,
+    prepared: &Prepared,
+    netns: Option<&Netns>,
+    check: &str,
+) -> io::Result<Command> {
+    let argv = ["/bin/sh".to_owned(), "-c".to_owned(), check.to_owned()];
+    in_task(spec, prepared, netns, &argv)
+}
+
+fn in_task(
+    spec: &TaskSpec,
+    prepared: &Prepared,
+    netns: Option<&Netns>,
+    argv: &[String],
+) -> io::Result<Command> {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
         .env_clear()
         .env("PATH", DEFAULT_PATH)
         .env("HOME", "/root")

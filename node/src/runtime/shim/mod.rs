@@ -20,6 +20,7 @@
 //! `state.json`, copies its output into `output.log`, and on SIGTERM (or SIGINT) stops it
 //! (SIGTERM, grace period, SIGKILL), records the final state and exits.
 
+mod health;
 mod launch;
 pub mod output;
 mod supervisor;

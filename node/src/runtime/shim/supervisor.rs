@@ -11,7 +11,10 @@
 //! `running` (pid and its start time), wait for it, SIGKILL what is left of its process
 //! group, drain its output (bounded wait), record `exited` (status 0) or `failed`. Then the
 //! restart policy decides: restart after the delay, or record the state as final (`done`) and
-//! exit. A stop records `exited` with the message `stopped...` as final.
+//! exit. A stop records `exited` with the message `stopped...` as final. A task with a health
+//! check is checked while it runs ([`health`]); once unhealthy, the run is stopped (SIGTERM,
+//! grace period, SIGKILL) and recorded `failed` with the message `unhealthy: ...`, and the
+//! restart policy decides as for any failure.
 
 use std::io;
 use std::os::unix::process::ExitStatusExt;
@@ -26,6 +29,7 @@ use nix::unistd::Pid;
 use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::health;
 use super::launch::{self, Prepared};
 use super::output::{OutputLog, Stream, pump};
 use super::{record_final, send_ready, take_lock, write_pid_file};
@@ -130,6 +134,15 @@ impl StopSignals {
     }
 }
 
+/// What ended the wait on a running process.
+enum Waited {
+    Exited(io::Result<ExitStatus>),
+    /// A stop request.
+    Stop,
+    /// Its health check says unhealthy.
+    Unhealthy,
+}
+
 /// How one run ended.
 enum RunEnd {
     /// On its own (or it could not start); `success` is status 0.
@@ -225,7 +238,9 @@ impl Supervisor {
             .map(|id| id.start_time);
         self.state.started_at_ms = Some(now_ms());
         self.state.message = "running".to_owned();
+        self.state.health = self.spec.health.as_ref().map(|_| health::initial());
         self.record();
+        let started = tokio::time::Instant::now();
 
         let pumps = [
             child
@@ -238,11 +253,37 @@ impl Supervisor {
                 .map(|err| tokio::spawn(pump(err, Stream::Stderr, self.log.clone()))),
         ];
 
-        let (status, stopped) = tokio::select! {
-            status = child.wait() => (status, None),
-            _ = stop.recv() => {
+        let waited = tokio::select! {
+            status = child.wait() => Waited::Exited(status),
+            _ = stop.recv() => Waited::Stop,
+            () = health::watch(&self.spec, &self.prepared, &self.dir, &mut self.state, started) => {
+                Waited::Unhealthy
+            }
+        };
+        let (status, stopped) = match waited {
+            Waited::Exited(status) => (status, None),
+            Waited::Stop => {
                 let (status, killed) = self.stop_child(&mut child, pid).await;
                 (status, Some(killed))
+            }
+            Waited::Unhealthy => {
+                let (status, _) = self.stop_child(&mut child, pid).await;
+                self.state.finished_at_ms = Some(now_ms());
+                self.state.exit_code = status.as_ref().ok().and_then(|s| s.code());
+                self.state.signal = status.as_ref().ok().and_then(|s| s.signal());
+                self.state.state = TaskPhase::Failed;
+                let why = self
+                    .state
+                    .health
+                    .as_ref()
+                    .map(|h| h.last_failure.clone())
+                    .unwrap_or_default();
+                self.state.message = format!("unhealthy: {why}");
+                self.record();
+                if let Some(pid) = pid {
+                    let _ = signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                return RunEnd::Exited { success: false };
             }
         };
         if let Some(pid) = pid {

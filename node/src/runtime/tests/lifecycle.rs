@@ -371,3 +371,59 @@ fn runtime_watch_reports_changes_up_to_the_final_state() {
     // Consecutive events differ: no repeats of an unchanged state.
     assert!(seen.windows(2).all(|w| w[0] != w[1]));
 }
+
+#[test]
+fn runtime_health_check_runs_in_the_task_namespaces_and_an_unhealthy_run_is_restarted() {
+    let f = Fixture::new();
+    let ns = task_netns("rt-health", None);
+    let flag = f.root.path().join("healthy");
+    let mut spec = sh("health", "exec sleep 1000");
+    spec.netns = Some(netns_path(&ns));
+    spec.hosts = Some("127.0.0.1 localhost\n10.9.9.9 health-task\n".into());
+    spec.restart = RestartPolicy {
+        condition: RestartCondition::Any,
+        // Long enough to see the failed run's state before the next starts.
+        delay: Duration::from_secs(2),
+        ..RestartPolicy::default()
+    };
+    // Passes only in the task's network and mount namespaces, while the flag exists.
+    spec.health = Some(HealthCheck {
+        cmd: format!(
+            "test \"$(readlink /proc/self/ns/net)\" = '{}' && grep -q health-task /etc/hosts \
+             && test -f {} || {{ echo not healthy; exit 1; }}",
+            netns_link(&ns),
+            flag.display()
+        ),
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_secs(5),
+        retries: 2,
+        start_period: Duration::ZERO,
+    });
+    f.start(spec);
+    let s = f.wait_state("health", "running, health starting", |s| {
+        s.state == TaskPhase::Running && s.health.is_some()
+    });
+    assert!(!s.serving(), "no traffic before a check passed: {s:?}");
+
+    std::fs::write(&flag, b"").unwrap();
+    let s = f.wait_state("health", "healthy", |s| {
+        s.health
+            .as_ref()
+            .is_some_and(|h| h.status == HealthStatus::Healthy)
+    });
+    assert!(s.serving());
+
+    std::fs::remove_file(&flag).unwrap();
+    let s = f.wait_state("health", "stopped as unhealthy", |s| {
+        s.message.starts_with("unhealthy: not healthy")
+    });
+    assert_eq!(s.state, TaskPhase::Failed, "{s:?}");
+    assert!(!s.serving());
+
+    std::fs::write(&flag, b"").unwrap();
+    let s = f.wait_state("health", "restarted and healthy again", |s| {
+        s.restarts == 1 && s.serving()
+    });
+    assert_eq!(s.health.unwrap().failing_streak, 0);
+    f.stop("health");
+}

@@ -1,0 +1,307 @@
+//! What an operator reaches for, proven on real daemons in host namespaces: placement
+//! constraints on node labels and roles (and the pending reason when nothing fits),
+//! `--replicas-max-per-node`, and health checks that decide whether a task receives traffic,
+//! seen in every node's load balancer and in DNS. Needs root.
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use mesh_tests::ops::{CLI_BOUND, mentions, refused};
+use mesh_tests::services::{
+    self, TaskRow, cli_ok, create_network, create_service, ensure_or_dump, wait, wait_lb,
+    wait_running,
+};
+use mesh_tests::traffic::{self, WHOAMI_PORT};
+use mesh_tests::{Lab, Poll};
+
+/// Deadline for the cluster to reflect a change.
+const SETTLE: Duration = Duration::from_secs(15);
+
+fn label(lab: &Lab, node: &str, change: &[&str]) {
+    let mut argv = vec!["node", "update"];
+    argv.extend_from_slice(change);
+    argv.push(node);
+    cli_ok(lab.host(1), &argv, CLI_BOUND).unwrap();
+}
+
+/// The tasks of `service` meant to run, with their state and error, as `service ps` says.
+fn wanted(lab: &Lab, service: &str) -> Vec<TaskRow> {
+    services::tasks(lab.host(1), service)
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.desired_state == "running")
+        .collect()
+}
+
+/// Waits until `service` has `running` tasks running, all on `on`, and `pending` pending
+/// whose error is `why`.
+fn wait_placed(lab: &Lab, service: &str, running: usize, on: &[&str], pending: usize, why: &str) {
+    wait(
+        lab,
+        &format!("{service}: {running} running on {on:?}, {pending} pending ({why})"),
+        SETTLE,
+        || {
+            let tasks = wanted(lab, service);
+            let up: Vec<&TaskRow> = tasks.iter().filter(|t| t.is_running()).collect();
+            let waiting: Vec<&TaskRow> = tasks.iter().filter(|t| t.state == "pending").collect();
+            let ok = up.len() == running
+                && up.iter().all(|t| on.contains(&t.node.as_str()))
+                && waiting.len() == pending
+                && waiting.iter().all(|t| t.raw["error"] == why);
+            Ok(if ok {
+                Poll::Ready(())
+            } else {
+                Poll::Pending(format!(
+                    "{}; errors {:?}",
+                    services::task_summary(&tasks),
+                    waiting
+                        .iter()
+                        .map(|t| t.raw["error"].clone())
+                        .collect::<Vec<_>>()
+                ))
+            })
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn constraints_follow_node_labels_and_roles_and_what_cannot_be_placed_says_why() {
+    let lab = mesh_tests::cluster(1, 2).unwrap();
+    let n1 = lab.host(1);
+    label(&lab, "node2", &["--label-add", "zone=a"]);
+    create_service(
+        n1,
+        "edge",
+        &["--replicas", "2", "--constraint", "node.labels.zone==a"],
+    )
+    .unwrap();
+    wait_placed(&lab, "edge", 2, &["node2"], 0, "");
+    create_service(
+        n1,
+        "mgr",
+        &["--replicas", "2", "--constraint", "node.role==manager"],
+    )
+    .unwrap();
+    wait_placed(&lab, "mgr", 2, &["node1"], 0, "");
+    create_service(
+        n1,
+        "notmgr",
+        &["--mode", "global", "--constraint", "node.role!=manager"],
+    )
+    .unwrap();
+    wait_placed(&lab, "notmgr", 2, &["node2", "node3"], 0, "");
+
+    // Nothing has zone=b: the task waits, saying which constraint no node meets.
+    create_service(
+        n1,
+        "zb",
+        &["--detach", "--constraint", "node.labels.zone==b"],
+    )
+    .unwrap();
+    let no_b =
+        "no suitable node (scheduling constraints not satisfied on 3 nodes: node.labels.zone==b)";
+    wait_placed(&lab, "zb", 0, &[], 1, no_b);
+    let table = cli_ok(n1, &["service", "ps", "zb"], CLI_BOUND).unwrap();
+    assert!(table.contains(no_b), "service ps zb:\n{table}");
+    // Labelled: it runs there.
+    label(&lab, "node3", &["--label-add", "zone=b"]);
+    wait_placed(&lab, "zb", 1, &["node3"], 0, "");
+    // The label goes from node2: edge's tasks leave it and wait.
+    label(&lab, "node2", &["--label-rm", "zone"]);
+    let no_a =
+        "no suitable node (scheduling constraints not satisfied on 3 nodes: node.labels.zone==a)";
+    wait_placed(&lab, "edge", 0, &[], 2, no_a);
+    // The constraint changes with `service update`: edge moves to zone b.
+    cli_ok(
+        n1,
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--constraint-rm",
+            "node.labels.zone==a",
+            "--constraint-add",
+            "node.labels.zone==b",
+            "edge",
+        ],
+        CLI_BOUND,
+    )
+    .unwrap();
+    wait_placed(&lab, "edge", 2, &["node3"], 0, "");
+
+    // At most one per node: three run, one waits.
+    create_service(
+        n1,
+        "one",
+        &[
+            "--detach",
+            "--replicas",
+            "4",
+            "--replicas-max-per-node",
+            "1",
+        ],
+    )
+    .unwrap();
+    wait_placed(
+        &lab,
+        "one",
+        3,
+        &["node1", "node2", "node3"],
+        1,
+        "no suitable node (max replicas per node reached on 3 nodes)",
+    );
+
+    // Bad expressions are refused with one line naming them, and store nothing.
+    let before = services::service_names(n1).unwrap();
+    let whoami = services::whoami();
+    for (flags, words) in [
+        (
+            vec!["--constraint", "node.labels.zone"],
+            &["node.labels.zone", "=="][..],
+        ),
+        (
+            vec!["--constraint", "node.platform.os==linux"],
+            &["node.platform.os"],
+        ),
+        (vec!["--placement-pref", "spread=node.id"], &["node.id"]),
+        (
+            vec!["--mode", "global", "--replicas-max-per-node", "2"],
+            &["global"],
+        ),
+    ] {
+        let mut argv = vec!["service", "create", "--name", "bad"];
+        argv.extend(flags.iter().copied());
+        argv.push("--");
+        argv.extend(whoami.iter().map(String::as_str));
+        let refusal = refused(n1, &argv, CLI_BOUND).unwrap();
+        assert!(mentions(&refusal.message, words), "{flags:?}: {refusal:?}");
+        assert_eq!(services::service_names(n1).unwrap(), before, "{flags:?}");
+    }
+}
+
+/// The DNS answer for `tasks.api` from a client task, as a set.
+fn tasks_dns(ns: &mesh_dataplane::netns::Netns) -> BTreeSet<Ipv4Addr> {
+    traffic::resolve(ns, "tasks.api")
+        .map(|a| a.addrs.into_iter().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn only_healthy_tasks_receive_traffic_and_an_unhealthy_one_leaves_every_lb_and_dns() {
+    let lab = mesh_tests::cluster(3, 0).unwrap();
+    let n1 = lab.host(1);
+    // One flag file per task: the check passes while its own exists.
+    let flags = tempfile::Builder::new()
+        .prefix(&format!("{}-health-", lab.prefix()))
+        .tempdir()
+        .unwrap();
+    let flag = |task: &str| flags.path().join(task);
+    let net = create_network(n1, "ov", &[]).unwrap();
+    create_service(n1, "probe", &["--mode", "global", "--network", "ov"]).unwrap();
+    let check = format!("test -f {}/$MESH_TASK_NAME", flags.path().display());
+    create_service(
+        n1,
+        "api",
+        &[
+            "--detach",
+            "--replicas",
+            "2",
+            "--network",
+            "ov",
+            "--health-cmd",
+            &check,
+            "--health-interval",
+            "200ms",
+            "--health-retries",
+            "2",
+            // Failures before the first pass do not count: a task waits for its flag.
+            "--health-start-period",
+            "60s",
+            "--restart-delay",
+            "0s",
+        ],
+    )
+    .unwrap();
+    let probes = wait_running(&lab, n1, "probe", 3, SETTLE).unwrap();
+    let api = wait_running(&lab, n1, "api", 2, SETTLE).unwrap();
+    let vip = services::vip(n1, "api", &net.id).unwrap();
+    let ip = |name: &str| {
+        api.iter()
+            .find(|t| t.name == name)
+            .and_then(|t| t.addr_on(&net.id))
+            .unwrap()
+    };
+    let client = probes[0].netns(&lab).unwrap();
+
+    // Running, no check passed: no backend anywhere, no name.
+    wait_lb(&lab, &probes, vip, &BTreeSet::new(), SETTLE).unwrap();
+    let shown = cli_ok(n1, &["service", "ps", "api"], CLI_BOUND).unwrap();
+    assert!(
+        shown.matches("running (starting)").count() == 2,
+        "service ps api:\n{shown}"
+    );
+    assert!(tasks_dns(&client).is_empty());
+
+    // api.1 healthy: every load balancer and DNS has it, and only it.
+    std::fs::write(flag("api.1"), b"").unwrap();
+    let only_1 = BTreeSet::from([ip("api.1")]);
+    wait_lb(&lab, &probes, vip, &only_1, SETTLE).unwrap();
+    let burst = traffic::http_burst(&client, SocketAddrV4::new(vip, WHOAMI_PORT), 30).unwrap();
+    let answered: BTreeSet<String> = burst.by_task().into_keys().collect();
+    let api1 = api.iter().find(|t| t.name == "api.1").unwrap().id.clone();
+    assert_eq!(
+        answered,
+        BTreeSet::from([api1]),
+        "{}",
+        burst.summary(Instant::now())
+    );
+    assert_eq!(tasks_dns(&client), only_1);
+
+    std::fs::write(flag("api.2"), b"").unwrap();
+    let both = BTreeSet::from([ip("api.1"), ip("api.2")]);
+    wait_lb(&lab, &probes, vip, &both, SETTLE).unwrap();
+    let shown = cli_ok(n1, &["service", "ps", "api"], CLI_BOUND).unwrap();
+    assert_eq!(shown.matches("running (healthy)").count(), 2, "{shown}");
+
+    // api.1 turns unhealthy: it leaves every load balancer and DNS within two failed checks
+    // and gossip, and is restarted by its restart policy.
+    std::fs::remove_file(flag("api.1")).unwrap();
+    let turned = Instant::now();
+    let only_2 = BTreeSet::from([ip("api.2")]);
+    wait_lb(&lab, &probes, vip, &only_2, Duration::from_secs(5)).unwrap();
+    let left = turned.elapsed();
+    wait(&lab, "tasks.api to name api.2 only", SETTLE, || {
+        let got = tasks_dns(&client);
+        Ok(if got == only_2 {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("{got:?}"))
+        })
+    })
+    .unwrap();
+    eprintln!("api.1 left every load balancer {left:?} after its check began failing");
+    wait(
+        &lab,
+        "api.1 restarted after turning unhealthy",
+        SETTLE,
+        || {
+            let t = wanted(&lab, "api");
+            let a1 = t.iter().find(|t| t.name == "api.1");
+            Ok(a1.is_some_and(|t| t.raw["restarts"].as_u64().unwrap_or(0) >= 1))
+        },
+    )
+    .unwrap();
+    // Healthy again: back in every load balancer.
+    std::fs::write(flag("api.1"), b"").unwrap();
+    wait_lb(&lab, &probes, vip, &both, SETTLE).unwrap();
+    let ok = traffic::http_burst(&client, SocketAddrV4::new(vip, WHOAMI_PORT), 30).unwrap();
+    ensure_or_dump(
+        &lab,
+        ok.failures().is_empty() && ok.by_task().len() == 2,
+        "both replicas answer once healthy again",
+        || ok.summary(Instant::now()),
+    )
+    .unwrap();
+}
