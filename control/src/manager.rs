@@ -177,6 +177,7 @@ impl Manager {
                 live.clone(),
                 grace,
                 batch,
+                self.config.limits.clone(),
             )),
             runner.run(GlobalOrchestrator::new(
                 store.clone(),
@@ -184,6 +185,7 @@ impl Manager {
                 live.clone(),
                 grace,
                 batch,
+                self.config.limits.clone(),
             )),
             runner.run(Allocator::new(store.clone(), batch)),
             runner.run(Scheduler::new(

@@ -353,6 +353,7 @@ async fn scale_down_withdraws_the_endpoint_from_every_agent_before_the_task_stop
             service: api_id,
             spec: Some(spec),
             version: current.version,
+            rollback: false,
         })
         .await?;
     wait_for_async("two api tasks stopped", PATIENCE, async || {

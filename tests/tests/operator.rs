@@ -305,3 +305,126 @@ fn only_healthy_tasks_receive_traffic_and_an_unhealthy_one_leaves_every_lb_and_d
     )
     .unwrap();
 }
+
+/// `service inspect api`'s update status: (state, message).
+fn update_status(lab: &Lab) -> (String, String) {
+    let out = cli_ok(lab.host(1), &["service", "inspect", "api"], CLI_BOUND).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let u = &v[0]["update_status"];
+    (
+        u["state"].as_str().unwrap_or_default().to_owned(),
+        u["message"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+/// Waits until every probe's load balancer sends api's VIP to its running tasks, and 20
+/// requests through it all succeed.
+fn api_serves(lab: &Lab, probes: &[TaskRow], net_id: &str, vip: Ipv4Addr) {
+    let api = wait_running(lab, lab.host(1), "api", 2, SETTLE).unwrap();
+    let backends: BTreeSet<Ipv4Addr> = api.iter().filter_map(|t| t.addr_on(net_id)).collect();
+    wait_lb(lab, probes, vip, &backends, SETTLE).unwrap();
+    let ns = probes[0].netns(lab).unwrap();
+    let burst = traffic::http_burst(&ns, SocketAddrV4::new(vip, WHOAMI_PORT), 20).unwrap();
+    ensure_or_dump(
+        lab,
+        burst.failures().is_empty(),
+        "api to answer through its VIP",
+        || burst.summary(Instant::now()),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_failing_update_rolls_back_or_pauses_and_rollback_returns_to_the_previous_spec() {
+    let lab = mesh_tests::cluster(1, 1).unwrap();
+    let n1 = lab.host(1);
+    let net = create_network(n1, "ov", &[]).unwrap();
+    create_service(n1, "probe", &["--mode", "global", "--network", "ov"]).unwrap();
+    create_service(
+        n1,
+        "api",
+        &[
+            "--replicas",
+            "2",
+            "--network",
+            "ov",
+            "--update-monitor",
+            "1s",
+        ],
+    )
+    .unwrap();
+    let probes = wait_running(&lab, n1, "probe", 2, SETTLE).unwrap();
+    let vip = services::vip(n1, "api", &net.id).unwrap();
+    api_serves(&lab, &probes, &net.id, vip);
+    let bound = Duration::from_secs(60);
+
+    // A command that fails at once, with rollback as the failure action: the update rolls
+    // back by itself and the command says so, failing.
+    let out = n1
+        .cli_with_timeout(
+            [
+                "service",
+                "update",
+                "--update-failure-action",
+                "rollback",
+                "api",
+                "--",
+                "sh",
+                "-c",
+                "exit 3",
+            ],
+            bound,
+        )
+        .unwrap();
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr
+            .contains("update rolled back due to failure or early termination of task api.")
+            && out.stderr.contains("exited with status 3"),
+        "{out}"
+    );
+    wait(&lab, "the rollback to complete", SETTLE, || {
+        let (state, message) = update_status(&lab);
+        Ok(if state == "rollback_completed" {
+            Poll::Ready(())
+        } else {
+            Poll::Pending(format!("{state}: {message}"))
+        })
+    })
+    .unwrap();
+    api_serves(&lab, &probes, &net.id, vip);
+
+    // The default action pauses: the command fails naming the task, one old task still
+    // serves, the rest of the update waits.
+    let out = n1
+        .cli_with_timeout(
+            ["service", "update", "api", "--", "sh", "-c", "exit 4"],
+            bound,
+        )
+        .unwrap();
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("update paused due to failure"), "{out}");
+    let (state, _) = update_status(&lab);
+    assert_eq!(state, "paused");
+    let old_running = services::running(n1, "api")
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.raw["restarts"] == 0)
+        .count();
+    assert!(old_running >= 1, "the paused update left an old task");
+
+    // `service rollback` returns to the spec before: both tasks serve again.
+    cli_ok(n1, &["service", "rollback", "api"], bound).unwrap();
+    assert_eq!(update_status(&lab).0, "rollback_completed");
+    api_serves(&lab, &probes, &net.id, vip);
+    let inspect = cli_ok(n1, &["service", "inspect", "api"], CLI_BOUND).unwrap();
+    assert!(inspect.contains("whoami"), "{inspect}");
+    // Nothing to roll back to twice in a row is still a spec: rollback swaps back.
+    let refusal = refused(
+        n1,
+        ["service", "update", "--rollback", "--replicas", "3", "api"],
+        CLI_BOUND,
+    )
+    .unwrap();
+    assert!(mentions(&refusal.message, &["--rollback"]), "{refusal:?}");
+}

@@ -17,7 +17,7 @@ mod cluster;
 mod logs;
 mod networks;
 mod nodes;
-mod services;
+pub(crate) mod services;
 
 /// The checks a network spec passes before it is created, for the fuzz targets.
 #[cfg(feature = "fuzzing")]

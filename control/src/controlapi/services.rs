@@ -16,6 +16,7 @@ use mesh_proto::{
     ListServicesResponse, ListTasksRequest, ListTasksResponse, NetworkAttachmentConfig,
     NodeAvailability, PublishMode, RemoveServiceRequest, RemoveServiceResponse, Service,
     ServiceMode, ServiceSpec, ServiceView, TaskState, TaskView, Transaction, UpdateServiceRequest,
+    UpdateState, UpdateStatus,
 };
 use tracing::info;
 
@@ -126,6 +127,19 @@ fn validate(
     if spec.mode() == ServiceMode::Global && spec.replicas != 0 {
         return Err(invalid("--replicas: cannot be used with --mode global"));
     }
+    if let Some(u) = &spec.update {
+        let ratio = u.max_failure_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(invalid(format!(
+                "--update-max-failure-ratio: {ratio} is not a number from 0 to 1"
+            )));
+        }
+        if u.monitor_ms > 24 * 3600 * 1000 || u.delay_ms > 24 * 3600 * 1000 {
+            return Err(invalid(
+                "--update-monitor and --update-delay are at most 24h",
+            ));
+        }
+    }
     if let Some(h) = &task.health {
         let (interval, timeout, retries, start_period) = health_settings(h);
         if let Some(problem) = health_problem(&h.cmd, interval, timeout, retries, start_period) {
@@ -232,6 +246,63 @@ fn resolve_and_allocate(
     service.ports = ports;
     service.networks = networks;
     Ok(())
+}
+
+/// `current` with `spec`, checked and allocated: the tasks are replaced (spec version bumped,
+/// a rolling update started) when what they carry changes, and the spec it had is kept as
+/// the previous one. `rollback` marks the change as a return to the previous spec (by
+/// `mesh service rollback`, or by an update's failure action).
+pub(crate) fn respec(
+    s: &StoreState,
+    current: &Service,
+    spec: ServiceSpec,
+    rollback: bool,
+    limits: &LimitsConfig,
+    now: i64,
+) -> Result<Service> {
+    if spec.name != service_name(current) {
+        return Err(invalid("--name: a service cannot be renamed"));
+    }
+    let old = current.spec.clone().unwrap_or_default();
+    if spec.mode() != old.mode() {
+        return Err(invalid("--mode: a service's mode cannot change"));
+    }
+    let mut next = current.clone();
+    resolve_and_allocate(s, &spec, &mut next, limits)?;
+    // Tasks carry their networks, endpoint mode and published ports: a change of any of them
+    // replaces the tasks.
+    let mode = |s: &ServiceSpec| s.endpoint.as_ref().map(|e| e.mode()).unwrap_or_default();
+    let ports = |s: &ServiceSpec| {
+        s.endpoint
+            .as_ref()
+            .map(|e| e.ports.clone())
+            .unwrap_or_default()
+    };
+    let task = |s: &ServiceSpec| s.task.clone().unwrap_or_default();
+    if task(&spec) != task(&old)
+        || next.networks != crate::objects::service_networks(current)
+        || mode(&spec) != mode(&old)
+        || ports(&spec) != ports(&old)
+    {
+        next.spec_version += 1;
+        let (state, message) = if rollback {
+            (UpdateState::RollbackStarted, "rollback started")
+        } else {
+            (UpdateState::Updating, "update in progress")
+        };
+        next.update_status = Some(UpdateStatus {
+            state: state as i32,
+            message: message.into(),
+            started_at_ms: now,
+            completed_at_ms: 0,
+        });
+    }
+    if spec != old {
+        next.previous_spec = Some(old);
+    }
+    next.spec = Some(spec);
+    next.updated_at_ms = now;
+    Ok(next)
 }
 
 fn view(s: &StoreState, v: &Service) -> ServiceView {
@@ -363,7 +434,11 @@ impl ServiceApi {
         req: UpdateServiceRequest,
     ) -> Result<ServiceView> {
         manager_check(caller)?;
-        let spec = req.spec.ok_or_else(|| invalid("spec: required"))?;
+        let spec = match (req.spec.clone(), req.rollback) {
+            (Some(spec), _) => spec,
+            (None, true) => ServiceSpec::default(),
+            (None, false) => return Err(invalid("spec: required")),
+        };
         let mut updated = None;
         self.ctx
             .store
@@ -377,31 +452,17 @@ impl ServiceApi {
                         current.version
                     )));
                 }
-                if spec.name != service_name(current) {
-                    return Err(invalid("--name: a service cannot be renamed"));
-                }
-                let old = current.spec.clone().unwrap_or_default();
-                if spec.mode() != old.mode() {
-                    return Err(invalid("--mode: a service's mode cannot change"));
-                }
-                let mut next = current.clone();
-                resolve_and_allocate(s, &spec, &mut next, &self.ctx.config.limits)?;
-                // Tasks carry their networks, endpoint mode and published ports: a change of
-                // any of them replaces the tasks.
-                let mode = |s: &ServiceSpec| s.endpoint.as_ref().map(|e| e.mode()).unwrap_or_default();
-                let ports = |s: &ServiceSpec| {
-                    s.endpoint.as_ref().map(|e| e.ports.clone()).unwrap_or_default()
+                let spec = if req.rollback {
+                    current.previous_spec.clone().ok_or_else(|| {
+                        ControlError::FailedPrecondition(format!(
+                            "service {} has no previous spec to roll back to",
+                            service_name(current)
+                        ))
+                    })?
+                } else {
+                    spec.clone()
                 };
-                let task = |s: &ServiceSpec| s.task.clone().unwrap_or_default();
-                if task(&spec) != task(&old)
-                    || next.networks != crate::objects::service_networks(current)
-                    || mode(&spec) != mode(&old)
-                    || ports(&spec) != ports(&old)
-                {
-                    next.spec_version += 1;
-                }
-                next.spec = Some(spec.clone());
-                next.updated_at_ms = now_ms();
+                let next = respec(s, current, spec, req.rollback, &self.ctx.config.limits, now_ms())?;
                 updated = Some(next.clone());
                 Ok(Transaction {
                     ops: vec![txn::put_if_unchanged(next)],

@@ -10,9 +10,11 @@ use mesh_proto::{NodeAvailability, ServiceMode, StoreOp};
 
 use super::update::next_batch;
 use super::{
-    Context, NodeFailures, TasksByService, must_leave, new_task, reconcile_with, shut_down, staying,
+    Context, NodeFailures, TasksByService, must_leave, new_task, reconcile_with, shut_down,
+    staying, update_op,
 };
 use crate::component::Component;
+use crate::config::LimitsConfig;
 use crate::error::ControlError;
 use crate::objects::availability;
 use crate::placement::Rules;
@@ -38,6 +40,11 @@ pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
             .get(service.id.as_str())
             .cloned()
             .unwrap_or_default();
+        let (update, hold) = update_op(state, service, &live, ctx);
+        ops.extend(update);
+        if hold {
+            continue;
+        }
         let mut leaving: BTreeSet<&str> = BTreeSet::new();
         for t in live
             .iter()
@@ -83,6 +90,7 @@ pub struct GlobalOrchestrator {
     failures: NodeFailures,
     /// Most objects written at once.
     batch: Batch,
+    limits: LimitsConfig,
 }
 
 impl GlobalOrchestrator {
@@ -92,11 +100,13 @@ impl GlobalOrchestrator {
         liveness: Arc<dyn Liveness>,
         grace: Duration,
         batch: Batch,
+        limits: LimitsConfig,
     ) -> GlobalOrchestrator {
         GlobalOrchestrator {
             store,
             failures: NodeFailures::new(self_id, liveness, grace),
             batch,
+            limits,
         }
     }
 }
@@ -107,6 +117,13 @@ impl Component for GlobalOrchestrator {
     }
 
     async fn reconcile(&mut self) -> Result<(), ControlError> {
-        reconcile_with(&self.store, &mut self.failures, self.batch, plan).await
+        reconcile_with(
+            &self.store,
+            &mut self.failures,
+            self.batch,
+            &self.limits,
+            plan,
+        )
+        .await
     }
 }

@@ -44,6 +44,8 @@ pub struct Context<'a> {
     /// Nodes down for longer than the grace period: their replicated tasks
     /// are replaced elsewhere.
     pub node_failed: &'a dyn Fn(&str) -> bool,
+    /// What a service may ask for (an automatic rollback is checked like a user's change).
+    pub limits: &'a crate::config::LimitsConfig,
 }
 
 /// Whether task `t` must leave its node: the node is drained (`mesh node update
@@ -54,6 +56,61 @@ pub(crate) fn must_leave(state: &StoreState, t: &Task) -> bool {
         crate::objects::availability(n) == mesh_proto::NodeAvailability::Drain
             || !crate::placement::Rules::of(task_placement(t)).fits(n)
     })
+}
+
+/// The write that moves the update of `service` on (see [`update::next_step`]), if any;
+/// true when the service's tasks wait for the next pass: after a rollback to the previous
+/// spec (they are planned against it), or when the update has just paused (no further
+/// batch goes).
+pub(crate) fn update_op(
+    state: &StoreState,
+    service: &Service,
+    live: &[&Task],
+    ctx: &Context<'_>,
+) -> (Option<StoreOp>, bool) {
+    use mesh_proto::{UpdateState, UpdateStatus};
+    let paused = |message: String| {
+        let mut next = service.clone();
+        next.update_status = Some(UpdateStatus {
+            state: UpdateState::Paused as i32,
+            message,
+            started_at_ms: service
+                .update_status
+                .as_ref()
+                .map_or(0, |u| u.started_at_ms),
+            completed_at_ms: ctx.now_ms,
+        });
+        (Some(txn::put_if_unchanged(next)), true)
+    };
+    match update::next_step(service, live, ctx.now_ms) {
+        update::Step::Stay => (None, false),
+        update::Step::Status(status) => {
+            let hold = matches!(
+                status.state(),
+                UpdateState::Paused | UpdateState::RollbackPaused
+            );
+            let mut next = service.clone();
+            next.update_status = Some(status);
+            (Some(txn::put_if_unchanged(next)), hold)
+        }
+        update::Step::Rollback(why) => {
+            let Some(previous) = service.previous_spec.clone() else {
+                return paused(format!("{why}; no previous spec to roll back to: paused"));
+            };
+            match crate::controlapi::services::respec(
+                state, service, previous, true, ctx.limits, ctx.now_ms,
+            ) {
+                Ok(mut next) => {
+                    if let Some(u) = next.update_status.as_mut() {
+                        u.message = why;
+                    }
+                    tracing::warn!(service = %service.id, "{}", next.update_status.as_ref().map_or("", |u| u.message.as_str()));
+                    (Some(txn::put_if_unchanged(next)), true)
+                }
+                Err(e) => paused(format!("{why}; the rollback was refused ({e}): paused")),
+            }
+        }
+    }
 }
 
 /// The placement a task was made with.
@@ -215,6 +272,7 @@ pub(crate) async fn reconcile_with(
     store: &crate::store::Store,
     failures: &mut NodeFailures,
     batch: crate::store::txn::Batch,
+    limits: &crate::config::LimitsConfig,
     plan: fn(&StoreState, &mut Context<'_>) -> Vec<StoreOp>,
 ) -> Result<(), crate::error::ControlError> {
     let failed = store.read(|s| failures.failed(s));
@@ -226,6 +284,7 @@ pub(crate) async fn reconcile_with(
                 now_ms: mesh_common::time::now_ms(),
                 new_id: &mut new_id,
                 node_failed: &node_failed,
+                limits,
             };
             let mut ops = plan(s, &mut ctx);
             batch.limit(&mut ops);

@@ -10,9 +10,11 @@ use mesh_proto::{ServiceMode, StoreOp, Task};
 
 use super::update::next_batch;
 use super::{
-    Context, NodeFailures, TasksByService, must_leave, new_task, reconcile_with, shut_down, staying,
+    Context, NodeFailures, TasksByService, must_leave, new_task, reconcile_with, shut_down,
+    staying, update_op,
 };
 use crate::component::Component;
+use crate::config::LimitsConfig;
 use crate::error::ControlError;
 use crate::store::txn::Batch;
 use crate::store::{Store, StoreState, txn};
@@ -37,6 +39,11 @@ pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
             .get(service.id.as_str())
             .cloned()
             .unwrap_or_default();
+        let (update, hold) = update_op(state, service, &live, ctx);
+        ops.extend(update);
+        if hold {
+            continue;
+        }
         let mut leaving: BTreeSet<&str> = BTreeSet::new();
         // Tasks of nodes down past the grace period, drained, or no longer satisfying the
         // task's constraints are replaced; the old ones keep their address until their node
@@ -82,6 +89,7 @@ pub struct ReplicatedOrchestrator {
     failures: NodeFailures,
     /// Most objects written at once.
     batch: Batch,
+    limits: LimitsConfig,
 }
 
 impl ReplicatedOrchestrator {
@@ -91,11 +99,13 @@ impl ReplicatedOrchestrator {
         liveness: Arc<dyn Liveness>,
         grace: Duration,
         batch: Batch,
+        limits: LimitsConfig,
     ) -> ReplicatedOrchestrator {
         ReplicatedOrchestrator {
             store,
             failures: NodeFailures::new(self_id, liveness, grace),
             batch,
+            limits,
         }
     }
 }
@@ -106,6 +116,13 @@ impl Component for ReplicatedOrchestrator {
     }
 
     async fn reconcile(&mut self) -> Result<(), ControlError> {
-        reconcile_with(&self.store, &mut self.failures, self.batch, plan).await
+        reconcile_with(
+            &self.store,
+            &mut self.failures,
+            self.batch,
+            &self.limits,
+            plan,
+        )
+        .await
     }
 }

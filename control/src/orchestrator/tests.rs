@@ -248,6 +248,7 @@ fn plan_with(s: &StoreState, now_ms: i64, failed: &dyn Fn(&str) -> bool) -> Vec<
             now_ms,
             new_id: &mut new_id,
             node_failed: failed,
+            limits: &crate::config::LimitsConfig::default(),
         },
     )
 }
@@ -281,6 +282,7 @@ fn rolling_update_replaces_one_batch_at_a_time_after_the_delay() {
     svc.spec.as_mut().unwrap().update = Some(mesh_proto::UpdateConfig {
         parallelism: 1,
         delay_ms: 1000,
+        ..Default::default()
     });
     svc.spec_version = 1;
     s.services.insert("web".into(), svc);
@@ -563,4 +565,133 @@ fn constraints_choose_global_nodes_and_a_node_that_stops_satisfying_them_is_left
         .map(|t| t.service_id.as_str())
         .collect();
     assert_eq!(running_on_n2, BTreeSet::from(["agent", "web"]));
+}
+
+/// `web` with 2 replicas running spec 1 on n1, then updated (by the API's own rule) to a
+/// new command with `action` on failure.
+fn updated_web(action: mesh_proto::UpdateFailureAction) -> StoreState {
+    let mut s = state();
+    let mut svc = service("web", ServiceMode::Replicated, 2);
+    svc.spec_version = 1;
+    s.services.insert("web".into(), svc.clone());
+    let ops = run(&s);
+    apply(&mut s, ops, 10);
+    run_all(&mut s, "n1", 0);
+    let mut spec = svc.spec.clone().unwrap();
+    spec.task.as_mut().unwrap().command = vec!["false".into()];
+    spec.update = Some(mesh_proto::UpdateConfig {
+        parallelism: 1,
+        failure_action: action as i32,
+        monitor_ms: 1000,
+        ..Default::default()
+    });
+    let next = crate::controlapi::services::respec(
+        &s,
+        &s.services["web"],
+        spec,
+        false,
+        &crate::config::LimitsConfig::default(),
+        100,
+    )
+    .unwrap();
+    assert_eq!(next.spec_version, 2);
+    assert_eq!(
+        next.update_status.as_ref().unwrap().state(),
+        mesh_proto::UpdateState::Updating
+    );
+    s.services.insert("web".into(), next);
+    s
+}
+
+/// Runs the orchestrator at `now` and applies what it plans; the new tasks come up, and
+/// those of spec 2 restart as a failing command does.
+fn step(s: &mut StoreState, now: i64, index: u64) {
+    let ops = plan_with(s, now, &|_| false);
+    apply(s, ops, index);
+    stop_stopping(s);
+    for t in s
+        .tasks
+        .values_mut()
+        .filter(|t| t.desired_state() == TaskState::Running)
+        .filter(|t| {
+            t.status
+                .as_ref()
+                .is_none_or(|st| st.state() != TaskState::Running)
+        })
+    {
+        t.node_id = "n1".into();
+        let mut st = status(TaskState::Running, "running", now);
+        if t.spec_version == 2 {
+            st.restarts = 1;
+            st.err = "exited with status 1".into();
+        }
+        t.status = Some(st);
+    }
+}
+
+fn update_state(s: &StoreState) -> (mesh_proto::UpdateState, String) {
+    let u = s.services["web"].update_status.clone().unwrap();
+    (u.state(), u.message)
+}
+
+#[test]
+fn a_failing_update_pauses_by_default_and_replaces_nothing_more() {
+    let mut s = updated_web(mesh_proto::UpdateFailureAction::Pause);
+    step(&mut s, 1000, 20);
+    let (state, message) = update_state(&s);
+    assert_eq!(state, mesh_proto::UpdateState::Updating, "{message}");
+    step(&mut s, 2000, 22);
+    let (state, message) = update_state(&s);
+    assert_eq!(state, mesh_proto::UpdateState::Paused);
+    assert!(
+        message.starts_with("update paused due to failure or early termination of task web."),
+        "{message}"
+    );
+    assert!(message.contains("exited with status 1"), "{message}");
+    // Paused: the other old task stays.
+    step(&mut s, 9000, 24);
+    let old = s
+        .tasks
+        .values()
+        .filter(|t| t.spec_version == 1 && t.desired_state() == TaskState::Running)
+        .count();
+    assert_eq!(old, 1, "a paused update replaces nothing more");
+}
+
+#[test]
+fn a_failing_update_with_action_rollback_returns_to_the_previous_spec() {
+    let mut s = updated_web(mesh_proto::UpdateFailureAction::Rollback);
+    step(&mut s, 1000, 20);
+    step(&mut s, 2000, 22);
+    let web = &s.services["web"];
+    let (state, message) = update_state(&s);
+    assert_eq!(state, mesh_proto::UpdateState::RollbackStarted);
+    assert!(
+        message.starts_with("update rolled back due to"),
+        "{message}"
+    );
+    assert_eq!(web.spec_version, 3);
+    let command = |spec: &ServiceSpec| spec.task.as_ref().unwrap().command.clone();
+    assert_eq!(
+        command(web.spec.as_ref().unwrap()),
+        ["true"],
+        "the spec before"
+    );
+    assert_eq!(command(web.previous_spec.as_ref().unwrap()), ["false"]);
+    // Every task is replaced by one of spec 3 (the old command), one at a time; then the
+    // rollback completes once the monitor period passed.
+    for (i, now) in (3000..30_000).step_by(1000).enumerate() {
+        step(&mut s, now, 30 + 2 * i as u64);
+    }
+    let live: Vec<u64> = s
+        .tasks
+        .values()
+        .filter(|t| t.desired_state() == TaskState::Running)
+        .map(|t| t.spec_version)
+        .collect();
+    assert_eq!(live, [3, 3]);
+    assert_eq!(
+        update_state(&s).0,
+        mesh_proto::UpdateState::RollbackCompleted
+    );
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::bail;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mesh_proto::control_client::ControlClient;
-use mesh_proto::{GetServiceRequest, ListTasksRequest, TaskHealth, TaskState, TaskView};
+use mesh_proto::{
+    GetServiceRequest, ListTasksRequest, TaskHealth, TaskState, TaskView, UpdateState,
+};
 use tonic::transport::Channel;
 
 /// How long a service may take to converge before the CLI gives up.
@@ -40,10 +42,16 @@ fn state_of(t: &TaskView) -> TaskState {
 
 /// Waits until every wanted task of `service` runs the current spec (and is healthy, if it
 /// has a health check) and no unwanted one is left running; fails at the first task that failed for good.
+/// `update` is the spec version a rolling update this command started gave the service, and
+/// whether that update is a rollback asked for: the wait then lasts until the update
+/// completes (its monitor period passed), ends with an error when it pauses, and reports a
+/// rollback its failure action started (waiting for the rollback, then failing).
 pub async fn wait_converged(
     control: &mut ControlClient<Channel>,
     service: &str,
+    update: Option<(u64, bool)>,
 ) -> anyhow::Result<()> {
+    let mut rolled_back: Option<String> = None;
     let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template("{prefix:>12} {spinner} {msg}")
         .expect("static template is valid");
@@ -68,6 +76,33 @@ pub async fn wait_converged(
             .as_ref()
             .map(|s| s.name.clone())
             .unwrap_or_default();
+        let mut update_done = true;
+        if let (Some((version, asked_rollback)), Some(status)) =
+            (update, svc.update_status.as_ref())
+        {
+            update_done = matches!(
+                status.state(),
+                UpdateState::Completed | UpdateState::RollbackCompleted
+            );
+            let message = status.message.clone();
+            match status.state() {
+                UpdateState::Paused | UpdateState::RollbackPaused
+                    if svc.spec_version >= version =>
+                {
+                    multi.clear().ok();
+                    bail!(
+                        "service {name}: {message} (see `mesh service ps {name}`; `mesh service rollback {name}` returns to the previous spec)"
+                    );
+                }
+                UpdateState::RollbackStarted | UpdateState::RollbackCompleted
+                    if !asked_rollback && svc.spec_version > version && rolled_back.is_none() =>
+                {
+                    eprintln!("rollback: {message}");
+                    rolled_back = Some(message);
+                }
+                _ => {}
+            }
+        }
         let tasks = control
             .list_tasks(ListTasksRequest {
                 service: svc.id.clone(),
@@ -154,7 +189,12 @@ pub async fn wait_converged(
             // Up: running and, with a health check, healthy.
             .filter(|t| t.task.as_ref().is_some_and(mesh_common::task::is_up))
             .count() as u64;
-        let summary = if view.problems.is_empty() {
+        let summary = if view.problems.is_empty() && !update_done {
+            format!(
+                "{current}/{} tasks running; verifying the update (monitor period)",
+                view.desired
+            )
+        } else if view.problems.is_empty() {
             format!("{current}/{} tasks running", view.desired)
         } else {
             format!(
@@ -170,8 +210,15 @@ pub async fn wait_converged(
             eprintln!("{name}: {summary}");
             last = Some(summary);
         }
-        if current == view.desired && wanted.len() as u64 == view.desired && leaving == 0 {
+        if current == view.desired
+            && wanted.len() as u64 == view.desired
+            && leaving == 0
+            && update_done
+        {
             multi.clear().ok();
+            if let Some(why) = rolled_back {
+                bail!("service {name}: {why}; it runs its previous spec again");
+            }
             println!(
                 "{name}: converged, {current}/{} tasks running",
                 view.desired

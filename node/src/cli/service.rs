@@ -8,8 +8,8 @@ use mesh_proto::control_client::ControlClient;
 use mesh_proto::{
     CreateServiceRequest, EndpointMode, EndpointSpec, GetServiceRequest, HealthConfig,
     ListServicesRequest, ListTasksRequest, Placement, RemoveServiceRequest, RestartCondition,
-    RestartPolicy, ServiceMode, ServiceSpec, TaskSpec, TaskView, UpdateConfig,
-    UpdateServiceRequest,
+    RestartPolicy, Service, ServiceMode, ServiceSpec, TaskSpec, TaskView, UpdateConfig,
+    UpdateFailureAction, UpdateServiceRequest,
 };
 use tonic::transport::Channel;
 
@@ -39,6 +39,8 @@ pub enum ServiceCommand {
     Scale(ScaleArgs),
     /// Change a service.
     Update(Box<UpdateArgs>),
+    /// Return a service to its spec before the last change.
+    Rollback(RollbackArgs),
     /// Remove services.
     #[command(alias = "remove")]
     Rm(NamesArgs),
@@ -56,6 +58,74 @@ pub enum Mode {
 pub enum Endpoint {
     Vip,
     Dnsrr,
+}
+
+/// What a rolling update does when too many of its new tasks fail.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureAction {
+    /// Stop replacing tasks (Docker's default).
+    Pause,
+    /// Go on.
+    Continue,
+    /// Return to the previous spec.
+    Rollback,
+}
+
+impl From<FailureAction> for UpdateFailureAction {
+    fn from(a: FailureAction) -> Self {
+        match a {
+            FailureAction::Pause => UpdateFailureAction::Pause,
+            FailureAction::Continue => UpdateFailureAction::Continue,
+            FailureAction::Rollback => UpdateFailureAction::Rollback,
+        }
+    }
+}
+
+/// How a rolling update goes, for create (defaults) and update (changes).
+#[derive(Args, Debug)]
+pub struct UpdatePolicyArgs {
+    /// What an update does when more than --update-max-failure-ratio of the tasks fail:
+    /// pause (default), continue or rollback.
+    #[arg(long, value_enum)]
+    pub update_failure_action: Option<FailureAction>,
+    /// How long after a new task is up its failure still counts against the update
+    /// (default 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub update_monitor: Option<Duration>,
+    /// Share of tasks (0 to 1) that may fail in an update before its failure action
+    /// (default 0).
+    #[arg(long, value_parser = parse_ratio)]
+    pub update_max_failure_ratio: Option<f32>,
+}
+
+impl UpdatePolicyArgs {
+    fn apply(&self, u: &mut UpdateConfig) {
+        if let Some(a) = self.update_failure_action {
+            u.set_failure_action(a.into());
+        }
+        if let Some(d) = self.update_monitor {
+            u.monitor_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        }
+        if let Some(r) = self.update_max_failure_ratio {
+            u.max_failure_ratio = r;
+        }
+    }
+}
+
+fn parse_ratio(text: &str) -> Result<f32, String> {
+    match text.parse::<f32>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{text:?} is not a number from 0 to 1")),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    /// The service: its name, id or id prefix.
+    pub service: String,
+    /// Return at once instead of waiting for the rollback to converge.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +181,8 @@ pub struct CreateArgs {
     /// Wait between two batches of a rolling update (e.g. 10s).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     pub update_delay: Duration,
+    #[command(flatten)]
+    pub update_policy: UpdatePolicyArgs,
     /// A label on the service (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
@@ -306,6 +378,12 @@ pub struct UpdateArgs {
     /// Wait between two batches of a rolling update (e.g. 10s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub update_delay: Option<Duration>,
+    #[command(flatten)]
+    pub update_policy: UpdatePolicyArgs,
+    /// Return to the spec before the last change (as `mesh service rollback`); no other
+    /// change may be given with it.
+    #[arg(long)]
+    pub rollback: bool,
     /// Add a placement constraint (same form as create; repeatable).
     #[arg(long, value_name = "EXPR")]
     pub constraint_add: Vec<String>,
@@ -341,6 +419,38 @@ pub struct UpdateArgs {
     /// A new command for the tasks.
     #[arg(last = true)]
     pub command: Vec<String>,
+}
+
+impl UpdateArgs {
+    /// Whether any flag asks for a change of the spec (everything but the service, `-d` and
+    /// `--rollback`).
+    fn changes_the_spec(&self) -> bool {
+        let h = &self.health;
+        let p = &self.update_policy;
+        self.replicas.is_some()
+            || !self.env_add.is_empty()
+            || !self.env_rm.is_empty()
+            || self.update_parallelism.is_some()
+            || self.update_delay.is_some()
+            || p.update_failure_action.is_some()
+            || p.update_monitor.is_some()
+            || p.update_max_failure_ratio.is_some()
+            || !self.constraint_add.is_empty()
+            || !self.constraint_rm.is_empty()
+            || !self.placement_pref_add.is_empty()
+            || !self.placement_pref_rm.is_empty()
+            || self.replicas_max_per_node.is_some()
+            || h.health_cmd.is_some()
+            || h.health_interval.is_some()
+            || h.health_timeout.is_some()
+            || h.health_retries.is_some()
+            || h.health_start_period.is_some()
+            || self.no_healthcheck
+            || !self.publish_add.is_empty()
+            || !self.publish_rm.is_empty()
+            || self.force
+            || !self.command.is_empty()
+    }
 }
 
 /// `appnet` or `name=appnet,alias=a,alias=b`.
@@ -390,9 +500,14 @@ fn spec(a: CreateArgs) -> anyhow::Result<ServiceSpec> {
                 .map(|p| parse_publish(p))
                 .collect::<anyhow::Result<_>>()?,
         }),
-        update: Some(UpdateConfig {
-            parallelism: a.update_parallelism,
-            delay_ms: a.update_delay.as_millis() as u64,
+        update: Some({
+            let mut u = UpdateConfig {
+                parallelism: a.update_parallelism,
+                delay_ms: a.update_delay.as_millis() as u64,
+                ..Default::default()
+            };
+            a.update_policy.apply(&mut u);
+            u
         }),
         labels: key_values("--label", &a.labels)?,
         ..Default::default()
@@ -424,18 +539,61 @@ async fn update(
     let svc = current.service.unwrap_or_default();
     let mut spec = svc.spec.clone().unwrap_or_default();
     change(&mut spec)?;
-    control
-        .update_service(UpdateServiceRequest {
-            service: svc.id.clone(),
-            spec: Some(spec),
-            version: svc.version,
-        })
-        .await?;
+    let req = UpdateServiceRequest {
+        service: svc.id.clone(),
+        spec: Some(spec),
+        version: svc.version,
+        rollback: false,
+    };
+    send_update(control, svc, req, detach).await
+}
+
+/// Sends `req` (a change of `svc`) and, unless `detach`, waits for the service to converge.
+async fn send_update(
+    control: &mut ControlClient<Channel>,
+    svc: Service,
+    req: UpdateServiceRequest,
+    detach: bool,
+) -> anyhow::Result<()> {
+    let rollback = req.rollback;
+    let updated = control
+        .update_service(req)
+        .await?
+        .into_inner()
+        .service
+        .unwrap_or_default();
     if detach {
         println!("{}", svc.id);
         return Ok(());
     }
-    progress::wait_converged(control, &svc.id).await
+    // A change that replaces tasks starts a rolling update: watch it pause or roll back (a
+    // rollback asked for is the update itself).
+    let update =
+        (updated.spec_version > svc.spec_version).then_some((updated.spec_version, rollback));
+    progress::wait_converged(control, &svc.id, update).await
+}
+
+/// `mesh service rollback` and `service update --rollback`: back to the previous spec.
+async fn rollback(
+    control: &mut ControlClient<Channel>,
+    service: &str,
+    detach: bool,
+) -> anyhow::Result<()> {
+    let svc = control
+        .get_service(GetServiceRequest {
+            service: service.to_string(),
+        })
+        .await?
+        .into_inner()
+        .service
+        .unwrap_or_default();
+    let req = UpdateServiceRequest {
+        service: svc.id.clone(),
+        spec: None,
+        version: svc.version,
+        rollback: true,
+    };
+    send_update(control, svc, req, detach).await
 }
 
 pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> anyhow::Result<()> {
@@ -452,7 +610,7 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
             if detach {
                 println!("{id}");
             } else {
-                progress::wait_converged(control, &id).await?;
+                progress::wait_converged(control, &id, None).await?;
             }
         }
         ServiceCommand::Ls(a) => {
@@ -518,6 +676,13 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                 })
                 .await?;
             }
+        }
+        ServiceCommand::Rollback(a) => rollback(control, &a.service, a.detach).await?,
+        ServiceCommand::Update(a) if a.rollback => {
+            if a.changes_the_spec() {
+                bail!("--rollback: no other change can be given with it");
+            }
+            rollback(control, &a.service, a.detach).await?
         }
         ServiceCommand::Update(a) => {
             let a = *a;
@@ -594,6 +759,7 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                 if let Some(d) = a.update_delay {
                     update.delay_ms = d.as_millis() as u64;
                 }
+                a.update_policy.apply(update);
                 let endpoint = spec.endpoint.get_or_insert_with(Default::default);
                 for rm in &a.publish_rm {
                     let (port, proto) = port_key(rm)?;

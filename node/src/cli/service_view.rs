@@ -2,7 +2,7 @@
 
 use mesh_proto::{
     EndpointMode, PortConfig, PortProtocol, PublishMode, RestartCondition, ServiceMode,
-    ServiceView, TaskHealth, TaskView,
+    ServiceView, TaskHealth, TaskView, UpdateState,
 };
 use serde_json::{Value, json};
 
@@ -97,6 +97,13 @@ pub fn service_json(v: &ServiceView) -> Value {
         "problems": v.problems,
         "labels": spec.labels,
         "spec_version": s.spec_version,
+        "update_status": s.update_status.as_ref().map(|u| json!({
+            "state": update_state_name(u.state()),
+            "message": u.message,
+            "started_at_ms": u.started_at_ms,
+            "completed_at_ms": u.completed_at_ms,
+        })),
+        "has_previous_spec": s.previous_spec.is_some(),
         "created_at_ms": s.created_at_ms,
         "updated_at_ms": s.updated_at_ms,
     })
@@ -174,6 +181,19 @@ pub(super) const TASK_ROWS: RowKind = RowKind {
         "Error",
     ],
 };
+
+/// Docker's words for an update's state.
+pub(super) fn update_state_name(s: UpdateState) -> &'static str {
+    match s {
+        UpdateState::Unknown => "unknown",
+        UpdateState::Updating => "updating",
+        UpdateState::Paused => "paused",
+        UpdateState::Completed => "completed",
+        UpdateState::RollbackStarted => "rollback_started",
+        UpdateState::RollbackPaused => "rollback_paused",
+        UpdateState::RollbackCompleted => "rollback_completed",
+    }
+}
 
 /// Docker's health words; `None` for a task without a check.
 fn health_name(h: TaskHealth) -> Option<&'static str> {
