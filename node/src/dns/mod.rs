@@ -5,7 +5,8 @@
 //! service's VIP (or to its task IPs, shuffled, in `dnsrr` mode), `tasks.<service>` to every
 //! task IP, and a task name (`web.1`) or id to its IP. A mesh name that exists only on other
 //! networks is NXDOMAIN; any other name is forwarded to the host's upstream resolvers from
-//! inside the task's namespace. Mesh answers have TTL 0: they change as services scale.
+//! inside the task's namespace. Mesh answers have a short TTL ([`MESH_TTL`], 5 s: they
+//! change as services scale), and negative ones an SOA so resolvers cache them as briefly.
 //!
 //! # Layout
 //! - [`table`]: the pure name table and its query semantics ([`NameTable::resolve`]).
@@ -59,7 +60,7 @@ mod tests;
 
 pub use config::DnsConfig;
 pub use error::{DnsError, Result};
-pub use handler::SharedTable;
+pub use handler::{MESH_TTL, NEGATIVE_TTL, SharedTable};
 pub use manager::{DNS_ADDR, DnsManager};
 pub use table::{Answer, EndpointMode, NameTable, ServiceEntry, ServiceInfo, TaskEntry};
 
