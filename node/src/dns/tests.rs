@@ -491,6 +491,59 @@ fn negative_answers_carry_an_soa_so_resolvers_cache_them() {
 }
 
 #[test]
+fn cluster_names_the_task_may_not_see_are_nxdomain_and_never_asked_upstream() {
+    let lab = Lab::new("dns-hidden");
+    runtime().block_on(async {
+        let (asked, _upstream) = lab.serve_upstream().await;
+        let dns = DnsManager::new(upstream_config());
+        fill(&dns.table());
+        // `hidden` (alias `h`) runs only on networks this node has no task on: no network of
+        // the table holds it, only the managers' list of the cluster's names does.
+        dns.table().update(|t| {
+            t.set_cluster(
+                ["web", "www", "db", "secret", "hidden", "h"],
+                ["aaaaaaaaaaaaaaaaaaaaaaaaa"],
+            )
+        });
+        dns.attach("t1", &path(&lab.task), nets(&["frontend"]))
+            .await
+            .unwrap();
+        let client = Client::new(&lab.task);
+        for name in [
+            "hidden",
+            "h",
+            "tasks.hidden",
+            "hidden.2",
+            "hidden.aaaaaaaaaaaaaaaaaaaaaaaaa",
+            "web.7",
+            "secret",
+        ] {
+            let m = client.udp(name, RecordType::A).await;
+            assert_eq!(
+                m.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name}: {m}"
+            );
+            negative_soa(&m);
+            let m = client.tcp(name, RecordType::AAAA).await;
+            assert_eq!(
+                m.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name}: {m}"
+            );
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 0, "the upstream was asked");
+        // the upstream is there, and names unknown to the cluster go to it
+        let m = client.udp("example.test", RecordType::A).await;
+        assert_eq!(a_records(&m), [Ipv4Addr::new(192, 0, 2, 10)], "{m}");
+        let m = client.udp("hidden.example.test", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{m}");
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        dns.shutdown().await;
+    });
+}
+
+#[test]
 fn tasks_names_list_every_task_and_dnsrr_order_varies() {
     let ns = task_ns("dns-rr");
     runtime().block_on(async {
