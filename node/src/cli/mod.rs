@@ -13,6 +13,7 @@ mod output;
 mod progress;
 mod service;
 mod service_flags;
+mod service_pretty;
 mod service_view;
 
 /// The parsers of free-text service flags, for the fuzz targets.
