@@ -179,7 +179,20 @@ pub fn session_message(s: &StoreState, node_id: &str) -> Option<SessionMessage> 
             .unwrap_or_default(),
         assignments: None,
         routed_ports: routed_ports(s),
+        service_names: service_names(s),
     })
+}
+
+/// The names and aliases of every service, lower-case, sorted and once each.
+fn service_names(s: &StoreState) -> Vec<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for spec in s.services.values().filter_map(|v| v.spec.as_ref()) {
+        names.insert(spec.name.to_ascii_lowercase());
+        for alias in spec.networks.iter().flat_map(|n| &n.aliases) {
+            names.insert(alias.to_ascii_lowercase());
+        }
+    }
+    names.into_iter().collect()
 }
 
 /// Every port published through the routing mesh, with its service's ingress VIP.
@@ -393,5 +406,37 @@ impl Dispatcher for DispatcherService {
         }
         info!(node = %node_id, "node left the cluster");
         Ok(Response::new(LeaveClusterResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mesh_proto::{NetworkAttachmentConfig, Service, ServiceSpec};
+
+    use super::*;
+
+    #[test]
+    fn every_service_name_and_alias_is_sent_once_in_lower_case() {
+        let mut s = StoreState::default();
+        let service = |id: &str, name: &str, aliases: &[&str]| Service {
+            id: id.into(),
+            spec: Some(ServiceSpec {
+                name: name.into(),
+                networks: vec![NetworkAttachmentConfig {
+                    target: "appnet".into(),
+                    aliases: aliases.iter().map(|a| a.to_string()).collect(),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        for svc in [
+            service("s1", "Web", &["www", "front"]),
+            service("s2", "db", &["WWW"]),
+        ] {
+            s.services.insert(svc.id.clone(), svc);
+        }
+        assert_eq!(service_names(&s), ["db", "front", "web", "www"]);
+        assert!(service_names(&StoreState::default()).is_empty());
     }
 }

@@ -409,13 +409,21 @@ fn services_on_different_networks_neither_resolve_nor_reach_each_other() {
         );
         let r = traffic::http_get(&ns, vip_addr(own.1)).unwrap();
         assert_eq!(r.service, own.0, "{r:?}");
-        // The other one: neither its name, nor its tasks' names, nor its addresses.
-        for name in [other.0.clone(), format!("tasks.{}", other.0)] {
+        // The other one: neither its name, nor its tasks' names, nor its addresses. The
+        // names are the cluster's, whether or not this node holds the other network: NXDOMAIN
+        // from the task's resolver, never asked upstream.
+        for name in [
+            other.0.clone(),
+            format!("tasks.{}", other.0),
+            format!("{}.1", other.0),
+        ] {
             let answer = traffic::resolve(&ns, &name);
             ensure_or_dump(
                 &lab,
-                answer.as_ref().map_or(true, |a| a.addrs.is_empty()),
-                &format!("{} not to resolve {name}", from.name),
+                answer
+                    .as_ref()
+                    .is_ok_and(|a| a.rcode == 3 && a.addrs.is_empty()),
+                &format!("{} to get NXDOMAIN for {name}", from.name),
                 || format!("{answer:?}"),
             )
             .unwrap();

@@ -184,6 +184,7 @@ impl Agent {
                 ingress: msg.node.as_ref().and_then(|n| n.ingress.clone()),
                 peers: msg.peers.clone(),
                 routed: msg.routed_ports.clone(),
+                service_names: msg.service_names.clone(),
             });
         }
         let Some(node) = msg.node else { return Ok(()) };

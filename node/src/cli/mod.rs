@@ -3,6 +3,7 @@
 //! Failures print one line on stderr and exit non-zero.
 
 pub mod client;
+mod doctor;
 mod filter;
 mod format;
 mod logs;
@@ -12,6 +13,7 @@ mod output;
 mod progress;
 mod service;
 mod service_flags;
+mod service_pretty;
 mod service_view;
 
 /// The parsers of free-text service flags, for the fuzz targets.
@@ -68,6 +70,10 @@ pub enum Command {
     Info(FormatArgs),
     /// Print the version of this `mesh` binary.
     Version(VersionArgs),
+    /// Check this host for what mesh needs (kernel features, ports, sysctls, firewall, MTU,
+    /// subnets, certificate): a line per check, a fix under each warning or problem; exit
+    /// status 1 when a problem was found.
+    Doctor(doctor::DoctorArgs),
     /// Manage nodes.
     #[command(subcommand)]
     Node(node::NodeCommand),
@@ -265,6 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::TaskShim(args) => return Ok(crate::runtime::shim::run(args)),
         Command::Whoami(args) => return Ok(crate::whoami::run(args)),
         Command::Exec(args) => return exec(&cli.host, args),
+        Command::Doctor(args) => return doctor::run(&cli.host, args),
         // No call of the daemon's API carries its version: this binary's only.
         Command::Version(args) => {
             output::print_version(&mut std::io::stdout().lock(), &args.format)?;
@@ -374,6 +381,7 @@ async fn run_client(channel: Channel, command: Command) -> anyhow::Result<()> {
         | Command::TaskShim(_)
         | Command::Whoami(_)
         | Command::Version(_)
+        | Command::Doctor(_)
         | Command::Exec(_) => {
             unreachable!("handled before connecting")
         }

@@ -33,7 +33,7 @@ pub enum ServiceCommand {
     Ls(LsArgs),
     /// List the tasks of services.
     Ps(PsArgs),
-    /// Show services in detail (JSON).
+    /// Show services in detail (JSON, or a summary with --pretty).
     Inspect(InspectArgs),
     /// Set the replica count of services: `mesh service scale web=5 api=2`.
     Scale(ScaleArgs),
@@ -340,6 +340,9 @@ pub struct InspectArgs {
     pub services: Vec<String>,
     #[command(flatten)]
     pub format: InspectFormatArgs,
+    /// Print a summary for people instead of JSON, as `docker service inspect --pretty`.
+    #[arg(long, conflicts_with = "format")]
+    pub pretty: bool,
 }
 
 #[derive(Args, Debug)]
@@ -645,6 +648,9 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: ServiceCommand) -> a
                 })
                 .collect();
             print_tasks(control, queries, &a.list).await?;
+        }
+        ServiceCommand::Inspect(a) if a.pretty => {
+            super::service_pretty::print(control, &a.services).await?;
         }
         ServiceCommand::Inspect(a) => {
             let format = Format::parse(&a.format.format, None)?;

@@ -9,12 +9,17 @@ use ipnet::Ipv4Net;
 /// The routes of the main table, read from `/proc/net/route` (the default route included;
 /// callers leave it out). Unreadable lines are skipped.
 pub fn routes() -> Vec<Ipv4Net> {
+    device_routes().into_iter().map(|(_, net)| net).collect()
+}
+
+/// [`routes`] with the interface each goes through.
+pub fn device_routes() -> Vec<(String, Ipv4Net)> {
     std::fs::read_to_string("/proc/net/route")
         .map(|text| parse_routes(&text))
         .unwrap_or_default()
 }
 
-fn parse_routes(text: &str) -> Vec<Ipv4Net> {
+fn parse_routes(text: &str) -> Vec<(String, Ipv4Net)> {
     text.lines()
         .skip(1)
         .filter_map(|line| {
@@ -24,7 +29,8 @@ fn parse_routes(text: &str) -> Vec<Ipv4Net> {
             // The file holds addresses in the kernel's (little-endian) byte order.
             let dst = Ipv4Addr::from(dst.swap_bytes());
             let prefix = mask.count_ones() as u8;
-            Ipv4Net::new(dst, prefix).ok().map(|n| n.trunc())
+            let net = Ipv4Net::new(dst, prefix).ok()?.trunc();
+            Some((cols.first()?.to_string(), net))
         })
         .collect()
 }
@@ -55,7 +61,17 @@ eth0\t00000000\t0100000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
 eth0\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
 docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
 garbage line\n";
-        let got: Vec<String> = parse_routes(text).iter().map(ToString::to_string).collect();
-        assert_eq!(got, ["0.0.0.0/0", "10.0.0.0/24", "172.17.0.0/16"]);
+        let got: Vec<String> = parse_routes(text)
+            .iter()
+            .map(|(dev, net)| format!("{net} {dev}"))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "0.0.0.0/0 eth0",
+                "10.0.0.0/24 eth0",
+                "172.17.0.0/16 docker0"
+            ]
+        );
     }
 }

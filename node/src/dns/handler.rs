@@ -4,22 +4,54 @@
 //! hickory-server has already parsed the message (a datagram shorter than a header is dropped,
 //! an unparsable one gets FORMERR, responses are ignored). Here: an opcode other than QUERY
 //! gets NOTIMP, a query count other than one gets FORMERR, and a failure to answer is SERVFAIL.
-//! Mesh answers are authoritative A records with TTL 0 (they change as services scale) and no
-//! SOA (nothing to cache negatively either).
+//! Mesh answers are authoritative A records with TTL [`MESH_TTL`]. A negative answer of ours
+//! (NXDOMAIN, or NODATA: a mesh name asked for AAAA, or a service with no task right now)
+//! carries the synthetic SOA of [`soa`] in its authority section, so resolvers cache it for
+//! [`NEGATIVE_TTL`] (RFC 2308) instead of asking again at once.
 
 use std::iter;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
-use hickory_server::proto::rr::rdata::A;
-use hickory_server::proto::rr::{DNSClass, RData, Record};
+use hickory_server::proto::rr::rdata::{A, SOA};
+use hickory_server::proto::rr::{DNSClass, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tracing::debug;
 
 use super::forward::{Forwarder, Question};
 use super::table::{Answer, NameTable};
+
+/// TTL of mesh answers, in seconds. Docker answers 600, but these records change as services
+/// scale and tasks move: a `dnsrr` name or `tasks.NAME` cached for ten minutes keeps a task
+/// that is gone. 5 s lets a resolver that caches (systemd-resolved, nscd, a JVM) follow a
+/// scale within seconds, and still answers a burst of lookups of one program from its cache.
+/// (A VIP rarely changes; the tasks behind it do, and the VIP hides that.)
+pub const MESH_TTL: u32 = 5;
+
+/// How long a negative answer of ours may be cached, in seconds (the SOA's minimum and its
+/// own TTL, RFC 2308): as short as [`MESH_TTL`], since a name appears as soon as its service
+/// is created or the task is attached to its network.
+pub const NEGATIVE_TTL: u32 = 5;
+
+/// The synthetic SOA of the names a task's resolver answers itself. Mesh names are single
+/// labels (`web`, `tasks.web`, `web.1`) answered by the resolver of each task, so the zone
+/// they sit in is the root as that resolver sees it; the server names are under `.invalid`
+/// (RFC 2606), which exists nowhere. Only `minimum` matters to a resolver.
+pub(crate) fn soa() -> Record {
+    let name = |text: &str| Name::from_ascii(text).expect("a valid constant name");
+    let soa = SOA::new(
+        name("ns.mesh.invalid."),
+        name("hostmaster.mesh.invalid."),
+        1,
+        3600,
+        600,
+        86400,
+        NEGATIVE_TTL,
+    );
+    Record::from_rdata(Name::root(), NEGATIVE_TTL, RData::SOA(soa))
+}
 
 /// The name table shared by every task's server; the agent updates it from gossip.
 #[derive(Clone, Debug, Default)]
@@ -124,17 +156,19 @@ impl TaskHandler {
             Answer::Forward
         };
 
-        let records: Vec<Record> = match answer {
-            Answer::Addrs(addrs) => addrs
-                .into_iter()
-                .map(|ip| Record::from_rdata(query.original().name().clone(), 0, RData::A(A(ip))))
-                .collect(),
-            Answer::NoData => Vec::new(),
+        let (records, negative): (Vec<Record>, Vec<Record>) = match answer {
+            Answer::Addrs(addrs) => {
+                let name = query.original().name();
+                let records = addrs
+                    .into_iter()
+                    .map(|ip| Record::from_rdata(name.clone(), MESH_TTL, RData::A(A(ip))))
+                    .collect();
+                (records, Vec::new())
+            }
+            Answer::NoData => (Vec::new(), vec![soa()]),
             Answer::NxDomain => {
-                metadata.authoritative = true;
                 metadata.response_code = ResponseCode::NXDomain;
-                let response = builder.build_no_records(metadata);
-                return response_handle.send_response(response).await;
+                (Vec::new(), vec![soa()])
             }
             Answer::Forward => {
                 let question = Question {
@@ -167,7 +201,7 @@ impl TaskHandler {
             metadata,
             records.iter(),
             iter::empty(),
-            iter::empty(),
+            negative.iter(),
             iter::empty(),
         );
         response_handle.send_response(response).await

@@ -3,9 +3,11 @@
 //!
 //! A task resolves, on the overlay networks it is attached to: a service name or alias to the
 //! service's VIP (or to its task IPs, shuffled, in `dnsrr` mode), `tasks.<service>` to every
-//! task IP, and a task name (`web.1`) or id to its IP. A mesh name that exists only on other
-//! networks is NXDOMAIN; any other name is forwarded to the host's upstream resolvers from
-//! inside the task's namespace. Mesh answers have TTL 0: they change as services scale.
+//! task IP, and a task name (`web.1`) or id to its IP. A name of the cluster that the task may
+//! not see (its service is on other networks only) is NXDOMAIN, answered here and never asked
+//! upstream; only names unknown to the cluster are forwarded to the host's upstream resolvers,
+//! from inside the task's namespace. Mesh answers have a short TTL ([`MESH_TTL`], 5 s: they
+//! change as services scale), and negative ones an SOA so resolvers cache them as briefly.
 //!
 //! # Layout
 //! - [`table`]: the pure name table and its query semantics ([`NameTable::resolve`]).
@@ -59,7 +61,7 @@ mod tests;
 
 pub use config::DnsConfig;
 pub use error::{DnsError, Result};
-pub use handler::SharedTable;
+pub use handler::{MESH_TTL, NEGATIVE_TTL, SharedTable};
 pub use manager::{DNS_ADDR, DnsManager};
 pub use table::{Answer, EndpointMode, NameTable, ServiceEntry, ServiceInfo, TaskEntry};
 

@@ -13,14 +13,25 @@
 //!
 //! # Scoping
 //! A task sees only the networks it is attached to, in the order given: the first network on
-//! which the name exists answers. A name that exists only on other networks is NXDOMAIN (not
-//! forwarded: the name is ours, the task may just not see it). A name on no network at all is
-//! [`Answer::Forward`]: the server asks the upstream resolvers.
+//! which the name exists answers. A name of the cluster that the task may not see is NXDOMAIN
+//! (not forwarded: the name is ours, the task may just not see it). Only a name unknown to the
+//! cluster is [`Answer::Forward`]: the server asks the upstream resolvers.
+//!
+//! The networks this node holds are those its own tasks use (gossip is scoped by network), so
+//! they do not tell every name of the cluster. The managers do: [`NameTable::set_cluster`]
+//! takes the names and aliases of every service and the ids of every node, and with them the
+//! table knows a cluster name on any network:
+//! - `S` and `tasks.S` for a service name or alias `S`;
+//! - `S.N` where `N` is a slot number or a node id: a task name (`web.3`, or `web.<node id>`
+//!   for a global service), whether that task exists right now or not;
+//! - a name with the shape of the ids the managers hand out (25 characters of lower-case
+//!   base32): a task's id. Ids are not sent to every node (there can be 10,000 tasks); no
+//!   upstream resolver holds a single-label name of that shape either.
 //!
 //! Each mutation rebuilds the lookup index of the one network it touched, so lookups are one
 //! hash probe per network and updates cost O(size of that network).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 
 use hickory_server::proto::rr::RecordType;
@@ -71,17 +82,21 @@ pub struct ServiceEntry {
 /// What the table says about a query.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// A mesh name with these addresses (A records, TTL 0), already in answer order. Never
+    /// A mesh name with these addresses (A records), already in answer order. Never
     /// empty.
     Addrs(Vec<Ipv4Addr>),
     /// A mesh name with no record of the asked type (AAAA, MX...), or a service with no task
     /// right now: NOERROR with no answer.
     NoData,
-    /// A mesh name that exists only on networks the asking task is not on.
+    /// A name of the cluster that the asking task may not see (it is on networks the task
+    /// is not on, or it names no task right now).
     NxDomain,
-    /// Not a mesh name: ask the upstream resolvers.
+    /// Not a name of the cluster: ask the upstream resolvers.
     Forward,
 }
+
+/// The length of the ids the managers hand out (`mesh_common::ids::random_id`).
+const ID_LEN: usize = 25;
 
 /// The services and tasks of every network this node knows, indexed for lookups.
 #[derive(Debug, Default)]
@@ -89,6 +104,10 @@ pub struct NameTable {
     networks: HashMap<String, Network>,
     /// Lower-case, without leading or trailing dots.
     search_domains: Vec<String>,
+    /// Lower-case names and aliases of every service of the cluster.
+    cluster_services: HashSet<String>,
+    /// Lower-case ids of every node of the cluster.
+    cluster_nodes: HashSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -123,6 +142,17 @@ impl NameTable {
             .map(|d| d.trim_matches('.').to_ascii_lowercase())
             .filter(|d| !d.is_empty())
             .collect();
+    }
+
+    /// Sets what the managers say of the whole cluster: the names and aliases of every
+    /// service, and the ids of every node (see the module doc). Replaces what was set before.
+    pub fn set_cluster<'a>(
+        &mut self,
+        services: impl IntoIterator<Item = &'a str>,
+        nodes: impl IntoIterator<Item = &'a str>,
+    ) {
+        self.cluster_services = services.into_iter().filter_map(normalize).collect();
+        self.cluster_nodes = nodes.into_iter().filter_map(normalize).collect();
     }
 
     /// Replaces everything known about `network` by `services`.
@@ -222,16 +252,27 @@ impl NameTable {
                 }
             }
         }
-        let elsewhere = candidates.iter().any(|candidate| {
-            self.networks
-                .values()
-                .any(|n| n.index.contains_key(candidate.as_str()))
-        });
-        if elsewhere {
+        if candidates.iter().any(|c| self.is_cluster_name(c)) {
             Answer::NxDomain
         } else {
             Answer::Forward
         }
+    }
+
+    /// Whether the normalized `name` belongs to the cluster, on whatever network.
+    fn is_cluster_name(&self, name: &str) -> bool {
+        let on_a_network = self.networks.values().any(|n| n.index.contains_key(name));
+        let service = |s: &str| self.cluster_services.contains(s);
+        let task_name = || {
+            name.split_once('.').is_some_and(|(head, tail)| {
+                service(head) && (is_slot(tail) || self.cluster_nodes.contains(tail))
+            })
+        };
+        on_a_network
+            || service(name)
+            || name.strip_prefix("tasks.").is_some_and(service)
+            || task_name()
+            || is_id_shaped(name)
     }
 
     /// `name`, then `name` without each search domain it ends with.
@@ -299,6 +340,19 @@ fn normalize(name: &str) -> Option<String> {
         return None;
     }
     Some(name.to_ascii_lowercase())
+}
+
+/// A replica's slot number, as task names carry it.
+fn is_slot(label: &str) -> bool {
+    !label.is_empty() && label.len() <= 20 && label.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The shape of the ids the managers hand out: 25 characters of lower-case base32.
+fn is_id_shaped(name: &str) -> bool {
+    name.len() == ID_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b))
 }
 
 fn answer(addrs: &[Ipv4Addr], qtype: RecordType) -> Answer {
@@ -444,6 +498,56 @@ mod tests {
             let got = sorted(t.resolve(&nets(networks), qname, *qtype));
             assert_eq!(&got, want, "{qname} {qtype} from {networks:?}");
         }
+    }
+
+    #[test]
+    fn names_the_managers_list_are_ours_on_any_network() {
+        use RecordType::{A, AAAA};
+        let mut t = table();
+        // `hidden` (alias `h`) runs only on networks this node holds no task of; node n2 runs
+        // global tasks.
+        t.set_cluster(
+            ["web", "www", "db", "secret", "Hidden", "h"],
+            ["node1", "N2"],
+        );
+        let front = nets(&["frontend"]);
+        let cases: &[(&str, RecordType, Answer)] = &[
+            ("hidden", A, Answer::NxDomain),
+            ("h.", AAAA, Answer::NxDomain),
+            ("tasks.hidden", A, Answer::NxDomain),
+            ("TASKS.H", A, Answer::NxDomain),
+            // task names: a slot, or a node id (global services), existing or not
+            ("hidden.3", A, Answer::NxDomain),
+            ("hidden.n2", A, Answer::NxDomain),
+            ("web.99", A, Answer::NxDomain),
+            // a task id, by its shape
+            ("abcdefghijklmnopqrstuvw23", A, Answer::NxDomain),
+            // visible names still answer
+            ("web", A, addrs(&[100])),
+            ("web.1", A, addrs(&[2])),
+            // names that only start like ours are not
+            ("hidden.example.com", A, Answer::Forward),
+            ("hidden.3.example", A, Answer::Forward),
+            ("hidden.n3", A, Answer::Forward),
+            ("tasks.hidden.1", A, Answer::Forward),
+            ("other", A, Answer::Forward),
+            ("abcdefghijklmnopqrstuvw2", A, Answer::Forward),
+            ("abcdefghijklmnopqrstuvw28", A, Answer::Forward),
+        ];
+        for (qname, qtype, want) in cases {
+            let got = sorted(t.resolve(&front, qname, *qtype));
+            assert_eq!(&got, want, "{qname} {qtype}");
+        }
+        // with a search domain
+        t.set_search_domains(&["corp.example".to_string()]);
+        assert_eq!(
+            t.resolve(&front, "tasks.hidden.corp.example", A),
+            Answer::NxDomain
+        );
+        // what the managers said last is what counts
+        t.set_cluster(["web"], []);
+        assert_eq!(t.resolve(&front, "hidden", A), Answer::Forward);
+        assert_eq!(t.resolve(&front, "web.n2", A), Answer::Forward);
     }
 
     #[test]

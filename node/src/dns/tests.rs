@@ -18,6 +18,7 @@ use hickory_server::proto::op::{
     DnsRequest, DnsRequestOptions, Edns, Message, Metadata, OpCode, Query, ResponseCode,
 };
 use hickory_server::proto::rr::rdata::A;
+use hickory_server::proto::rr::rdata::SOA;
 use hickory_server::proto::rr::{Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -365,7 +366,7 @@ fn serves_mesh_names_over_udp_and_tcp() {
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
         assert_eq!(a_records(&m), [ip(100)]);
         assert!(m.metadata.authoritative);
-        assert!(m.answers.iter().all(|r| r.ttl == 0), "ttl 0: {m}");
+        assert!(m.answers.iter().all(|r| r.ttl == MESH_TTL), "ttl: {m}");
         // case and trailing dot as asked
         assert_eq!(
             a_records(&client.udp("WWW.", RecordType::A).await),
@@ -392,6 +393,152 @@ fn serves_mesh_names_over_udp_and_tcp() {
         // EDNS in, EDNS out
         let m = client.udp_edns("web", RecordType::A, true).await;
         assert!(m.edns.is_some(), "edns answered: {m}");
+        dns.shutdown().await;
+    });
+}
+
+/// The SOA of a negative answer, checked to be the mesh's: in the authority section, with
+/// the negative-cache TTL as its minimum and its own TTL.
+fn negative_soa(m: &Message) -> &SOA {
+    assert!(m.answers.is_empty(), "no answer records: {m}");
+    let [record] = m.authorities.as_slice() else {
+        panic!("one SOA in the authority section: {m}");
+    };
+    let RData::SOA(soa) = &record.data else {
+        panic!("an SOA, not {record}");
+    };
+    assert_eq!(record.name, Name::root(), "{record}");
+    assert_eq!(record.ttl, NEGATIVE_TTL, "{record}");
+    assert_eq!(soa.minimum, NEGATIVE_TTL, "{record}");
+    soa
+}
+
+#[test]
+fn mesh_answers_carry_a_short_ttl_that_is_not_zero() {
+    let ns = task_ns("dns-ttl");
+    runtime().block_on(async {
+        let dns = DnsManager::new(DnsConfig::with_upstreams(vec![]));
+        fill(&dns.table());
+        dns.attach("t1", &path(&ns), nets(&["frontend"]))
+            .await
+            .expect("attach");
+        let client = Client::new(&ns);
+        for (name, count) in [("web", 1), ("tasks.db", 3), ("db", 3), ("web.2", 1)] {
+            for m in [
+                client.udp(name, RecordType::A).await,
+                client.tcp(name, RecordType::A).await,
+            ] {
+                assert_eq!(m.answers.len(), count, "{name}: {m}");
+                let ttls: Vec<u32> = m.answers.iter().map(|r| r.ttl).collect();
+                assert_eq!(ttls, vec![5; count], "{name}: {m}");
+            }
+        }
+        assert_eq!(MESH_TTL, 5);
+        dns.shutdown().await;
+    });
+}
+
+#[test]
+fn negative_answers_carry_an_soa_so_resolvers_cache_them() {
+    let ns = task_ns("dns-soa");
+    runtime().block_on(async {
+        let dns = DnsManager::new(DnsConfig::with_upstreams(vec![]));
+        fill(&dns.table());
+        // a service with no task right now
+        dns.table().update(|t| {
+            t.upsert_service(
+                "frontend",
+                ServiceInfo {
+                    id: "s-idle".into(),
+                    name: "idle".into(),
+                    aliases: vec![],
+                    mode: EndpointMode::Dnsrr,
+                },
+            )
+        });
+        dns.attach("t1", &path(&ns), nets(&["frontend"]))
+            .await
+            .expect("attach");
+        let client = Client::new(&ns);
+        // NODATA: a name that exists, asked for a type it has no record of, or with no task
+        for (name, qtype) in [
+            ("web", RecordType::AAAA),
+            ("web.1", RecordType::MX),
+            ("idle", RecordType::A),
+        ] {
+            for m in [client.udp(name, qtype).await, client.tcp(name, qtype).await] {
+                assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m}");
+                assert!(m.metadata.authoritative, "{m}");
+                negative_soa(&m);
+            }
+        }
+        // NXDOMAIN of a name on another network
+        for m in [
+            client.udp("secret", RecordType::A).await,
+            client.tcp("tasks.secret", RecordType::AAAA).await,
+        ] {
+            assert_eq!(m.metadata.response_code, ResponseCode::NXDomain, "{m}");
+            assert!(m.metadata.authoritative, "{m}");
+            negative_soa(&m);
+        }
+        // with EDNS too; positive answers have no authority section
+        let m = client.udp_edns("secret", RecordType::A, true).await;
+        negative_soa(&m);
+        let m = client.udp("web", RecordType::A).await;
+        assert!(m.authorities.is_empty(), "{m}");
+        dns.shutdown().await;
+    });
+}
+
+#[test]
+fn cluster_names_the_task_may_not_see_are_nxdomain_and_never_asked_upstream() {
+    let lab = Lab::new("dns-hidden");
+    runtime().block_on(async {
+        let (asked, _upstream) = lab.serve_upstream().await;
+        let dns = DnsManager::new(upstream_config());
+        fill(&dns.table());
+        // `hidden` (alias `h`) runs only on networks this node has no task on: no network of
+        // the table holds it, only the managers' list of the cluster's names does.
+        dns.table().update(|t| {
+            t.set_cluster(
+                ["web", "www", "db", "secret", "hidden", "h"],
+                ["aaaaaaaaaaaaaaaaaaaaaaaaa"],
+            )
+        });
+        dns.attach("t1", &path(&lab.task), nets(&["frontend"]))
+            .await
+            .unwrap();
+        let client = Client::new(&lab.task);
+        for name in [
+            "hidden",
+            "h",
+            "tasks.hidden",
+            "hidden.2",
+            "hidden.aaaaaaaaaaaaaaaaaaaaaaaaa",
+            "web.7",
+            "secret",
+        ] {
+            let m = client.udp(name, RecordType::A).await;
+            assert_eq!(
+                m.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name}: {m}"
+            );
+            negative_soa(&m);
+            let m = client.tcp(name, RecordType::AAAA).await;
+            assert_eq!(
+                m.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name}: {m}"
+            );
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 0, "the upstream was asked");
+        // the upstream is there, and names unknown to the cluster go to it
+        let m = client.udp("example.test", RecordType::A).await;
+        assert_eq!(a_records(&m), [Ipv4Addr::new(192, 0, 2, 10)], "{m}");
+        let m = client.udp("hidden.example.test", RecordType::A).await;
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused, "{m}");
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
         dns.shutdown().await;
     });
 }

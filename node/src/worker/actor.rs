@@ -126,6 +126,7 @@ where
                 msg = rx.recv() => match msg {
                     Some(Msg::Session(session)) => {
                         self.assigned.apply(*session);
+                        self.assigned.sync_cluster_names(&self.services.dns.table());
                         self.converge().await;
                     }
                     Some(Msg::Stop { cleanup, done }) => {

@@ -13,6 +13,7 @@ use mesh_proto::{
 };
 
 use super::Session;
+use crate::dns::SharedTable;
 
 /// The assignments as the session delivered them.
 #[derive(Default)]
@@ -29,6 +30,8 @@ pub struct Assigned {
     pub peers: Vec<Peer>,
     /// Every port published through the routing mesh, from the store.
     pub routed: Vec<RoutedPort>,
+    /// The name and aliases of every service of the cluster, from the store.
+    pub service_names: Vec<String>,
 }
 
 impl Assigned {
@@ -40,9 +43,11 @@ impl Assigned {
             ingress,
             peers,
             routed,
+            service_names,
         } = session;
         self.peers = peers;
         self.routed = routed;
+        self.service_names = service_names;
         if a.full {
             self.tasks.clear();
             self.networks.clear();
@@ -94,6 +99,14 @@ impl Assigned {
                 ))
             })
             .collect()
+    }
+
+    /// Tells DNS which names are the cluster's: every service name and alias, and the node
+    /// ids that name the tasks of global services.
+    pub fn sync_cluster_names(&self, table: &SharedTable) {
+        let services = self.service_names.iter().map(String::as_str);
+        let nodes = self.peers.iter().map(|p| p.node_id.as_str());
+        table.update(|t| t.set_cluster(services, nodes));
     }
 
     pub fn is_ingress(&self, network_id: &str) -> bool {

@@ -165,6 +165,9 @@ pub struct Session {
     pub peers: Vec<Peer>,
     /// Every port published through the routing mesh.
     pub routed: Vec<RoutedPort>,
+    /// The name and aliases of every service of the cluster (for DNS: names a task may not
+    /// see are still the cluster's, never asked upstream).
+    pub service_names: Vec<String>,
 }
 
 pub(crate) enum Msg {

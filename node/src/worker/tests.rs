@@ -410,6 +410,47 @@ async fn a_restarted_worker_adopts_running_tasks_without_restarting_them() -> Re
     Ok(())
 }
 
+/// The session's list of the cluster's services reaches DNS, so a service on a network this
+/// node holds no task of is the cluster's name (NXDOMAIN), not an upstream's.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_service_names_of_the_session_reach_dns() -> Result<()> {
+    let h = Harness::start();
+    let nets = [NET.to_string()];
+    let hidden = || h.dns.table().resolve(&nets, "tasks.hidden", RecordType::A);
+    assert_eq!(hidden(), Answer::Forward);
+    h.handle.session(Session {
+        assignments: Assignments {
+            full: true,
+            ..Default::default()
+        },
+        peers: vec![mesh_proto::Peer {
+            node_id: "node7".into(),
+            ..Default::default()
+        }],
+        service_names: vec!["hidden".into()],
+        ..Default::default()
+    });
+    until("the names in dns", || {
+        (hidden() == Answer::NxDomain).then_some(())
+    })
+    .await?;
+    let table = h.dns.table();
+    assert_eq!(
+        table.resolve(&nets, "hidden.node7", RecordType::A),
+        Answer::NxDomain
+    );
+    // a later session without it: the name is no longer the cluster's
+    h.handle.session(Session {
+        assignments: Assignments::default(),
+        ..Default::default()
+    });
+    until("the name gone from dns", || {
+        (hidden() == Answer::Forward).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_is_touched_before_the_full_assignment_set() -> Result<()> {
     let h = Harness::start();
