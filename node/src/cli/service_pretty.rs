@@ -10,8 +10,10 @@ use std::time::Duration;
 use mesh_proto::control_client::ControlClient;
 use mesh_proto::{
     EndpointMode, GetServiceRequest, ListNetworksRequest, PortProtocol, PublishMode,
-    RestartCondition, ServiceMode, ServiceView,
+    RestartCondition, ServiceMode, ServiceView, UpdateFailureAction,
 };
+
+use super::service_view::update_state_name;
 use tonic::transport::Channel;
 
 /// Prints `services` (names, ids or id prefixes), a blank line between two.
@@ -89,6 +91,26 @@ pub fn render(v: &ServiceView, networks: &BTreeMap<String, String>) -> String {
         let _ = writeln!(o, "Service Mode:\tReplicated");
         let _ = writeln!(o, " Replicas:\t{}", spec.replicas);
     }
+    if let Some(u) = &s.update_status {
+        let _ = writeln!(o, "UpdateStatus:");
+        let _ = writeln!(o, " State:\t\t{}", update_state_name(u.state()));
+        if !u.message.is_empty() {
+            let _ = writeln!(o, " Message:\t{}", u.message);
+        }
+    }
+    let task = spec.task.clone().unwrap_or_default();
+    if let Some(p) = &task.placement {
+        let _ = writeln!(o, "Placement:");
+        if !p.constraints.is_empty() {
+            let _ = writeln!(o, " Constraints:\t{}", p.constraints.join(", "));
+        }
+        for k in &p.spread {
+            let _ = writeln!(o, " Preferences:\tspread={k}");
+        }
+        if p.max_replicas > 0 {
+            let _ = writeln!(o, " Max Replicas Per Node: {}", p.max_replicas);
+        }
+    }
     if !v.problems.is_empty() {
         let _ = writeln!(o, "Problems:");
         for p in &v.problems {
@@ -105,8 +127,20 @@ pub fn render(v: &ServiceView, networks: &BTreeMap<String, String>) -> String {
         if u.delay_ms > 0 {
             let _ = writeln!(o, " Delay:\t\t{}", duration(u.delay_ms));
         }
+        let action = match u.failure_action() {
+            UpdateFailureAction::Pause => "pause",
+            UpdateFailureAction::Continue => "continue",
+            UpdateFailureAction::Rollback => "rollback",
+        };
+        let _ = writeln!(o, " On failure:\t{action}");
+        let monitor = if u.monitor_ms == 0 {
+            5000
+        } else {
+            u.monitor_ms
+        };
+        let _ = writeln!(o, " Monitoring Period: {}", duration(monitor));
+        let _ = writeln!(o, " Max failure ratio: {}", u.max_failure_ratio);
     }
-    let task = spec.task.clone().unwrap_or_default();
     if let Some(r) = &task.restart {
         let condition = match r.condition() {
             RestartCondition::Any => "any",
@@ -134,6 +168,15 @@ pub fn render(v: &ServiceView, networks: &BTreeMap<String, String>) -> String {
     }
     if task.stop_grace_ms > 0 {
         let _ = writeln!(o, " StopGracePeriod: {}", duration(task.stop_grace_ms));
+    }
+    if let Some(h) = &task.health {
+        let (interval, timeout, retries, start) = mesh_common::task::health_settings(h);
+        let _ = writeln!(o, " Healthcheck:");
+        let _ = writeln!(o, "  Command:\t{}", h.cmd);
+        let _ = writeln!(o, "  Interval:\t{}", humantime::format_duration(interval));
+        let _ = writeln!(o, "  Timeout:\t{}", humantime::format_duration(timeout));
+        let _ = writeln!(o, "  Retries:\t{retries}");
+        let _ = writeln!(o, "  StartPeriod:\t{}", humantime::format_duration(start));
     }
     // The networks as resolved to ids (the spec keeps what the user typed).
     let attached = if s.networks.is_empty() {
@@ -221,6 +264,16 @@ mod tests {
                     max_attempts: 3,
                 }),
                 stop_grace_ms: 10_000,
+                placement: Some(mesh_proto::Placement {
+                    constraints: vec!["node.role==manager".into(), "node.labels.zone!=b".into()],
+                    spread: vec!["node.labels.rack".into()],
+                    max_replicas: 2,
+                }),
+                health: Some(mesh_proto::HealthConfig {
+                    cmd: "curl -f localhost".into(),
+                    interval_ms: 2000,
+                    ..Default::default()
+                }),
             }),
             networks: vec![NetworkAttachmentConfig {
                 target: "appnet".into(),
@@ -231,6 +284,9 @@ mod tests {
                 ports: vec![],
             }),
             update: Some(UpdateConfig {
+                failure_action: UpdateFailureAction::Rollback as i32,
+                monitor_ms: 0,
+                max_failure_ratio: 0.25,
                 parallelism: 2,
                 delay_ms: 60_000,
             }),
@@ -288,11 +344,18 @@ Labels:
  tier=front
 Service Mode:\tReplicated
  Replicas:\t3
+Placement:
+ Constraints:\tnode.role==manager, node.labels.zone!=b
+ Preferences:\tspread=node.labels.rack
+ Max Replicas Per Node: 2
 Problems:
  1 task: no node is ready
 UpdateConfig:
  Parallelism:\t2
  Delay:\t\t1m
+ On failure:\trollback
+ Monitoring Period: 5s
+ Max failure ratio: 0.25
 RestartPolicy:
  Condition:\ton-failure
  Delay:\t\t1s 500ms
@@ -302,6 +365,12 @@ TaskSpec:
  Env:\t\tK=V \"GREETING=hi there\"
  Dir:\t\t/srv
  StopGracePeriod: 10s
+ Healthcheck:
+  Command:\tcurl -f localhost
+  Interval:\t2s
+  Timeout:\t30s
+  Retries:\t3
+  StartPeriod:\t0s
 Networks:
  appnet
   Aliases:\twww, front
