@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "mesh/v1/control.proto",
         "mesh/v1/local.proto",
         "mesh/v1/logs.proto",
+        "mesh/v1/inspect.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -275,7 +275,7 @@ pub fn network_netns_name(lab: &Lab, host: &Host, vni: u32) -> String {
 
 /// Output of `argv` run inside the namespace named `netns`; `None` if there is no such
 /// namespace.
-fn run_in(netns: &str, argv: &[&str]) -> Result<Option<String>> {
+pub fn run_in(netns: &str, argv: &[&str]) -> Result<Option<String>> {
     let Ok(ns) = Netns::open(netns) else {
         return Ok(None);
     };

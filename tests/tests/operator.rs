@@ -428,3 +428,124 @@ fn a_failing_update_rolls_back_or_pauses_and_rollback_returns_to_the_previous_sp
     .unwrap();
     assert!(mentions(&refusal.message, &["--rollback"]), "{refusal:?}");
 }
+
+/// `network inspect ov --verbose`'s per-node reports, by hostname.
+fn verbose(lab: &Lab) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let out = cli_ok(
+        lab.host(1),
+        &["network", "inspect", "--verbose", "ov"],
+        CLI_BOUND,
+    )
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap().to_owned(), n.clone()))
+        .collect()
+}
+
+#[test]
+fn network_inspect_verbose_shows_each_nodes_kernel_against_what_it_wants() {
+    let lab = mesh_tests::cluster(3, 0).unwrap();
+    let n1 = lab.host(1);
+    let net = create_network(n1, "ov", &[]).unwrap();
+    create_service(n1, "probe", &["--mode", "global", "--network", "ov"]).unwrap();
+    create_service(n1, "api", &["--replicas", "2", "--network", "ov"]).unwrap();
+    let probes = wait_running(&lab, n1, "probe", 3, SETTLE).unwrap();
+    let api = wait_running(&lab, n1, "api", 2, SETTLE).unwrap();
+    let vip = services::vip(n1, "api", &net.id).unwrap();
+    let backends: BTreeSet<Ipv4Addr> = api.iter().filter_map(|t| t.addr_on(&net.id)).collect();
+    wait_lb(&lab, &probes, vip, &backends, SETTLE).unwrap();
+    let tasks: Vec<&TaskRow> = probes.iter().chain(api.iter()).collect();
+
+    // Every node: the other two as peers, an FDB and neighbor entry per task elsewhere, the
+    // VIP's backends in its load balancer, nothing different.
+    let nodes = wait(
+        &lab,
+        "every node's kernel to match what it wants",
+        SETTLE,
+        || {
+            let nodes = verbose(&lab);
+            Ok(
+                if nodes.values().all(|n| n["differences"] == 0) && nodes.len() == 3 {
+                    Poll::Ready(nodes)
+                } else {
+                    Poll::Pending(format!("{nodes:?}"))
+                },
+            )
+        },
+    )
+    .unwrap();
+    for host in lab.hosts() {
+        let n = &nodes[host.name()];
+        let others: BTreeSet<String> = lab
+            .hosts()
+            .iter()
+            .filter(|h| h.name() != host.name())
+            .map(|h| h.ip().to_string())
+            .collect();
+        let peers: BTreeSet<String> = n["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(peers, others, "{}: {n}", host.name());
+        let elsewhere = tasks.iter().filter(|t| t.node != host.name()).count();
+        assert_eq!(n["fdb"].as_array().unwrap().len(), elsewhere, "{n}");
+        assert_eq!(n["neighbors"].as_array().unwrap().len(), elsewhere, "{n}");
+        let lb: BTreeSet<String> = n["lb"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["vip"] == vip.to_string())
+            .map(|e| e["backend"].as_str().unwrap().to_owned())
+            .collect();
+        let want: BTreeSet<String> = backends.iter().map(|b| b.to_string()).collect();
+        assert_eq!(lb, want, "{}: {n}", host.name());
+    }
+
+    // An FDB entry removed behind the agent's back shows as missing on that node (the agent
+    // puts it back at its next reconcile: remove it again until the report catches it).
+    let node2 = lab.host(2);
+    let victim = tasks.iter().find(|t| t.node != "node2").unwrap();
+    let mac = victim.mac_on(&net.id).unwrap();
+    let vtep = lab
+        .hosts()
+        .iter()
+        .find(|h| h.name() == victim.node)
+        .unwrap()
+        .ip()
+        .to_string();
+    let ns = services::network_netns_name(&lab, node2, net.vni);
+    let mut caught = None;
+    for _ in 0..5 {
+        services::run_in(
+            &ns,
+            &["bridge", "fdb", "del", &mac, "dev", "vxlan0", "dst", &vtep],
+        )
+        .unwrap();
+        let n = verbose(&lab).remove("node2").unwrap();
+        let missing = n["fdb"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["mac"] == mac.as_str() && e["state"] == "missing");
+        if missing {
+            caught = Some(n);
+            break;
+        }
+    }
+    let n = caught.expect("the removed entry reported missing");
+    assert!(n["differences"].as_u64().unwrap() >= 1, "{n}");
+    // And the agent repairs it.
+    wait(
+        &lab,
+        "node2's FDB repaired",
+        Duration::from_secs(15),
+        || Ok(verbose(&lab)["node2"]["differences"] == 0),
+    )
+    .unwrap();
+}

@@ -35,10 +35,10 @@ use mesh_proto::{
     GetJoinTokenRequest, GetJoinTokenResponse, GetNetworkRequest, GetNodeRequest,
     GetServiceRequest, ListNetworksRequest, ListNetworksResponse, ListNodesRequest,
     ListNodesResponse, ListServicesRequest, ListServicesResponse, ListTasksRequest,
-    ListTasksResponse, NetworkView, NodeView, RemoveNetworkRequest, RemoveNetworkResponse,
-    RemoveNodeRequest, RemoveNodeResponse, RemoveServiceRequest, RemoveServiceResponse,
-    RotateGossipKeyRequest, RotateGossipKeyResponse, ServiceLogsRequest, ServiceView,
-    SetNodeRoleRequest, UpdateNodeRequest, UpdateServiceRequest,
+    ListTasksResponse, NetworkNodesResponse, NetworkView, NodeView, RemoveNetworkRequest,
+    RemoveNetworkResponse, RemoveNodeRequest, RemoveNodeResponse, RemoveServiceRequest,
+    RemoveServiceResponse, RotateGossipKeyRequest, RotateGossipKeyResponse, ServiceLogsRequest,
+    ServiceView, SetNodeRoleRequest, UpdateNodeRequest, UpdateServiceRequest,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -214,6 +214,17 @@ impl<C: ControlContext> Control for ControlService<C> {
         req: Request<GetNetworkRequest>,
     ) -> Result<Response<NetworkView>, Status> {
         Ok(Response::new(route!(self, req, networks.get_network)))
+    }
+
+    async fn inspect_network_nodes(
+        &self,
+        req: Request<GetNetworkRequest>,
+    ) -> Result<Response<NetworkNodesResponse>, Status> {
+        Ok(Response::new(route!(
+            self,
+            req,
+            networks.inspect_network_nodes
+        )))
     }
 
     async fn remove_network(

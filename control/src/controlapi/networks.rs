@@ -7,10 +7,11 @@ use mesh_common::auth::Caller;
 use mesh_common::ids::random_id;
 use mesh_common::task::{is_terminal, observed_state};
 use mesh_common::time::now_ms;
+use mesh_proto::inspect_client::InspectClient;
 use mesh_proto::{
     CreateNetworkRequest, GetNetworkRequest, ListNetworksRequest, ListNetworksResponse, Network,
-    NetworkSpec, NetworkView, RemoveNetworkRequest, RemoveNetworkResponse, Task, TaskState,
-    Transaction,
+    NetworkNodesResponse, NetworkSpec, NetworkStateRequest, NetworkView, NodeNetworkState,
+    NodeStatus, RemoveNetworkRequest, RemoveNetworkResponse, Task, TaskState, Transaction,
 };
 use tracing::info;
 
@@ -18,8 +19,11 @@ use super::context::{ApiContext, manager_check};
 use super::resolve::{check_name, resolve_network};
 use crate::allocator;
 use crate::error::{ControlError, Result};
-use crate::objects::{network_name, service_networks};
+use crate::objects::{control_addr, network_name, service_networks};
 use crate::store::{StoreState, txn};
+
+/// How long one node may take to report its kernel state of a network.
+const NODE_INSPECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Overlay MTU bounds accepted from `--opt mtu`.
 const MTU_RANGE: std::ops::RangeInclusive<u32> = 576..=9000;
@@ -170,6 +174,56 @@ impl NetworkApi {
             .store
             .read_consistent(|s| resolve_network(s, &req.network).map(|n| view(s, n)))
             .await?
+    }
+
+    /// `mesh network inspect --verbose`: every node's kernel state of the network against
+    /// what its agent wants (`Inspect.NetworkState` on each node's control port, side by
+    /// side, a few seconds each). A node that is down or does not answer is listed with why.
+    pub async fn inspect_network_nodes(
+        &self,
+        _caller: &Caller,
+        req: GetNetworkRequest,
+    ) -> Result<NetworkNodesResponse> {
+        let (network, nodes) = self
+            .ctx
+            .store
+            .read_consistent(|s| {
+                resolve_network(s, &req.network)
+                    .map(|n| (n.clone(), s.nodes.values().cloned().collect::<Vec<_>>()))
+            })
+            .await??;
+        let asks = nodes.into_iter().map(|node| {
+            let ctx = self.ctx.clone();
+            let network = network.clone();
+            async move {
+                let failed = |error: String| NodeNetworkState {
+                    node_id: node.id.clone(),
+                    hostname: node.hostname.clone(),
+                    error,
+                    ..Default::default()
+                };
+                if ctx.liveness.status(&node.id) == NodeStatus::Down {
+                    return failed("the node is down".into());
+                }
+                let addr = control_addr(&node);
+                let channel = match ctx.channels.node_channel(&addr, node.role()) {
+                    Ok(c) => c,
+                    Err(e) => return failed(format!("cannot reach it at {addr}: {e}")),
+                };
+                let mut call = tonic::Request::new(NetworkStateRequest {
+                    network_id: network.id.clone(),
+                    vni: network.vni,
+                });
+                call.set_timeout(NODE_INSPECT_TIMEOUT);
+                match InspectClient::new(channel).network_state(call).await {
+                    Ok(r) => r.into_inner(),
+                    Err(s) => failed(format!("{addr}: {}", s.message())),
+                }
+            }
+        });
+        let mut nodes = futures::future::join_all(asks).await;
+        nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+        Ok(NetworkNodesResponse { nodes })
     }
 
     pub async fn remove_network(

@@ -77,6 +77,11 @@ pub struct InspectArgs {
     pub networks: Vec<String>,
     #[command(flatten)]
     pub format: InspectFormatArgs,
+    /// Add, per node, what its kernel holds for the network (peers, FDB and neighbor
+    /// entries, load balancer backends per VIP) against what its agent wants, differences
+    /// flagged `missing` or `stray`.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
 }
 
 #[derive(Args, Debug)]
@@ -84,6 +89,27 @@ pub struct NamesArgs {
     /// Networks: names, ids or id prefixes.
     #[arg(required = true)]
     pub networks: Vec<String>,
+}
+
+/// One node's kernel state of a network, for `network inspect --verbose`.
+fn node_state_json(n: &mesh_proto::NodeNetworkState) -> serde_json::Value {
+    let entries = |v: &[mesh_proto::KernelEntry], key: &str, value: &str| {
+        v.iter()
+            .map(|e| serde_json::json!({ key: e.key, value: e.value, "state": e.state }))
+            .collect::<Vec<_>>()
+    };
+    serde_json::json!({
+        "node": n.hostname,
+        "node_id": n.node_id,
+        "sandbox": n.has_sandbox,
+        "peers": n.peers,
+        "fdb": entries(&n.fdb, "mac", "vtep"),
+        "neighbors": entries(&n.neighbors, "ip", "mac"),
+        "lb_namespace": n.lb_namespace,
+        "lb": entries(&n.lb, "vip", "backend"),
+        "differences": n.differences,
+        "error": n.error,
+    })
 }
 
 /// The rows of `mesh network ls`. Scope is always `swarm`: every network is the cluster's.
@@ -210,12 +236,23 @@ pub async fn run(control: &mut ControlClient<Channel>, cmd: NetworkCommand) -> a
             let format = Format::parse(&a.format.format, None)?;
             let mut docs = Vec::new();
             for name in a.networks {
-                docs.push(network_json(
+                let mut doc = network_json(
                     &control
-                        .get_network(GetNetworkRequest { network: name })
+                        .get_network(GetNetworkRequest {
+                            network: name.clone(),
+                        })
                         .await?
                         .into_inner(),
-                ));
+                );
+                if a.verbose {
+                    let nodes = control
+                        .inspect_network_nodes(GetNetworkRequest { network: name })
+                        .await?
+                        .into_inner()
+                        .nodes;
+                    doc["nodes"] = nodes.iter().map(node_state_json).collect();
+                }
+                docs.push(doc);
             }
             format::write_docs(&mut std::io::stdout().lock(), &format, &docs)?;
         }

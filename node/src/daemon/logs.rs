@@ -1,5 +1,6 @@
 //! What every node serves on its control port whatever its role: the `Logs` service, the
-//! output of the tasks it runs, for managers answering `mesh service logs`. A manager serves
+//! output of the tasks it runs, for managers answering `mesh service logs`, and the `Inspect`
+//! service, its kernel state of a network for `mesh network inspect --verbose`. A manager serves
 //! it beside its own services (`mesh_control::manager::Manager::serve`); a worker runs
 //! [`NodePort`], a control port with only this.
 
@@ -10,8 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use mesh_common::auth::managers_by_certificate;
 use mesh_common::tls::{self, Credentials};
+use mesh_proto::inspect_server::{Inspect, InspectServer};
 use mesh_proto::logs_server::{Logs, LogsServer};
-use mesh_proto::{LogBatch, LogRecord, TaskLogsRequest};
+use mesh_proto::{LogBatch, LogRecord, NetworkStateRequest, NodeNetworkState, TaskLogsRequest};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,6 +25,7 @@ use tracing::error;
 use crate::runtime::logs::{LogReader, Record};
 use crate::runtime::spec::validate_task_id;
 use crate::runtime::state::TaskDir;
+use crate::worker::WorkerHandle;
 
 /// How often a followed task's output is checked for new records. Polling keeps one code
 /// path for appends, rotations and a task dir that disappears; a read of an unchanged file
@@ -39,13 +42,52 @@ pub struct LogsService {
 }
 
 impl LogsService {
-    /// The service with its interceptor (managers of `cluster_id` only), ready to serve
-    /// until `stop`.
-    pub fn routes(tasks_dir: PathBuf, cluster_id: &str, stop: CancellationToken) -> Routes {
+    /// The services every node serves (`Logs`, and `Inspect` over `worker`), with their
+    /// interceptor (managers of `cluster_id` only), ready to serve until `stop`.
+    pub fn routes(
+        tasks_dir: PathBuf,
+        cluster_id: &str,
+        stop: CancellationToken,
+        worker: WorkerCell,
+    ) -> Routes {
         Routes::new(LogsServer::with_interceptor(
             LogsService { tasks_dir, stop },
             managers_by_certificate(cluster_id.to_string()),
         ))
+        .add_service(InspectServer::with_interceptor(
+            InspectService { worker },
+            managers_by_certificate(cluster_id.to_string()),
+        ))
+    }
+}
+
+/// The worker, once it has started (the control port opens before it does).
+pub type WorkerCell = Arc<std::sync::OnceLock<WorkerHandle>>;
+
+/// `Inspect`: this node's kernel state of a network, from its worker.
+pub struct InspectService {
+    worker: WorkerCell,
+}
+
+#[tonic::async_trait]
+impl Inspect for InspectService {
+    async fn network_state(
+        &self,
+        req: Request<NetworkStateRequest>,
+    ) -> Result<Response<NodeNetworkState>, Status> {
+        let req = req.into_inner();
+        if req.network_id.is_empty() || req.network_id.len() > 64 {
+            return Err(Status::invalid_argument("network_id: 1 to 64 bytes"));
+        }
+        let worker = self
+            .worker
+            .get()
+            .ok_or_else(|| Status::unavailable("the worker has not started yet"))?;
+        worker
+            .inspect_network(req.network_id, req.vni)
+            .await
+            .map(Response::new)
+            .ok_or_else(|| Status::unavailable("the worker has stopped"))
     }
 }
 

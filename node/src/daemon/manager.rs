@@ -52,6 +52,8 @@ pub struct ManagerParams<'a> {
     pub creds: &'a Arc<Credentials>,
     pub channels: &'a Arc<TlsChannels>,
     pub membership: &'a Membership,
+    /// This node's worker, for what every node serves on its control port.
+    pub worker: logs::WorkerCell,
 }
 
 impl RunningManager {
@@ -65,6 +67,7 @@ impl RunningManager {
             creds,
             channels,
             membership,
+            worker,
         } = p;
         let listener = logs::bind_control_port(&state.listen_addr).await?;
         let raft_addr = format!("{}:{}", state.advertise_addr, state.control_port);
@@ -94,8 +97,12 @@ impl RunningManager {
         let server = {
             let mgr = mgr.clone();
             let shutdown = shutdown.clone();
-            let node =
-                logs::LogsService::routes(dir.tasks_dir(), &state.cluster_id, shutdown.clone());
+            let node = logs::LogsService::routes(
+                dir.tasks_dir(),
+                &state.cluster_id,
+                shutdown.clone(),
+                worker,
+            );
             tokio::spawn(async move {
                 if let Err(e) = mgr.serve(listener, node, shutdown).await {
                     error!(error = %e, "control port server failed");

@@ -73,6 +73,8 @@ impl Member {
         let membership = Membership::start(&env.config.gossip, &state.node_id, bind, advertise)
             .await
             .with_context(|| format!("cannot start gossip on port {}", state.gossip_port))?;
+        // Filled once the worker runs; the control port it serves opens before.
+        let worker_cell = logs::WorkerCell::default();
         let params = ManagerParams {
             dir: env.dir,
             config: env.config,
@@ -80,6 +82,7 @@ impl Member {
             creds: &creds,
             channels: &channels,
             membership: &membership,
+            worker: worker_cell.clone(),
         };
         let running = match manager {
             Some(how) => match RunningManager::start(params, how).await {
@@ -93,7 +96,7 @@ impl Member {
         };
         let node_port = match &running {
             Some(_) => None,
-            None => open_node_port(env.dir, &state, &creds).await,
+            None => open_node_port(env.dir, &state, &creds, worker_cell.clone()).await,
         };
         let (upstream_tx, upstream_rx) = watch::channel(None);
         let worker = match start_worker(env, &state, &channels, &membership, &upstream_rx) {
@@ -109,6 +112,7 @@ impl Member {
                 return Err(e);
             }
         };
+        let _ = worker_cell.set(worker.clone());
         let agent_shutdown = CancellationToken::new();
         let agent = Agent {
             node_id: state.node_id.clone(),
@@ -169,12 +173,14 @@ impl Member {
             creds: &self.creds,
             channels: &self.channels,
             membership: &self.membership,
+            worker: self.worker_cell(),
         };
         match RunningManager::start(params, ManagerStart::Resume).await {
             Ok(r) => self.manager = Some(r),
             Err(e) => {
                 error!(error = %format!("{e:#}"), "cannot start the manager after promotion");
-                self.node_port = open_node_port(dir, &self.state, &self.creds).await;
+                self.node_port =
+                    open_node_port(dir, &self.state, &self.creds, self.worker_cell()).await;
             }
         }
     }
@@ -190,7 +196,12 @@ impl Member {
         if let Err(e) = std::fs::remove_dir_all(dir.raft_dir()) {
             warn!(error = %e, "cannot remove the raft store of a demoted manager");
         }
-        self.node_port = open_node_port(dir, &self.state, &self.creds).await;
+        self.node_port = open_node_port(dir, &self.state, &self.creds, self.worker_cell()).await;
+    }
+
+    /// The worker, for the control port's services.
+    fn worker_cell(&self) -> logs::WorkerCell {
+        Arc::new(std::sync::OnceLock::from(self.worker.clone()))
     }
 }
 
@@ -200,9 +211,11 @@ async fn open_node_port(
     dir: &StateDir,
     state: &NodeState,
     creds: &Arc<Credentials>,
+    worker: logs::WorkerCell,
 ) -> Option<logs::NodePort> {
     let stop = CancellationToken::new();
-    let routes = logs::LogsService::routes(dir.tasks_dir(), &state.cluster_id, stop.clone());
+    let routes =
+        logs::LogsService::routes(dir.tasks_dir(), &state.cluster_id, stop.clone(), worker);
     logs::NodePort::start(&state.listen_addr, creds, routes, stop)
         .await
         .inspect_err(

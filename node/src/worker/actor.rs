@@ -129,6 +129,9 @@ where
                         self.assigned.sync_cluster_names(&self.services.dns.table());
                         self.converge().await;
                     }
+                    Some(Msg::InspectNetwork { network_id, vni, reply }) => {
+                        let _ = reply.send(self.inspect_network(&network_id, vni));
+                    }
                     Some(Msg::Stop { cleanup, done }) => {
                         if cleanup {
                             self.tear_down().await;
@@ -529,6 +532,43 @@ where
                 kind: RecordEventKind::Upsert(r.value.clone()),
             });
         }
+    }
+
+    /// This node's kernel state of a network (see [`super::inspect`]); a node with nothing
+    /// of the network reports an empty state.
+    fn inspect_network(&self, network_id: &str, vni: u32) -> mesh_proto::NodeNetworkState {
+        let mut state = match Vni::new(vni) {
+            Ok(vni) => {
+                let subnet = self
+                    .assigned
+                    .networks
+                    .get(network_id)
+                    .and_then(|n| n.subnet.parse().ok());
+                let lb_netns = self
+                    .assigned
+                    .wanted(&self.cfg.node_id)
+                    .iter()
+                    .filter(|t| t.networks.iter().any(|a| a.network_id == network_id))
+                    .filter_map(|t| self.sandboxes.netns(&t.id))
+                    .find(|ns| self.kernel.netns_exists(ns));
+                super::inspect::network_state(&super::inspect::Parts {
+                    kernel: &self.kernel,
+                    sandboxes: &self.sandboxes,
+                    endpoints: &self.endpoints,
+                    network: &NetworkId::new(network_id.to_string()),
+                    vni,
+                    subnet,
+                    lb_netns,
+                })
+            }
+            Err(e) => mesh_proto::NodeNetworkState {
+                error: format!("vni {vni}: {e}"),
+                ..Default::default()
+            },
+        };
+        state.node_id = self.cfg.node_id.clone();
+        state.hostname = self.cfg.hostname.clone();
+        state
     }
 
     /// Publishes `e` on `network` and records it in the endpoint table.

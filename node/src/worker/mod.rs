@@ -45,6 +45,7 @@ pub mod env;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake;
 pub mod ingress;
+pub mod inspect;
 pub mod launch;
 pub mod publications;
 pub mod record;
@@ -176,6 +177,12 @@ pub(crate) enum Msg {
         cleanup: bool,
         done: oneshot::Sender<()>,
     },
+    /// `mesh network inspect --verbose`: the kernel's state of a network here.
+    InspectNetwork {
+        network_id: String,
+        vni: u32,
+        reply: oneshot::Sender<mesh_proto::NodeNetworkState>,
+    },
 }
 
 /// The handle the daemon keeps.
@@ -200,6 +207,24 @@ impl WorkerHandle {
         if self.tx.send(Msg::Stop { cleanup, done }).is_ok() {
             let _ = wait.await;
         }
+    }
+
+    /// This node's kernel state of a network against what the worker wants there; `None` if
+    /// the worker is gone.
+    pub async fn inspect_network(
+        &self,
+        network_id: String,
+        vni: u32,
+    ) -> Option<mesh_proto::NodeNetworkState> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Msg::InspectNetwork {
+                network_id,
+                vni,
+                reply,
+            })
+            .ok()?;
+        answer.await.ok()
     }
 
     /// The pid of a task running here, by id, id prefix or name.
