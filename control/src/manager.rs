@@ -32,7 +32,7 @@ use crate::controlapi::{
 };
 use crate::dispatcher::DispatcherService;
 use crate::error::ControlError;
-use crate::orchestrator::{GlobalOrchestrator, ReplicatedOrchestrator, TaskReaper};
+use crate::orchestrator::{NodeFailures, Orchestrator, TaskReaper};
 use crate::roles::RoleReconciler;
 use crate::scheduler::Scheduler;
 use crate::server::{Authenticator, Policy};
@@ -171,19 +171,15 @@ impl Manager {
         let (me, live) = (&self.node_id, &self.liveness);
         vec![
             runner.run(RoleReconciler::new(store.clone())),
-            runner.run(ReplicatedOrchestrator::new(
+            runner.run(Orchestrator::replicated(
                 store.clone(),
-                me.clone(),
-                live.clone(),
-                grace,
+                NodeFailures::new(me.clone(), live.clone(), grace),
                 batch,
                 self.config.limits.clone(),
             )),
-            runner.run(GlobalOrchestrator::new(
+            runner.run(Orchestrator::global(
                 store.clone(),
-                me.clone(),
-                live.clone(),
-                grace,
+                NodeFailures::new(me.clone(), live.clone(), grace),
                 batch,
                 self.config.limits.clone(),
             )),

@@ -29,6 +29,7 @@ const CHECKS: &[&str] = &[
     "mtu",
     "subnets",
     "certificate",
+    "clock",
 ];
 
 /// The checks of a text report: (status, check name, detail), in order, and the count line.
@@ -174,6 +175,13 @@ fn doctor_on_a_manager_finds_its_daemon_and_calls_the_busy_ports_its_own() {
     );
     // its certificate, fresh from `mesh init`
     assert_eq!(checks["certificate"], "ok", "{}", out.stdout);
+    // In a cluster the clock is compared with the leader's (here, the same clock).
+    assert_eq!(checks["clock"], "ok", "{}", out.stdout);
+    assert!(
+        line("clock").contains("from the leader's"),
+        "{}",
+        out.stdout
+    );
     assert!(
         line("certificate").contains("valid until"),
         "{}",

@@ -130,6 +130,7 @@ impl ClusterApi {
                 .map(|k| k.id)
                 .unwrap_or_default(),
             created_at_ms: cluster.created_at_ms,
+            leader_time_ms: mesh_common::time::now_ms(),
         })
     }
 

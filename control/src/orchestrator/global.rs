@@ -2,24 +2,14 @@
 //! satisfies the service's constraints.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
 
-use mesh_common::Liveness;
 use mesh_proto::{NodeAvailability, ServiceMode, StoreOp};
 
 use super::update::next_batch;
-use super::{
-    Context, NodeFailures, TasksByService, must_leave, new_task, reconcile_with, shut_down,
-    staying, update_op,
-};
-use crate::component::Component;
-use crate::config::LimitsConfig;
-use crate::error::ControlError;
+use super::{Context, TasksByService, must_leave, new_task, shut_down, staying, update_op};
 use crate::objects::availability;
 use crate::placement::Rules;
-use crate::store::txn::Batch;
-use crate::store::{Store, StoreState, txn};
+use crate::store::{StoreState, txn};
 
 /// The ops that bring the tasks of global services in line with them: a task for each node
 /// without one (its node chosen here), none for nodes that are gone.
@@ -82,48 +72,4 @@ pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
         }
     }
     ops
-}
-
-/// The global orchestrator as a leader component.
-pub struct GlobalOrchestrator {
-    store: Store,
-    failures: NodeFailures,
-    /// Most objects written at once.
-    batch: Batch,
-    limits: LimitsConfig,
-}
-
-impl GlobalOrchestrator {
-    pub fn new(
-        store: Store,
-        self_id: String,
-        liveness: Arc<dyn Liveness>,
-        grace: Duration,
-        batch: Batch,
-        limits: LimitsConfig,
-    ) -> GlobalOrchestrator {
-        GlobalOrchestrator {
-            store,
-            failures: NodeFailures::new(self_id, liveness, grace),
-            batch,
-            limits,
-        }
-    }
-}
-
-impl Component for GlobalOrchestrator {
-    fn name(&self) -> &'static str {
-        "global orchestrator"
-    }
-
-    async fn reconcile(&mut self) -> Result<(), ControlError> {
-        reconcile_with(
-            &self.store,
-            &mut self.failures,
-            self.batch,
-            &self.limits,
-            plan,
-        )
-        .await
-    }
 }

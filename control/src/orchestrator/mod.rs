@@ -32,9 +32,7 @@ use crate::allocator::{ingress_network, publishes_ingress};
 use crate::objects::service_networks;
 use crate::store::{StoreState, txn};
 
-pub use global::GlobalOrchestrator;
 pub use reaper::{TaskReaper, plan_reap};
-pub use replicated::ReplicatedOrchestrator;
 
 /// What a plan needs besides the state.
 pub struct Context<'a> {
@@ -263,6 +261,71 @@ impl NodeFailures {
             }
         }
         failed
+    }
+}
+
+/// An orchestrator as a leader component: the replicated one or the global one, told apart
+/// by their plan ([`replicated::plan`], [`global::plan`]).
+pub struct Orchestrator {
+    name: &'static str,
+    plan: fn(&StoreState, &mut Context<'_>) -> Vec<StoreOp>,
+    store: crate::store::Store,
+    failures: NodeFailures,
+    /// Most objects written at once.
+    batch: crate::store::txn::Batch,
+    limits: crate::config::LimitsConfig,
+}
+
+impl Orchestrator {
+    /// The replicated orchestrator.
+    pub fn replicated(
+        store: crate::store::Store,
+        failures: NodeFailures,
+        batch: crate::store::txn::Batch,
+        limits: crate::config::LimitsConfig,
+    ) -> Orchestrator {
+        Orchestrator {
+            name: "replicated orchestrator",
+            plan: replicated::plan,
+            store,
+            failures,
+            batch,
+            limits,
+        }
+    }
+
+    /// The global orchestrator.
+    pub fn global(
+        store: crate::store::Store,
+        failures: NodeFailures,
+        batch: crate::store::txn::Batch,
+        limits: crate::config::LimitsConfig,
+    ) -> Orchestrator {
+        Orchestrator {
+            name: "global orchestrator",
+            plan: global::plan,
+            store,
+            failures,
+            batch,
+            limits,
+        }
+    }
+}
+
+impl crate::component::Component for Orchestrator {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn reconcile(&mut self) -> Result<(), crate::error::ControlError> {
+        reconcile_with(
+            &self.store,
+            &mut self.failures,
+            self.batch,
+            &self.limits,
+            self.plan,
+        )
+        .await
     }
 }
 

@@ -2,22 +2,12 @@
 //! no live task of a service that is gone.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
 
-use mesh_common::Liveness;
 use mesh_proto::{ServiceMode, StoreOp, Task};
 
 use super::update::next_batch;
-use super::{
-    Context, NodeFailures, TasksByService, must_leave, new_task, reconcile_with, shut_down,
-    staying, update_op,
-};
-use crate::component::Component;
-use crate::config::LimitsConfig;
-use crate::error::ControlError;
-use crate::store::txn::Batch;
-use crate::store::{Store, StoreState, txn};
+use super::{Context, TasksByService, must_leave, new_task, shut_down, staying, update_op};
+use crate::store::{StoreState, txn};
 
 /// The ops that bring the tasks of replicated services in line with them; live tasks whose
 /// service is gone are shut down too (whatever their service's mode was).
@@ -81,48 +71,4 @@ pub fn plan(state: &StoreState, ctx: &mut Context<'_>) -> Vec<StoreOp> {
     orphans.sort_by(|a, b| a.id.cmp(&b.id));
     ops.extend(orphans.into_iter().map(|t| shut_down(t, ctx.now_ms)));
     ops
-}
-
-/// The replicated orchestrator as a leader component.
-pub struct ReplicatedOrchestrator {
-    store: Store,
-    failures: NodeFailures,
-    /// Most objects written at once.
-    batch: Batch,
-    limits: LimitsConfig,
-}
-
-impl ReplicatedOrchestrator {
-    pub fn new(
-        store: Store,
-        self_id: String,
-        liveness: Arc<dyn Liveness>,
-        grace: Duration,
-        batch: Batch,
-        limits: LimitsConfig,
-    ) -> ReplicatedOrchestrator {
-        ReplicatedOrchestrator {
-            store,
-            failures: NodeFailures::new(self_id, liveness, grace),
-            batch,
-            limits,
-        }
-    }
-}
-
-impl Component for ReplicatedOrchestrator {
-    fn name(&self) -> &'static str {
-        "replicated orchestrator"
-    }
-
-    async fn reconcile(&mut self) -> Result<(), ControlError> {
-        reconcile_with(
-            &self.store,
-            &mut self.failures,
-            self.batch,
-            &self.limits,
-            plan,
-        )
-        .await
-    }
 }

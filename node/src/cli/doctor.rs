@@ -7,9 +7,8 @@
 //! sockets bound and dropped at once, the local daemon's API) and nothing else. Nothing on the
 //! host is changed.
 //!
-//! Not checked: the clock against the managers'. No call of the control API returns a
-//! manager's time, and the times stored on objects say when something changed, not the time
-//! now.
+//! The clock is compared with the leader's (its time in `GetClusterInfo`, against the middle
+//! of the call here) when the daemon runs in a cluster.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
@@ -770,6 +769,64 @@ pub enum Daemon {
     Silent(String),
 }
 
+/// Clock skew this large is reported.
+pub const CLOCK_WARN_MS: i64 = 1_000;
+/// Clock skew this large is a problem: certificates issued by a manager would not be valid
+/// here yet (or any more) around their edges, and timestamps across nodes mislead.
+pub const CLOCK_PROBLEM_MS: i64 = 60_000;
+
+/// The clock against the leader's: `skew` is (leader's time - this host's, round trip), or
+/// why it could not be read; `None` when there is no cluster to compare with.
+pub fn check_clock(skew: Option<Result<(i64, i64), String>>) -> Check {
+    const NAME: &str = "clock";
+    let fix =
+        "synchronise this host's clock (and the managers') with NTP: systemd-timesyncd or chrony";
+    match skew {
+        None => Check::ok(NAME, "not compared (no cluster)"),
+        Some(Err(why)) => Check::warn(
+            NAME,
+            format!("cannot read the leader's clock: {why}"),
+            "check the daemon's connection to the managers (mesh node ls)",
+        ),
+        Some(Ok((skew, rtt))) => {
+            let said = format!(
+                "{}{} ms from the leader's (within {} ms)",
+                if skew >= 0 { "behind by " } else { "ahead by " },
+                skew.abs(),
+                rtt / 2 + 1
+            );
+            // The uncertainty is half the round trip: only skew beyond it counts.
+            let sure = skew.abs() - rtt / 2;
+            if sure >= CLOCK_PROBLEM_MS {
+                Check::problem(NAME, said, fix)
+            } else if sure >= CLOCK_WARN_MS {
+                Check::warn(NAME, said, fix)
+            } else {
+                Check::ok(NAME, said)
+            }
+        }
+    }
+}
+
+/// This host's clock against the leader's, through the local daemon.
+async fn clock_skew(host: &str) -> Result<(i64, i64), String> {
+    let ask = async {
+        let channel = client::connect(host).await?;
+        let before = mesh_common::time::now_ms();
+        let info = mesh_proto::control_client::ControlClient::new(channel)
+            .get_cluster_info(mesh_proto::GetClusterInfoRequest {})
+            .await?
+            .into_inner();
+        let after = mesh_common::time::now_ms();
+        anyhow::Ok((info.leader_time_ms - (before + after) / 2, after - before))
+    };
+    match tokio::time::timeout(DAEMON_PATIENCE, ask).await {
+        Ok(Ok(skew)) => Ok(skew),
+        Ok(Err(e)) => Err(super::one_line(&e)),
+        Err(_) => Err(format!("no answer within {DAEMON_PATIENCE:?}")),
+    }
+}
+
 pub fn check_daemon(d: &Daemon, socket: &Path) -> Check {
     const NAME: &str = "daemon";
     match d {
@@ -1033,6 +1090,12 @@ pub fn gather(host: &str, state_dir: &Path) -> anyhow::Result<Vec<Check>> {
         .build()
         .context("cannot start the runtime")?;
     let daemon = rt.block_on(daemon(&socket, host));
+    let skew = match &daemon {
+        Daemon::Running { node_id, .. } if !node_id.is_empty() => {
+            Some(rt.block_on(clock_skew(host)))
+        }
+        _ => None,
+    };
     let running = matches!(daemon, Daemon::Running { .. });
     let root = nix::unistd::geteuid().is_root();
 
@@ -1098,6 +1161,7 @@ pub fn gather(host: &str, state_dir: &Path) -> anyhow::Result<Vec<Check>> {
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default();
     checks.push(check_certificate(&certificate(&cert), &cert, now));
+    checks.push(check_clock(skew));
     Ok(checks)
 }
 

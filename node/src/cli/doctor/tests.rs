@@ -504,3 +504,19 @@ problem  port 2377/tcp  in use
     );
     assert!(Format::parse("{{.Nope}}", Some(&CHECK_ROWS)).is_err());
 }
+
+#[test]
+fn clock_skew_beyond_the_round_trip_is_reported() {
+    assert_eq!(check_clock(None).status, Status::Ok);
+    assert_eq!(check_clock(Some(Ok((200, 10)))).status, Status::Ok);
+    // 1.5 s off, but the call took 2 s: not sure enough to say.
+    assert_eq!(check_clock(Some(Ok((1_500, 2_000)))).status, Status::Ok);
+    let c = check_clock(Some(Ok((-5_000, 4))));
+    assert_eq!(c.status, Status::Warn);
+    assert!(c.detail.contains("ahead by 5000 ms"), "{}", c.detail);
+    assert_eq!(check_clock(Some(Ok((90_000, 4)))).status, Status::Problem);
+    assert_eq!(
+        check_clock(Some(Err("no leader".into()))).status,
+        Status::Warn
+    );
+}
