@@ -183,6 +183,21 @@ impl RaftMetrics {
     pub fn stopped(&self) {
         self.is_leader.set(0);
     }
+
+    /// What [`RaftMetrics::set`] last set.
+    pub fn sample(&self) -> RaftSample {
+        let v = |g: &Gauge| u64::try_from(g.get()).unwrap_or(0);
+        RaftSample {
+            term: v(&self.term),
+            commit_index: v(&self.commit_index),
+            applied_index: v(&self.applied_index),
+            leader: self.is_leader.get() == 1,
+        }
+    }
+
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes.get()
+    }
 }
 
 /// Where a control API call was answered.
@@ -475,8 +490,9 @@ impl WorkerMetrics {
         self.fdb_entries.set(count_value(n));
     }
 
-    pub fn conntrack_flushed(&self) {
-        self.conntrack_flushes.inc();
+    /// `n` conntrack flushes were done.
+    pub fn conntrack_flushed(&self, n: u64) {
+        self.conntrack_flushes.inc_by(n);
     }
 
     /// The states of this node's tasks: every state gets a series, zero when no task is in it.
@@ -637,7 +653,7 @@ mod tests {
         m.worker
             .set_lb_backends(&BTreeMap::from([("web".to_string(), 2)]));
         m.worker.set_fdb_entries(4);
-        m.worker.conntrack_flushed();
+        m.worker.conntrack_flushed(1);
         m.worker
             .set_tasks([TaskState::Running, TaskState::Running, TaskState::Starting]);
         m.dns

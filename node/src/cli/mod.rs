@@ -116,6 +116,15 @@ pub struct DaemonArgs {
     /// nftables), ipvs or nftables. Overrides the config file.
     #[arg(long)]
     pub lb_backend: Option<String>,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics (like dockerd's --metrics-addr,
+    /// e.g. 127.0.0.1:9323); off by default. Overrides `[metrics] addr` of the config
+    /// file. Families: mesh_raft_* (term, commit and applied index, is_leader, leader
+    /// changes, write apply latency), mesh_gossip_* (members by state, packets,
+    /// authentication failures), mesh_worker_reconcile_*, mesh_lb_backends{service},
+    /// mesh_overlay_fdb_entries, mesh_conntrack_flushes_total, mesh_tasks{state},
+    /// mesh_dns_* (queries by result, latency), mesh_api_request_duration_seconds{method}.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<String>,
     /// Recover a cluster that lost its quorum of managers (like `docker swarm init
     /// --force-new-cluster`): this manager keeps the cluster's state and becomes its only
     /// manager; the other managers are demoted and rejoin with a manager token once their
@@ -343,6 +352,17 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
         }
         config.agent.lb_backend = backend;
     }
+    let metrics_addr = match (&args.metrics_addr, config.metrics.addr.trim()) {
+        (Some(flag), _) => Some(crate::metrics::parse_addr("--metrics-addr", flag)?),
+        (None, "") => None,
+        (None, text) => {
+            let source = match &args.config {
+                Some(path) => format!("[metrics] addr in {}", path.display()),
+                None => "[metrics] addr".to_string(),
+            };
+            Some(crate::metrics::parse_addr(&source, text)?)
+        }
+    };
     let hostname = match args.hostname {
         Some(h) => h,
         None => nix::unistd::gethostname()
@@ -362,6 +382,8 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
         netns_prefix: args.netns_prefix,
         workers: std::sync::Arc::new(crate::worker::LinuxWorkers),
         force_new_cluster: args.force_new_cluster,
+        metrics: std::sync::Arc::new(mesh_common::metrics::Metrics::new()),
+        metrics_addr,
     }))
 }
 

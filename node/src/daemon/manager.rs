@@ -9,6 +9,7 @@ use anyhow::Context;
 use mesh_common::Liveness;
 use mesh_common::channels::{ChannelProvider, SharedChannels, TlsChannels};
 use mesh_common::leader::leader_hint;
+use mesh_common::metrics::Metrics;
 use mesh_common::tls::Credentials;
 use mesh_control::manager::{Manager, ManagerOptions};
 use mesh_control::store::{Store, StoreOptions};
@@ -52,6 +53,7 @@ pub struct ManagerParams<'a> {
     pub creds: &'a Arc<Credentials>,
     pub channels: &'a Arc<TlsChannels>,
     pub membership: &'a Membership,
+    pub metrics: &'a Metrics,
 }
 
 impl RunningManager {
@@ -65,6 +67,7 @@ impl RunningManager {
             creds,
             channels,
             membership,
+            metrics,
         } = p;
         let listener = logs::bind_control_port(&state.listen_addr).await?;
         let raft_addr = format!("{}:{}", state.advertise_addr, state.control_port);
@@ -77,6 +80,7 @@ impl RunningManager {
             channels: shared.clone(),
             max_write_bytes: config.limits.max_write_bytes,
             force_new_cluster: matches!(how, ManagerStart::ForceNewCluster),
+            metrics: metrics.raft.clone(),
         })
         .await
         .context("cannot open the raft store")?;
@@ -89,6 +93,7 @@ impl RunningManager {
             channels: shared,
             config: config.manager(),
             liveness,
+            api_metrics: metrics.api.clone(),
         });
         let shutdown = CancellationToken::new();
         let server = {
