@@ -20,6 +20,7 @@ use mesh_proto::{
     ServiceSpec, Task, TaskSpec, TaskState, UpdateServiceRequest,
 };
 use mesh_tests::in_process::Cluster;
+use mesh_tests::metrics::Scrape;
 use tonic::transport::Channel;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -470,23 +471,11 @@ async fn a_large_service_is_written_in_bounded_batches_and_an_oversized_one_refu
     Ok(())
 }
 
-/// The value of `name` (with every label of `labels`) in a scrape of `text`; a histogram
-/// gives its count. `None` if the scrape has no such sample.
+/// The value of `name` (with every label of `labels`) in a scrape of `text`.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
-        .expect("the exposition parses");
-    scrape
-        .samples
-        .into_iter()
-        .filter(|s| s.metric == name)
-        .find(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            prometheus_parse::Value::Histogram(b) => b.iter().map(|b| b.count).fold(0.0, f64::max),
-            prometheus_parse::Value::Summary(_) => panic!("{name}: a summary"),
-        })
+    Scrape::parse(text.to_owned())
+        .expect("the exposition parses")
+        .value(name, labels)
 }
 
 #[tokio::test(flavor = "multi_thread")]
