@@ -18,6 +18,7 @@
 //!   balancers, DNS and the routing mesh; generic over the kernel, runtime, DNS and gossip it
 //!   is handed (fakes behind the `test-util` feature).
 //! - [`state_dir`]: what a node keeps on disk to come back after a restart.
+//! - [`version`]: what a binary is (release, API version, build), for `mesh version`.
 
 pub mod agent;
 pub mod cli;
@@ -29,5 +30,6 @@ pub mod metrics;
 pub mod runtime;
 pub mod sandbox;
 pub mod state_dir;
+pub mod version;
 pub mod whoami;
 pub mod worker;

@@ -18,6 +18,7 @@ mod service_view;
 #[cfg(feature = "fuzzing")]
 pub use service_flags::{parse_network, parse_publish, port_key};
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,12 +29,14 @@ use mesh_proto::control_client::ControlClient;
 use mesh_proto::local_client::LocalClient;
 use mesh_proto::{
     GetJoinTokenRequest, InfoRequest, InitRequest, JoinRequest, LeaveRequest, NodeRole,
-    RotateGossipKeyRequest,
+    RotateGossipKeyRequest, VersionRequest,
 };
 use tonic::transport::Channel;
 
 pub use client::DEFAULT_HOST;
 use format::{Format, FormatArgs};
+
+use crate::version::BuildInfo;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,7 +69,7 @@ pub enum Command {
     Leave(LeaveArgs),
     /// Show this node's cluster membership.
     Info(FormatArgs),
-    /// Print the version of this `mesh` binary.
+    /// Print the version of this `mesh` binary and of the daemon it talks to.
     Version(VersionArgs),
     /// Manage nodes.
     #[command(subcommand)]
@@ -211,7 +214,7 @@ pub struct LeaveArgs {
 #[derive(Args, Debug)]
 pub struct VersionArgs {
     /// Output format: `table` (lines for people), `json`, or a Go template over the JSON
-    /// document (`'{{.Client.Version}}'`).
+    /// document (`'{{.Client.Version}}'`, `'{{.Server.Version}}'`).
     #[arg(long, default_value = "table", value_name = "FORMAT")]
     pub format: String,
 }
@@ -274,11 +277,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::TaskShim(args) => return Ok(crate::runtime::shim::run(args)),
         Command::Whoami(args) => return Ok(crate::whoami::run(args)),
         Command::Exec(args) => return exec(&cli.host, args),
-        // No call of the daemon's API carries its version: this binary's only.
-        Command::Version(args) => {
-            output::print_version(&mut std::io::stdout().lock(), &args.format)?;
-            return Ok(ExitCode::SUCCESS);
-        }
+        Command::Version(args) => return version(&cli.host, &args.format),
         other => other,
     };
     check_format(&command)?;
@@ -316,6 +315,44 @@ fn check_format(command: &Command) -> anyhow::Result<()> {
         _ => return Ok(()),
     };
     Format::parse(text, kind).map(drop)
+}
+
+/// How long `mesh version` waits for the daemon's answer.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `mesh version`: this binary's version, and the daemon's. Without a daemon to ask, the
+/// client's part is printed and the error follows (as `docker version` does).
+fn version(host: &str, format: &str) -> anyhow::Result<ExitCode> {
+    let format = if format.trim() == "table" {
+        Format::Table
+    } else {
+        Format::parse(format, None)?
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let server = rt.block_on(async {
+        let channel = client::connect(host).await?;
+        let mut local = LocalClient::new(channel);
+        let ask = local.version(VersionRequest {});
+        let resp = tokio::time::timeout(VERSION_TIMEOUT, ask)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the mesh daemon did not tell its version within {VERSION_TIMEOUT:?}"
+                )
+            })?
+            .map_err(|s| {
+                anyhow::anyhow!("cannot ask the mesh daemon its version: {}", s.message())
+            })?;
+        Ok::<_, anyhow::Error>(BuildInfo::from_daemon(&resp.into_inner()))
+    });
+    let client = BuildInfo::this_binary();
+    let mut out = std::io::stdout().lock();
+    output::print_version(&mut out, &format, &client, server.as_ref().ok())?;
+    out.flush()?;
+    server.map(|_| ExitCode::SUCCESS)
 }
 
 /// Asks the daemon for the task's pid, then becomes the command inside the
