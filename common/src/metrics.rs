@@ -486,6 +486,14 @@ impl WorkerMetrics {
             .set(count_value(per_service.len() - kept.len()));
     }
 
+    /// The worker stopped (the node left the cluster, or the daemon stops): it holds
+    /// nothing any more. Counters and histograms keep their totals.
+    pub fn stopped(&self) {
+        self.set_tasks(std::iter::empty());
+        self.set_lb_backends(&BTreeMap::new());
+        self.set_fdb_entries(0);
+    }
+
     pub fn set_fdb_entries(&self, n: usize) {
         self.fdb_entries.set(count_value(n));
     }

@@ -134,6 +134,7 @@ where
                         if cleanup {
                             self.tear_down().await;
                         }
+                        self.cfg.metrics.stopped();
                         let _ = done.send(());
                         return;
                     }

@@ -685,5 +685,22 @@ async fn metrics_follow_tasks_backends_overlay_and_flushes() -> Result<()> {
         (running == Some(0.0) && backends.is_none()).then_some(())
     })
     .await?;
+
+    // A stopped worker (the node left) holds nothing.
+    h.assign(vec![task("t2", 4, TaskState::Running)]);
+    until("the new task running in the metrics", || {
+        (h.scraped("mesh_tasks", Some(("state", "running"))) == Some(1.0)).then_some(())
+    })
+    .await?;
+    h.handle.stop(true).await;
+    assert_eq!(
+        h.scraped("mesh_tasks", Some(("state", "running"))),
+        Some(0.0)
+    );
+    assert_eq!(
+        h.scraped("mesh_lb_backends", Some(("service", "web"))),
+        None
+    );
+    assert_eq!(h.scraped("mesh_overlay_fdb_entries", None), Some(0.0));
     Ok(())
 }
