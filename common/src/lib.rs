@@ -14,6 +14,8 @@
 //!   TLS accept loop, and the join handshake's bootstrap client configurations.
 //! - [`channels`]: cached gRPC channels to other nodes ([`channels::ChannelProvider`]),
 //!   plain or over mTLS.
+//! - [`metrics`]: the daemon's Prometheus metrics: one registry of every family, and the
+//!   handles each part updates its own with.
 //! - [`auth`]: who is calling ([`auth::Caller`]) and the checks every node can make without
 //!   the store.
 
@@ -22,6 +24,7 @@ pub mod channels;
 pub mod ids;
 pub mod leader;
 pub mod liveness;
+pub mod metrics;
 pub mod pki;
 pub mod task;
 pub mod time;

@@ -2,6 +2,22 @@
 
 use mesh_proto::{Task, TaskState};
 
+/// The state's name as people read it (`running`), in tables and metric labels.
+pub fn state_name(s: TaskState) -> &'static str {
+    match s {
+        TaskState::New => "new",
+        TaskState::Pending => "pending",
+        TaskState::Assigned => "assigned",
+        TaskState::Starting => "starting",
+        TaskState::Running => "running",
+        TaskState::Complete => "complete",
+        TaskState::Shutdown => "shutdown",
+        TaskState::Failed => "failed",
+        TaskState::Rejected => "rejected",
+        TaskState::Orphaned => "orphaned",
+    }
+}
+
 /// True for a state a task does not leave any more.
 pub fn is_terminal(state: TaskState) -> bool {
     matches!(

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use mesh_common::Liveness;
 use mesh_common::channels::SharedChannels;
+use mesh_common::metrics::ApiMetrics;
 use mesh_common::tls::{self, Credentials};
 use mesh_proto::ca_server::CaServer;
 use mesh_proto::control_server::ControlServer;
@@ -46,6 +47,8 @@ pub struct ManagerOptions {
     pub channels: SharedChannels,
     pub config: ManagerConfig,
     pub liveness: Arc<dyn Liveness>,
+    /// Where the control API served on the control port times its calls.
+    pub api_metrics: ApiMetrics,
 }
 
 pub struct Manager {
@@ -57,6 +60,7 @@ pub struct Manager {
     config: ManagerConfig,
     liveness: Arc<dyn Liveness>,
     api: Arc<ControlApi>,
+    api_metrics: ApiMetrics,
 }
 
 impl Manager {
@@ -77,6 +81,7 @@ impl Manager {
             config: opts.config,
             liveness: opts.liveness,
             api,
+            api_metrics: opts.api_metrics,
         })
     }
 
@@ -133,7 +138,7 @@ impl Manager {
             auth.interceptor(Policy::Member),
         );
         let control = ControlServer::with_interceptor(
-            ControlService::new(self.clone()),
+            ControlService::new(self.clone(), self.api_metrics.clone()),
             auth.interceptor(Policy::Member),
         );
         Server::builder()

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use mesh_common::auth::Caller;
 use mesh_common::channels::{ChannelProvider, PlainChannels};
+use mesh_common::metrics::Metrics;
 use mesh_control::config::RaftConfig;
 use mesh_control::store::txn::{create, expect, of, put_cluster, put_node};
 use mesh_control::store::{RaftStatus, ServerState, Store, StoreError, StoreOptions};
@@ -113,6 +114,8 @@ struct Member {
     channels: Arc<CuttableChannels>,
     store: Option<Store>,
     server: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// What its store exports, across restarts.
+    metrics: Arc<Metrics>,
 }
 
 struct TestCluster {
@@ -141,6 +144,7 @@ impl TestCluster {
             channels: Arc::new(CuttableChannels::default()),
             store: None,
             server: None,
+            metrics: Arc::new(Metrics::new()),
         };
         self.members.insert(raft_id, member);
         self.run(raft_id, listener).await
@@ -158,6 +162,7 @@ impl TestCluster {
             channels: m.channels.clone(),
             max_write_bytes: mesh_control::config::LimitsConfig::default().max_write_bytes,
             force_new_cluster: false,
+            metrics: m.metrics.raft.clone(),
         })
         .await
         .with_context(|| format!("open store {raft_id}"))?;
@@ -388,6 +393,72 @@ async fn three_voters_elect_a_leader_and_replicate() -> Result<()> {
     }
     // A consistent read on the leader sees everything committed.
     assert_eq!(leader.read_consistent(|s| s.nodes.len()).await?, 2);
+    c.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_metrics_follow_term_indexes_leadership_and_writes() -> Result<()> {
+    let mut c = TestCluster::new(fast_config());
+    c.form(&[1, 2, 3]).await?;
+    let leader = c.leader().await?;
+    let index = leader.propose(of([put_node(node("a"))])).await?;
+    let exported: BTreeMap<u64, Arc<Metrics>> = c
+        .members
+        .iter()
+        .map(|(id, m)| (*id, m.metrics.clone()))
+        .collect();
+    let metrics = |id: u64| exported[&id].raft.clone();
+    for id in [1, 2, 3] {
+        wait_applied(&c.store(id), index).await?;
+    }
+    eventually("every member's metrics at the write", || async {
+        [1, 2, 3]
+            .iter()
+            .all(|id| {
+                let s = metrics(*id).sample();
+                s.applied_index >= index && s.commit_index >= index
+            })
+            .then_some(())
+    })
+    .await?;
+    let leaders: Vec<u64> = [1, 2, 3]
+        .into_iter()
+        .filter(|id| metrics(*id).sample().leader)
+        .collect();
+    assert_eq!(leaders, vec![leader.raft_id()]);
+    for id in [1, 2, 3] {
+        let m = metrics(id);
+        assert!(m.sample().term >= 1, "term of {id}: {:?}", m.sample());
+        assert!(m.leader_changes() >= 1, "no leader change seen by {id}");
+    }
+    // The write's latency, as a scrape shows it.
+    let scrape = exported[&leader.raft_id()].encode();
+    let timed = scrape
+        .lines()
+        .find_map(|l| l.strip_prefix("mesh_raft_apply_latency_seconds_count "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(timed.is_some_and(|n| n >= 1), "{scrape}");
+
+    // The leader stops: it leads nothing any more, and the others see a new leader.
+    let old = leader.raft_id();
+    let before: BTreeMap<u64, u64> = [1, 2, 3]
+        .into_iter()
+        .map(|id| (id, metrics(id).leader_changes()))
+        .collect();
+    c.stop(old).await;
+    let new = c.leader().await?;
+    assert!(!metrics(old).sample().leader);
+    eventually("the new leader's metrics to say so", || async {
+        metrics(new.raft_id()).sample().leader.then_some(())
+    })
+    .await?;
+    for id in [1, 2, 3].into_iter().filter(|id| *id != old) {
+        assert!(
+            metrics(id).leader_changes() > before[&id],
+            "{id} counted no leader change"
+        );
+    }
     c.shutdown().await;
     Ok(())
 }

@@ -21,8 +21,13 @@ pub type Membership = BTreeMap<String, Liveness>;
 /// Counters of the gossip plane.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Listed members seen alive, this node included.
+    /// Listed members seen alive, this node included (suspects too: they count as alive
+    /// until declared down).
     pub members_alive: usize,
+    /// Of `members_alive`, those suspected of being down.
+    pub members_suspect: usize,
+    /// Listed members not seen alive (declared down, or never heard from).
+    pub members_down: usize,
     /// Packets or frames dropped because they did not open (wrong or unknown key, tampered,
     /// truncated, unknown version).
     pub auth_failures: u64,

@@ -59,6 +59,16 @@ impl AgentConfig {
     }
 }
 
+/// The daemon's metrics endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `IP:PORT` where `GET /metrics` answers in the Prometheus text format, as dockerd's
+    /// `metrics-addr` (e.g. "127.0.0.1:9323"); empty: no endpoint. `mesh daemon
+    /// --metrics-addr` overrides it.
+    pub addr: String,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DaemonConfig {
@@ -68,6 +78,7 @@ pub struct DaemonConfig {
     pub gossip: GossipConfig,
     pub agent: AgentConfig,
     pub limits: LimitsConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl DaemonConfig {
@@ -133,5 +144,9 @@ mod tests {
             .join("\n");
         let parsed: DaemonConfig = toml::from_str(&uncommented).unwrap();
         assert_eq!(parsed, DaemonConfig::default());
+        assert!(
+            shipped.contains("\n[metrics]\n# addr = \"\"\n"),
+            "{shipped}"
+        );
     }
 }

@@ -5,14 +5,19 @@
 //! without a key nothing can be sealed or opened.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 use anyhow::Context;
 use mesh_common::Liveness as LivenessView;
-use mesh_gossip::{Gossip, GossipConfig, Keyring, Liveness, NodeIdentity, Peer};
+use mesh_common::metrics::{GossipMetrics, MemberCounts};
+use mesh_gossip::{Gossip, GossipConfig, Keyring, Liveness, NodeIdentity, Peer, Stats};
 use mesh_proto::{GossipKey, NodeStatus};
 use tokio::net::{TcpListener, UdpSocket};
 use tracing::{info, warn};
+
+/// How often the gossip plane's counters are copied into the exported metrics.
+const METRICS_PERIOD: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct Membership {
@@ -29,16 +34,19 @@ struct Inner {
     /// Last peers and key ids handed down, to start with and to skip no-op updates.
     peers: Mutex<Vec<Peer>>,
     key_ids: Mutex<Vec<u32>>,
+    metrics: GossipMetrics,
 }
 
 impl Membership {
     /// Binds the gossip port (udp and tcp) on `bind`; `advertise` is what
-    /// other nodes reach it on.
+    /// other nodes reach it on. Once gossip runs, its members and packet counts are
+    /// exported through `metrics`.
     pub async fn start(
         config: &GossipConfig,
         node_id: &str,
         bind: SocketAddr,
         advertise: SocketAddr,
+        metrics: GossipMetrics,
     ) -> anyhow::Result<Membership> {
         let udp = UdpSocket::bind(bind)
             .await
@@ -55,6 +63,7 @@ impl Membership {
                 gossip: RwLock::new(None),
                 peers: Mutex::new(Vec::new()),
                 key_ids: Mutex::new(Vec::new()),
+                metrics,
             }),
         })
     }
@@ -125,6 +134,7 @@ impl Membership {
                 );
                 info!(addr = %self.inner.advertise, "gossip started");
                 *self.inner.gossip.write().expect("gossip lock poisoned") = Some(g);
+                tokio::spawn(export_metrics(Arc::downgrade(&self.inner)));
             }
             Err(e) => warn!(error = %e, "cannot start gossip"),
         }
@@ -187,7 +197,41 @@ impl Membership {
             .lock()
             .expect("sockets lock poisoned")
             .take();
+        self.inner.metrics.set_members(MemberCounts::default());
     }
+}
+
+/// Copies the gossip plane's stats into the exported metrics every [`METRICS_PERIOD`], until
+/// the plane is shut down (which zeroes the member gauges) or the membership is dropped.
+/// Periodic rather than at scrape time: a scrape then never touches the gossip core's lock.
+async fn export_metrics(inner: Weak<Inner>) {
+    let mut last = Stats::default();
+    let mut tick = tokio::time::interval(METRICS_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(g) = inner.gossip.read().expect("gossip lock poisoned").clone() else {
+            return;
+        };
+        let now = g.stats();
+        export(&inner.metrics, &last, &now);
+        last = now;
+    }
+}
+
+/// Exports `now`: member gauges as they are, counters by what they grew since `last`.
+fn export(metrics: &GossipMetrics, last: &Stats, now: &Stats) {
+    metrics.set_members(MemberCounts {
+        alive: now.members_alive.saturating_sub(now.members_suspect),
+        suspect: now.members_suspect,
+        down: now.members_down,
+    });
+    metrics.add_packets(
+        now.packets_out.saturating_sub(last.packets_out),
+        now.packets_in.saturating_sub(last.packets_in),
+    );
+    metrics.add_auth_failures(now.auth_failures.saturating_sub(last.auth_failures));
 }
 
 impl LivenessView for Membership {
@@ -200,5 +244,62 @@ impl LivenessView for Membership {
             Some(Liveness::Down) => NodeStatus::Down,
             None => NodeStatus::Unknown,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_common::metrics::Metrics;
+
+    fn sample(m: &Metrics, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+        let text = m.encode();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("the exposition parses");
+        scrape
+            .samples
+            .into_iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                other => panic!("{name}: unexpected {other:?}"),
+            })
+    }
+
+    #[test]
+    fn gossip_stats_export_members_by_state_and_counter_growth() {
+        let m = Metrics::new();
+        let first = Stats {
+            members_alive: 4,
+            members_suspect: 1,
+            members_down: 2,
+            packets_in: 10,
+            packets_out: 7,
+            auth_failures: 1,
+            ..Stats::default()
+        };
+        export(&m.gossip, &Stats::default(), &first);
+        let members = |state| sample(&m, "mesh_gossip_members", Some(("state", state)));
+        assert_eq!(
+            (members("alive"), members("suspect"), members("down")),
+            (Some(3.0), Some(1.0), Some(2.0)),
+            "a suspect is not counted alive"
+        );
+        let second = Stats {
+            packets_in: 15,
+            packets_out: 9,
+            auth_failures: 4,
+            ..first.clone()
+        };
+        export(&m.gossip, &first, &second);
+        let packets = |d| sample(&m, "mesh_gossip_packets_total", Some(("direction", d)));
+        assert_eq!(
+            (packets("received"), packets("sent")),
+            (Some(15.0), Some(9.0))
+        );
+        assert_eq!(
+            sample(&m, "mesh_gossip_auth_failures_total", None),
+            Some(4.0)
+        );
     }
 }

@@ -13,5 +13,8 @@ pub mod v1 {
 
 pub use v1::*;
 
+/// Version of the API the daemons serve: the major version of the `mesh.v1` package.
+pub const API_VERSION: &str = "1";
+
 /// Metadata key carrying the leader's control address on a redirect.
 pub const LEADER_METADATA_KEY: &str = "mesh-leader";

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use mesh_common::metrics::Metrics;
 use mesh_lab::wait::wait_for_async;
 use mesh_node::config::DaemonConfig;
 use mesh_node::daemon::{self, DaemonOptions};
@@ -40,6 +41,8 @@ pub struct Node {
     socket: PathBuf,
     shutdown: CancellationToken,
     runtime: Option<tokio::runtime::Runtime>,
+    /// What the daemon exports (its `--metrics-addr` would serve these).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Node {
@@ -118,6 +121,7 @@ impl Cluster {
             config.agent.reconcile_ms = 500;
             tweak(&mut config);
             let socket = dir.path().join(&name).join("mesh.sock");
+            let metrics = Arc::new(Metrics::new());
             let opts = DaemonOptions {
                 state_dir: dir.path().join(&name).join("state"),
                 socket: socket.clone(),
@@ -126,6 +130,8 @@ impl Cluster {
                 netns_prefix: Some(format!("ip{i}-")),
                 workers: workers.clone(),
                 force_new_cluster: false,
+                metrics: metrics.clone(),
+                metrics_addr: None,
             };
             let shutdown = CancellationToken::new();
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -143,6 +149,7 @@ impl Cluster {
                 socket,
                 shutdown,
                 runtime: Some(runtime),
+                metrics,
             });
         }
         let mut cluster = Cluster {

@@ -34,6 +34,7 @@
 //!   the daemons' own namespaces.
 //! - [`traffic`]: real traffic from inside a task's namespace: HTTP to `mesh whoami` (one
 //!   request, bursts, a loop in the background, a long-lived stream), DNS, ping, TCP.
+//! - [`metrics`]: scrapes of a daemon's metrics endpoint from inside its host, parsed.
 //! - [`bench`]: what the benchmarks share (knobs, percentiles).
 //! - [`config`]: the daemon configs (fast test timings, product defaults).
 //! - [`mesh_binary`], [`standin_binary`], [`mesh_bin!`]: the binaries under test.
@@ -49,6 +50,7 @@ pub mod config;
 pub mod entry;
 pub mod grpc;
 pub mod in_process;
+pub mod metrics;
 pub mod ops;
 pub mod services;
 pub mod traffic;

@@ -20,6 +20,7 @@ use mesh_proto::{
     ServiceSpec, Task, TaskSpec, TaskState, UpdateServiceRequest,
 };
 use mesh_tests::in_process::Cluster;
+use mesh_tests::metrics::Scrape;
 use tonic::transport::Channel;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -468,5 +469,70 @@ async fn a_large_service_is_written_in_bounded_batches_and_an_oversized_one_refu
     )
     .await?;
     wait_running(&c, "small", 1).await?;
+    Ok(())
+}
+
+/// The value of `name` (with every label of `labels`) in a scrape of `text`.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    Scrape::parse(text.to_owned())
+        .expect("the exposition parses")
+        .value(name, labels)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn control_api_calls_are_timed_where_answered_and_where_forwarded() -> Result<()> {
+    let c = Cluster::start(2, 2, |_| {}).await?;
+    let leading = |n: &mesh_tests::in_process::Node| {
+        sample(&n.metrics.encode(), "mesh_raft_is_leader", &[]) == Some(1.0)
+    };
+    let (leader, follower) = wait_for_async("one manager to lead", PATIENCE, async || {
+        Ok(match (leading(&c.nodes[0]), leading(&c.nodes[1])) {
+            (true, false) => Some((&c.nodes[0], &c.nodes[1])),
+            (false, true) => Some((&c.nodes[1], &c.nodes[0])),
+            _ => None,
+        })
+    })
+    .await?;
+    // Asked of the follower, which forwards it to the leader.
+    let mut control = follower.control().await?;
+    network(&mut control, "appnet").await?;
+    let method = ("method", "create_network");
+    let w = follower.metrics.encode();
+    assert_eq!(
+        sample(
+            &w,
+            "mesh_api_request_duration_seconds",
+            &[method, ("route", "forwarded")]
+        ),
+        Some(1.0),
+        "{w}"
+    );
+    let l = leader.metrics.encode();
+    assert_eq!(
+        sample(
+            &l,
+            "mesh_api_request_duration_seconds",
+            &[method, ("route", "leader")]
+        ),
+        Some(1.0),
+        "{l}"
+    );
+    // The leader's write went through raft, timed from proposal to apply.
+    assert!(sample(&l, "mesh_raft_apply_latency_seconds", &[]) >= Some(1.0));
+    assert_eq!(sample(&l, "mesh_raft_is_leader", &[]), Some(1.0));
+    assert_eq!(sample(&w, "mesh_raft_is_leader", &[]), Some(0.0));
+    // Both see both alive.
+    for n in [leader, follower] {
+        wait_for_async(
+            &format!("{} to export 2 alive members", n.name),
+            PATIENCE,
+            async || {
+                let text = n.metrics.encode();
+                let alive = sample(&text, "mesh_gossip_members", &[("state", "alive")]);
+                Ok((alive == Some(2.0)).then_some(()))
+            },
+        )
+        .await?;
+    }
     Ok(())
 }

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use mesh_common::Liveness;
 use mesh_common::auth::caller;
+use mesh_common::metrics::{ApiMetrics, ApiRoute};
 use mesh_proto::control_client::ControlClient;
 use mesh_proto::control_server::Control;
 use mesh_proto::{
@@ -96,11 +97,13 @@ pub trait ControlContext: Send + Sync + 'static {
 
 pub struct ControlService<C> {
     ctx: Arc<C>,
+    metrics: ApiMetrics,
 }
 
 impl<C: ControlContext> ControlService<C> {
-    pub fn new(ctx: Arc<C>) -> Self {
-        ControlService { ctx }
+    /// Answers or forwards calls as `ctx` routes them, timing each in `metrics`.
+    pub fn new(ctx: Arc<C>, metrics: ApiMetrics) -> Self {
+        ControlService { ctx, metrics }
     }
 
     fn overlay(&self, nodes: &mut [NodeView]) {
@@ -112,12 +115,14 @@ impl<C: ControlContext> ControlService<C> {
     }
 }
 
-/// Answers `$req` with `$area.$method` on the leader, or forwards it to the leader.
+/// Answers `$req` with `$area.$method` on the leader, or forwards it to the leader; the
+/// time it takes, whatever the outcome, is observed under the method's name.
 macro_rules! route {
     ($self:ident, $req:ident, $area:ident . $method:ident) => {{
         let caller = caller(&$req)?;
         match $self.ctx.route()? {
             Route::Local(api) => {
+                let _timer = $self.metrics.timer(stringify!($method), ApiRoute::Leader);
                 check_deadline(&$req)?;
                 api.$area
                     .$method(&caller, $req.into_inner())
@@ -125,6 +130,9 @@ macro_rules! route {
                     .map_err(Status::from)?
             }
             Route::Forward(ch, target, deadline) => {
+                let _timer = $self
+                    .metrics
+                    .timer(stringify!($method), ApiRoute::Forwarded);
                 let mut client = ControlClient::new(ch);
                 let call = client.$method(forward($req, deadline, &caller)?);
                 match tokio::time::timeout(deadline, call).await {
@@ -279,7 +287,8 @@ impl<C: ControlContext> Control for ControlService<C> {
     type ServiceLogsStream = ServiceLogsStream;
 
     /// Streams are not relayed by `route!`: the answer's first part comes
-    /// within the forwarding deadline, the rest as long as it flows.
+    /// within the forwarding deadline, the rest as long as it flows. Its timing covers
+    /// the opening of the stream only.
     async fn service_logs(
         &self,
         req: Request<ServiceLogsRequest>,
@@ -287,12 +296,14 @@ impl<C: ControlContext> Control for ControlService<C> {
         let caller = caller(&req)?;
         match self.ctx.route()? {
             Route::Local(api) => {
+                let _timer = self.metrics.timer("service_logs", ApiRoute::Leader);
                 check_deadline(&req)?;
                 Ok(Response::new(
                     api.logs.service_logs(&caller, req.into_inner())?,
                 ))
             }
             Route::Forward(ch, target, deadline) => {
+                let _timer = self.metrics.timer("service_logs", ApiRoute::Forwarded);
                 let mut client = ControlClient::new(ch);
                 let call = client.service_logs(forward(req, deadline, &caller)?);
                 let stream = match tokio::time::timeout(deadline, call).await {

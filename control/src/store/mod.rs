@@ -55,6 +55,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh_common::metrics::RaftSample;
 use mesh_proto::Transaction;
 use mesh_proto::raft_server::RaftServer;
 use openraft::error::{CheckIsLeaderError, InitializeError, RaftError};
@@ -115,6 +116,8 @@ pub struct StoreOptions {
     /// Recover from a lost quorum: become the only voter, keeping the state (see
     /// `recover`). Fails if the store holds no cluster state.
     pub force_new_cluster: bool,
+    /// Where the store reports its term, indexes, leadership and write latency.
+    pub metrics: mesh_common::metrics::RaftMetrics,
 }
 
 /// Handle to the raft store. Cheap to clone; all clones share one raft node.
@@ -136,6 +139,7 @@ struct Inner {
     max_write_bytes: u64,
     /// Closed when the database is dropped (its file lock released).
     disk_closed: watch::Receiver<()>,
+    metrics: mesh_common::metrics::RaftMetrics,
 }
 
 impl Store {
@@ -191,11 +195,20 @@ impl Store {
         let mut metrics = raft.metrics();
         let (leader_tx, leader) = watch::channel(leader_of(&metrics.borrow_and_update()));
         let raft_id = opts.raft_id;
+        let exported = opts.metrics.clone();
+        exported.set(sample_of(&raft.metrics().borrow(), &committed));
+        let committed_index = committed.clone();
         // Follows openraft's metrics until the raft core drops its sender
-        // (shutdown), then reports "no leader".
+        // (shutdown), then reports "no leader". The exported metrics follow
+        // the same changes: every commit is followed by an apply, which
+        // openraft's metrics report.
         tokio::spawn(async move {
             while metrics.changed().await.is_ok() {
-                let now = leader_of(&metrics.borrow_and_update());
+                let (now, sample) = {
+                    let m = metrics.borrow_and_update();
+                    (leader_of(&m), sample_of(&m, &committed_index))
+                };
+                exported.set(sample);
                 leader_tx.send_if_modified(|cur| {
                     if *cur == now {
                         return false;
@@ -204,11 +217,13 @@ impl Store {
                         Some(l) => tracing::info!(raft_id, leader = l.raft_id, addr = %l.addr, "raft leader changed"),
                         None => tracing::info!(raft_id, "raft leader unknown"),
                     }
+                    exported.leader_changed();
                     *cur = now;
                     true
                 });
             }
             leader_tx.send_replace(None);
+            exported.stopped();
         });
 
         tracing::info!(raft_id, addr = %opts.addr, dir = %opts.dir.display(), "raft store opened");
@@ -225,6 +240,7 @@ impl Store {
                 membership_lock: tokio::sync::Mutex::new(()),
                 max_write_bytes: opts.max_write_bytes,
                 disk_closed,
+                metrics: opts.metrics,
             }),
         })
     }
@@ -336,6 +352,7 @@ impl Store {
             });
         }
         let timeout = self.inner.config.write_timeout();
+        let start = Instant::now();
         let resp =
             match tokio::time::timeout(timeout, self.inner.raft.client_write(StoreRequest(txn)))
                 .await
@@ -343,6 +360,9 @@ impl Store {
                 Err(_) => return Err(StoreError::NoQuorum { waited: timeout }),
                 Ok(res) => res.map_err(write_error)?,
             };
+        // client_write returns once the entry is applied here (a failed precondition is
+        // an applied entry too).
+        self.inner.metrics.write_applied(start.elapsed());
         if resp.data.0.conflict.is_empty() {
             Ok(resp.log_id.index)
         } else {
@@ -596,6 +616,20 @@ impl Store {
             }
             Ok(Ok(_)) => Ok(()),
         }
+    }
+}
+
+/// What the exported metrics show of `m`.
+fn sample_of(m: &RaftMetrics<u64, BasicNode>, committed: &Mutex<Option<u64>>) -> RaftSample {
+    let commit_index = committed
+        .lock()
+        .expect("committed index lock poisoned")
+        .unwrap_or(0);
+    RaftSample {
+        term: m.current_term,
+        commit_index,
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        leader: m.state == ServerState::Leader,
     }
 }
 

@@ -174,12 +174,24 @@ impl Core {
 
     /// Counters.
     pub fn stats(&self) -> Stats {
+        let alive = self
+            .active
+            .keys()
+            .filter(|id| self.peers.contains_key(*id))
+            .count();
+        let suspect = self
+            .foca
+            .iter_members()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .filter(|m| {
+                self.peers.contains_key(&*m.id().node_id)
+                    && self.active.get(&*m.id().node_id) == Some(m.id())
+            })
+            .count();
         Stats {
-            members_alive: 1 + self
-                .active
-                .keys()
-                .filter(|id| self.peers.contains_key(*id))
-                .count(),
+            members_alive: 1 + alive,
+            members_suspect: suspect,
+            members_down: self.peers.len() - alive,
             ..self.stats.clone()
         }
     }

@@ -179,3 +179,44 @@ async fn long_cut_is_down_then_heals_with_renewed_identity() {
         "it renewed its identity"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn stats_count_a_killed_node_suspect_then_down() {
+    let mut sim = converged(3, GossipConfig::default(), 7).await;
+    let healthy = sim.core(0).stats();
+    assert_eq!(
+        (
+            healthy.members_alive,
+            healthy.members_suspect,
+            healthy.members_down
+        ),
+        (3, 0, 0)
+    );
+    sim.kill(2);
+    let suspected = sim
+        .run_until(Duration::from_secs(10), |s| {
+            s.core(0).stats().members_suspect == 1
+        })
+        .await;
+    assert!(
+        suspected.is_some(),
+        "node 0 never suspected the killed node"
+    );
+    // A suspect still counts as alive until it is declared down.
+    assert_eq!(sim.core(0).stats().members_alive, 3);
+    let down = sim
+        .run_until(Duration::from_secs(10), |s| {
+            s.core(0).stats().members_down == 1
+        })
+        .await;
+    assert!(down.is_some(), "node 0 never declared the killed node down");
+    let after = sim.core(0).stats();
+    assert_eq!(
+        (
+            after.members_alive,
+            after.members_suspect,
+            after.members_down
+        ),
+        (2, 0, 1)
+    );
+}

@@ -20,6 +20,7 @@ mod service_view;
 #[cfg(feature = "fuzzing")]
 pub use service_flags::{parse_network, parse_publish, port_key};
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -30,12 +31,14 @@ use mesh_proto::control_client::ControlClient;
 use mesh_proto::local_client::LocalClient;
 use mesh_proto::{
     GetJoinTokenRequest, InfoRequest, InitRequest, JoinRequest, LeaveRequest, NodeRole,
-    RotateGossipKeyRequest,
+    RotateGossipKeyRequest, VersionRequest,
 };
 use tonic::transport::Channel;
 
 pub use client::DEFAULT_HOST;
 use format::{Format, FormatArgs};
+
+use crate::version::BuildInfo;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -68,7 +71,7 @@ pub enum Command {
     Leave(LeaveArgs),
     /// Show this node's cluster membership.
     Info(FormatArgs),
-    /// Print the version of this `mesh` binary.
+    /// Print the version of this `mesh` binary and of the daemon it talks to.
     Version(VersionArgs),
     /// Check this host for what mesh needs (kernel features, ports, sysctls, firewall, MTU,
     /// subnets, certificate): a line per check, a fix under each warning or problem; exit
@@ -122,6 +125,15 @@ pub struct DaemonArgs {
     /// nftables), ipvs or nftables. Overrides the config file.
     #[arg(long)]
     pub lb_backend: Option<String>,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics (like dockerd's --metrics-addr,
+    /// e.g. 127.0.0.1:9323); off by default. Overrides `[metrics] addr` of the config
+    /// file. Families: mesh_raft_* (term, commit and applied index, is_leader, leader
+    /// changes, write apply latency), mesh_gossip_* (members by state, packets,
+    /// authentication failures), mesh_worker_reconcile_*, mesh_lb_backends{service},
+    /// mesh_overlay_fdb_entries, mesh_conntrack_flushes_total, mesh_tasks{state},
+    /// mesh_dns_* (queries by result, latency), mesh_api_request_duration_seconds{method}.
+    #[arg(long, value_name = "IP:PORT")]
+    pub metrics_addr: Option<String>,
     /// Recover a cluster that lost its quorum of managers (like `docker swarm init
     /// --force-new-cluster`): this manager keeps the cluster's state and becomes its only
     /// manager; the other managers are demoted and rejoin with a manager token once their
@@ -208,7 +220,7 @@ pub struct LeaveArgs {
 #[derive(Args, Debug)]
 pub struct VersionArgs {
     /// Output format: `table` (lines for people), `json`, or a Go template over the JSON
-    /// document (`'{{.Client.Version}}'`).
+    /// document (`'{{.Client.Version}}'`, `'{{.Server.Version}}'`).
     #[arg(long, default_value = "table", value_name = "FORMAT")]
     pub format: String,
 }
@@ -272,11 +284,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Whoami(args) => return Ok(crate::whoami::run(args)),
         Command::Exec(args) => return exec(&cli.host, args),
         Command::Doctor(args) => return doctor::run(&cli.host, args),
-        // No call of the daemon's API carries its version: this binary's only.
-        Command::Version(args) => {
-            output::print_version(&mut std::io::stdout().lock(), &args.format)?;
-            return Ok(ExitCode::SUCCESS);
-        }
+        Command::Version(args) => return version(&cli.host, &args.format),
         other => other,
     };
     check_format(&command)?;
@@ -316,6 +324,44 @@ fn check_format(command: &Command) -> anyhow::Result<()> {
     Format::parse(text, kind).map(drop)
 }
 
+/// How long `mesh version` waits for the daemon's answer.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `mesh version`: this binary's version, and the daemon's. Without a daemon to ask, the
+/// client's part is printed and the error follows (as `docker version` does).
+fn version(host: &str, format: &str) -> anyhow::Result<ExitCode> {
+    let format = if format.trim() == "table" {
+        Format::Table
+    } else {
+        Format::parse(format, None)?
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let server = rt.block_on(async {
+        let channel = client::connect(host).await?;
+        let mut local = LocalClient::new(channel);
+        let ask = local.version(VersionRequest {});
+        let resp = tokio::time::timeout(VERSION_TIMEOUT, ask)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the mesh daemon did not tell its version within {VERSION_TIMEOUT:?}"
+                )
+            })?
+            .map_err(|s| {
+                anyhow::anyhow!("cannot ask the mesh daemon its version: {}", s.message())
+            })?;
+        Ok::<_, anyhow::Error>(BuildInfo::from_daemon(&resp.into_inner()))
+    });
+    let client = BuildInfo::this_binary();
+    let mut out = std::io::stdout().lock();
+    output::print_version(&mut out, &format, &client, server.as_ref().ok())?;
+    out.flush()?;
+    server.map(|_| ExitCode::SUCCESS)
+}
+
 /// Asks the daemon for the task's pid, then becomes the command inside the
 /// task's namespaces (no runtime left running around the exec).
 fn exec(host: &str, args: crate::runtime::ExecArgs) -> anyhow::Result<ExitCode> {
@@ -350,6 +396,17 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
         }
         config.agent.lb_backend = backend;
     }
+    let metrics_addr = match (&args.metrics_addr, config.metrics.addr.trim()) {
+        (Some(flag), _) => Some(crate::metrics::parse_addr("--metrics-addr", flag)?),
+        (None, "") => None,
+        (None, text) => {
+            let source = match &args.config {
+                Some(path) => format!("[metrics] addr in {}", path.display()),
+                None => "[metrics] addr".to_string(),
+            };
+            Some(crate::metrics::parse_addr(&source, text)?)
+        }
+    };
     let hostname = match args.hostname {
         Some(h) => h,
         None => nix::unistd::gethostname()
@@ -369,6 +426,8 @@ fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
         netns_prefix: args.netns_prefix,
         workers: std::sync::Arc::new(crate::worker::LinuxWorkers),
         force_new_cluster: args.force_new_cluster,
+        metrics: std::sync::Arc::new(mesh_common::metrics::Metrics::new()),
+        metrics_addr,
     }))
 }
 

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use tabwriter::TabWriter;
 
 use super::format::{self, Format, Row, RowKind};
+use crate::version::BuildInfo;
 
 fn role(r: NodeRole) -> &'static str {
     match r {
@@ -203,35 +204,49 @@ pub fn sort_nodes(nodes: &mut [NodeView]) {
     nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
 }
 
-pub fn version_json() -> Value {
+/// The document `mesh version` prints: this binary's build under `Client`, the daemon's
+/// under `Server` (`null` when it could not be asked).
+pub fn version_json(client: &BuildInfo, server: Option<&BuildInfo>) -> Value {
     json!({
-        "Client": {
-            "Version": env!("CARGO_PKG_VERSION"),
-            "Os": std::env::consts::OS,
-            "Arch": std::env::consts::ARCH,
-        }
+        "Client": client.to_json(),
+        "Server": server.map(BuildInfo::to_json),
     })
 }
 
-/// `mesh version`: this binary's version. The daemon's is not shown: no call of its API
-/// carries it.
-pub fn print_version(out: &mut impl Write, format: &str) -> anyhow::Result<()> {
-    let doc = version_json();
-    if format.trim() == "table" {
-        writeln!(out, "Client:")?;
-        writeln!(out, " Version:  {}", env!("CARGO_PKG_VERSION"))?;
-        writeln!(
-            out,
-            " OS/Arch:  {}/{}",
-            std::env::consts::OS,
-            std::env::consts::ARCH
-        )?;
-        return Ok(());
-    }
-    let format = Format::parse(format, None)?;
+/// `mesh version` in `format`: `table` (Docker's layout: a Client section, then a Server
+/// section when the daemon answered), `json`, or a template over [`version_json`].
+pub fn print_version(
+    out: &mut impl Write,
+    format: &Format,
+    client: &BuildInfo,
+    server: Option<&BuildInfo>,
+) -> anyhow::Result<()> {
     match format {
-        Format::Json => writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?,
-        _ => format::write_docs(out, &format, &[doc])?,
+        Format::Table => {
+            write_build(out, "Client", client)?;
+            if let Some(server) = server {
+                writeln!(out)?;
+                write_build(out, "Server", server)?;
+            }
+        }
+        Format::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&version_json(client, server))?
+        )?,
+        _ => format::write_docs(out, format, &[version_json(client, server)])?,
     }
     Ok(())
+}
+
+fn write_build(out: &mut impl Write, title: &str, b: &BuildInfo) -> std::io::Result<()> {
+    writeln!(out, "{title}:")?;
+    let mut line = |key: &str, value: &str| writeln!(out, " {:<14}{value}", format!("{key}:"));
+    line("Version", &b.version)?;
+    line("API version", &b.api_version)?;
+    if !b.git_commit.is_empty() {
+        line("Git commit", &b.git_commit)?;
+    }
+    line("Rust version", &b.rust_version)?;
+    line("OS/Arch", &format!("{}/{}", b.os, b.arch))
 }

@@ -17,20 +17,7 @@ use tonic::transport::Channel;
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(200);
 
-pub fn state_name(s: TaskState) -> &'static str {
-    match s {
-        TaskState::New => "new",
-        TaskState::Pending => "pending",
-        TaskState::Assigned => "assigned",
-        TaskState::Starting => "starting",
-        TaskState::Running => "running",
-        TaskState::Complete => "complete",
-        TaskState::Shutdown => "shutdown",
-        TaskState::Failed => "failed",
-        TaskState::Rejected => "rejected",
-        TaskState::Orphaned => "orphaned",
-    }
-}
+pub use mesh_common::task::state_name;
 
 fn state_of(t: &TaskView) -> TaskState {
     t.task

@@ -13,6 +13,7 @@ use super::format::{self, Format, MAX_TEMPLATE, Row, RowKind};
 use super::network::{NETWORK_ROWS, network_row};
 use super::output::{NODE_ROWS, node_row, print_version};
 use super::service_view::{SERVICE_ROWS, TASK_ROWS, service_row, task_row};
+use crate::version::BuildInfo;
 
 const LONG_ID: &str = "0123456789abcdef0123456789";
 
@@ -323,17 +324,61 @@ fn inspect_templates_see_the_json_document() {
 }
 
 #[test]
-fn version_prints_this_binary() {
-    let print = |text: &str| {
+fn version_prints_the_client_and_the_server_that_answered() {
+    let client = BuildInfo::this_binary();
+    let server = BuildInfo {
+        version: "9.9.9".into(),
+        git_commit: "0123abc".into(),
+        os: "linux".into(),
+        arch: "aarch64".into(),
+        ..client.clone()
+    };
+    let print = |text: &str, server: Option<&BuildInfo>| {
+        let format = if text == "table" {
+            Format::Table
+        } else {
+            Format::parse(text, None).unwrap()
+        };
         let mut out = Vec::new();
-        print_version(&mut out, text).unwrap();
+        print_version(&mut out, &format, &client, server).unwrap();
         String::from_utf8(out).unwrap()
     };
     let version = env!("CARGO_PKG_VERSION");
-    assert!(print("table").contains(&format!(" Version:  {version}\n")));
-    let v: serde_json::Value = serde_json::from_str(&print("json")).unwrap();
+    let table = print("table", Some(&server));
+    let (c, s) = table.split_once("\n\nServer:\n").expect("a Server section");
+    assert!(c.starts_with("Client:\n"), "{table}");
+    assert!(
+        c.contains(&format!(" Version:      {version}\n")),
+        "{table}"
+    );
+    assert!(c.contains(" API version:  1\n"), "{table}");
+    assert!(c.contains(&format!(" Rust version: {}\n", client.rust_version)));
+    assert!(s.contains(" Version:      9.9.9\n"), "{table}");
+    assert!(s.contains(" Git commit:   0123abc\n"), "{table}");
+    assert!(s.ends_with(" OS/Arch:      linux/aarch64\n"), "{table}");
+    // No daemon: the client's part only.
+    let alone = print("table", None);
+    assert!(!alone.contains("Server"), "{alone}");
+    assert!(alone.starts_with("Client:\n"), "{alone}");
+
+    let v: serde_json::Value = serde_json::from_str(&print("json", Some(&server))).unwrap();
     assert_eq!(v["Client"]["Version"], version);
-    assert_eq!(print("{{.Client.Version}}"), format!("{version}\n"));
+    assert_eq!(v["Client"]["ApiVersion"], "1");
+    assert_eq!(v["Server"]["Version"], "9.9.9");
+    assert_eq!(v["Server"]["GitCommit"], "0123abc");
+    let v: serde_json::Value = serde_json::from_str(&print("json", None)).unwrap();
+    assert!(v["Server"].is_null(), "{v}");
+    assert_eq!(
+        print("{{.Client.Version}}", Some(&server)),
+        format!("{version}\n")
+    );
+    assert_eq!(
+        print(
+            "{{.Server.Version}} {{.Server.Os}}/{{.Server.Arch}}",
+            Some(&server)
+        ),
+        "9.9.9 linux/aarch64\n"
+    );
 }
 
 fn filtered(items: &[&str], tasks: &[TaskView]) -> Vec<String> {

@@ -1,4 +1,4 @@
-//! The node-local API on the unix socket: init, join, leave, info.
+//! The node-local API on the unix socket: init, join, leave, info, exec, version.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use mesh_proto::local_server::Local;
 use mesh_proto::{
     InfoRequest, InfoResponse, InitRequest, InitResponse, JoinRequest, JoinResponse,
     LeaveClusterRequest, LeaveRequest, LeaveResponse, NodeRole, TaskExecRequest, TaskExecResponse,
+    VersionRequest, VersionResponse,
 };
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -18,6 +19,7 @@ use tracing::{info, warn};
 use super::join::{self, JoinParams};
 use super::{Daemon, ManagerStart, not_in_cluster, parse_advertise, parse_socket_addr};
 use crate::state_dir::{Certs, NodeState};
+use crate::version::BuildInfo;
 
 pub const DEFAULT_CONTROL_PORT: u16 = 2377;
 
@@ -319,5 +321,12 @@ impl Local for LocalService {
     ) -> Result<Response<TaskExecResponse>, Status> {
         let (task_id, pid) = self.daemon.exec_target(&req.into_inner().task).await?;
         Ok(Response::new(TaskExecResponse { task_id, pid }))
+    }
+
+    async fn version(
+        &self,
+        _req: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        Ok(Response::new(BuildInfo::this_binary().to_proto()))
     }
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use mesh_common::Liveness;
 use mesh_common::channels::{ChannelProvider, SharedChannels, TlsChannels};
 use mesh_common::leader::leader_hint;
+use mesh_common::metrics::Metrics;
 use mesh_common::tls::Credentials;
 use mesh_control::manager::{Manager, ManagerOptions};
 use mesh_control::store::{Store, StoreOptions};
@@ -54,6 +55,7 @@ pub struct ManagerParams<'a> {
     pub membership: &'a Membership,
     /// This node's worker, for what every node serves on its control port.
     pub worker: logs::WorkerCell,
+    pub metrics: &'a Metrics,
 }
 
 impl RunningManager {
@@ -68,6 +70,7 @@ impl RunningManager {
             channels,
             membership,
             worker,
+            metrics,
         } = p;
         let listener = logs::bind_control_port(&state.listen_addr).await?;
         let raft_addr = format!("{}:{}", state.advertise_addr, state.control_port);
@@ -80,6 +83,7 @@ impl RunningManager {
             channels: shared.clone(),
             max_write_bytes: config.limits.max_write_bytes,
             force_new_cluster: matches!(how, ManagerStart::ForceNewCluster),
+            metrics: metrics.raft.clone(),
         })
         .await
         .context("cannot open the raft store")?;
@@ -92,6 +96,7 @@ impl RunningManager {
             channels: shared,
             config: config.manager(),
             liveness,
+            api_metrics: metrics.api.clone(),
         });
         let shutdown = CancellationToken::new();
         let server = {

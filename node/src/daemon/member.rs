@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use mesh_common::channels::TlsChannels;
+use mesh_common::metrics::Metrics;
 use mesh_common::tls::Credentials;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -29,6 +30,7 @@ pub struct MemberEnv<'a> {
     pub netns_prefix: Option<&'a str>,
     pub events: &'a mpsc::Sender<AgentEvent>,
     pub workers: &'a dyn WorkerEnv,
+    pub metrics: &'a Metrics,
 }
 
 /// A node that is in a cluster.
@@ -70,9 +72,15 @@ impl Member {
                 .context("stored advertise address")?,
             state.gossip_port,
         );
-        let membership = Membership::start(&env.config.gossip, &state.node_id, bind, advertise)
-            .await
-            .with_context(|| format!("cannot start gossip on port {}", state.gossip_port))?;
+        let membership = Membership::start(
+            &env.config.gossip,
+            &state.node_id,
+            bind,
+            advertise,
+            env.metrics.gossip.clone(),
+        )
+        .await
+        .with_context(|| format!("cannot start gossip on port {}", state.gossip_port))?;
         // Filled once the worker runs; the control port it serves opens before.
         let worker_cell = logs::WorkerCell::default();
         let params = ManagerParams {
@@ -83,6 +91,7 @@ impl Member {
             channels: &channels,
             membership: &membership,
             worker: worker_cell.clone(),
+            metrics: env.metrics,
         };
         let running = match manager {
             Some(how) => match RunningManager::start(params, how).await {
@@ -158,7 +167,7 @@ impl Member {
     }
 
     /// Promoted: the manager starts and takes over the control port.
-    pub async fn promote(&mut self, dir: &StateDir, config: &DaemonConfig) {
+    pub async fn promote(&mut self, dir: &StateDir, config: &DaemonConfig, metrics: &Metrics) {
         if self.manager.is_some() {
             return;
         }
@@ -174,6 +183,7 @@ impl Member {
             channels: &self.channels,
             membership: &self.membership,
             worker: self.worker_cell(),
+            metrics,
         };
         match RunningManager::start(params, ManagerStart::Resume).await {
             Ok(r) => self.manager = Some(r),
@@ -256,6 +266,8 @@ fn start_worker(
         },
         reserved_ports: vec![state.control_port, state.gossip_port],
         runtime: tokio::runtime::Handle::current(),
+        metrics: env.metrics.worker.clone(),
+        dns_metrics: env.metrics.dns.clone(),
     };
     let reporter = Reporter {
         channels: channels.clone(),

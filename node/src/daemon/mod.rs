@@ -33,6 +33,7 @@ use anyhow::Context;
 use mesh_common::Liveness;
 use mesh_common::auth::Caller;
 use mesh_common::channels::{ChannelProvider, TlsChannels};
+use mesh_common::metrics::Metrics;
 use mesh_control::controlapi::{ControlContext, ControlService, Route, forward_deadline};
 use mesh_control::manager::Manager;
 use mesh_proto::NodeRole;
@@ -66,6 +67,10 @@ pub struct DaemonOptions {
     pub workers: Arc<dyn WorkerEnv>,
     /// Start the stored manager as the only voter of its cluster (quorum-loss recovery).
     pub force_new_cluster: bool,
+    /// Every family the daemon exports; its parts are handed their handles.
+    pub metrics: Arc<Metrics>,
+    /// Where to serve `metrics` over HTTP (`--metrics-addr`), if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 pub struct Daemon {
@@ -77,6 +82,7 @@ pub struct Daemon {
     member: Mutex<Option<Member>>,
     view: RwLock<Option<View>>,
     events: mpsc::Sender<AgentEvent>,
+    metrics: Arc<Metrics>,
 }
 
 /// What request routing needs, copied out of the running member.
@@ -88,6 +94,9 @@ struct View {
     upstream: watch::Receiver<Option<String>>,
     membership: Membership,
 }
+
+/// The VXLAN port a cluster uses unless `mesh init --data-path-port` says otherwise.
+pub const DEFAULT_DATA_PORT: u16 = 4789;
 
 pub(crate) fn not_in_cluster() -> Status {
     Status::failed_precondition(
@@ -119,6 +128,7 @@ pub async fn serve(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::
         member: Mutex::new(None),
         view: RwLock::new(None),
         events: events_tx,
+        metrics: opts.metrics.clone(),
     });
     let loaded = dir.load()?;
     anyhow::ensure!(
@@ -126,6 +136,20 @@ pub async fn serve(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::
         "--force-new-cluster: {} holds no cluster state to recover",
         opts.state_dir.display()
     );
+    if let Some(addr) = opts.metrics_addr {
+        let state = loaded.as_ref().map(|(s, _)| s);
+        let listener = crate::metrics::bind(
+            "--metrics-addr",
+            addr,
+            &reserved_ports(&daemon.config, state),
+        )
+        .await?;
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            opts.metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     if let Some((state, certs)) = loaded {
         info!(node = %state.node_id, cluster = %state.cluster_id, "resuming cluster membership");
         let mut member = daemon.member.lock().await;
@@ -162,7 +186,7 @@ pub async fn serve(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::
             local,
         ))
         .add_service(ControlServer::with_interceptor(
-            ControlService::new(daemon.clone()),
+            ControlService::new(daemon.clone(), opts.metrics.api.clone()),
             local,
         ))
         .serve_with_incoming_shutdown(UnixListenerStream::new(uds), shutdown.cancelled_owned())
@@ -174,6 +198,21 @@ pub async fn serve(opts: DaemonOptions, shutdown: CancellationToken) -> anyhow::
     }
     info!("daemon stopped");
     served.context("local API server failed")
+}
+
+/// The ports of the cluster's own that no other listener of this node may take: control
+/// (2377, or this node's), gossip, and VXLAN's default data port.
+fn reserved_ports(config: &DaemonConfig, state: Option<&NodeState>) -> Vec<(u16, &'static str)> {
+    let mut ports = vec![
+        (local::DEFAULT_CONTROL_PORT, "control"),
+        (config.agent.gossip_port, "gossip"),
+        (DEFAULT_DATA_PORT, "data path"),
+    ];
+    if let Some(s) = state {
+        ports.push((s.control_port, "control"));
+        ports.push((s.gossip_port, "gossip"));
+    }
+    ports
 }
 
 async fn signal_shutdown(token: CancellationToken) {
@@ -280,6 +319,7 @@ impl Daemon {
             netns_prefix: self.netns_prefix.as_deref(),
             events: &self.events,
             workers: self.workers.as_ref(),
+            metrics: &self.metrics,
         }
     }
 
@@ -314,7 +354,7 @@ impl Daemon {
                     }
                 }
                 AgentEvent::RoleChanged(NodeRole::Manager) => {
-                    m.promote(&self.dir, &self.config).await;
+                    m.promote(&self.dir, &self.config, &self.metrics).await;
                 }
                 AgentEvent::RoleChanged(NodeRole::Worker) => m.demote(&self.dir).await,
                 AgentEvent::RoleChanged(_) => {}

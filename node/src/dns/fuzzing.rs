@@ -37,6 +37,7 @@ impl Responder {
                     NetnsRuntime::new(Arc::new(ns), NetnsSockets::new()),
                     config,
                 ),
+                metrics: Default::default(),
             },
         })
     }

@@ -18,6 +18,8 @@ use hickory_server::proto::rr::rdata::{A, SOA};
 use hickory_server::proto::rr::{DNSClass, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
+use mesh_common::metrics::{DnsMetrics, DnsResult};
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::forward::{Forwarder, Question};
@@ -92,6 +94,7 @@ pub(crate) struct TaskHandler {
     pub(crate) table: SharedTable,
     pub(crate) networks: TaskNetworks,
     pub(crate) forwarder: Forwarder,
+    pub(crate) metrics: DnsMetrics,
 }
 
 #[async_trait::async_trait]
@@ -101,24 +104,33 @@ impl RequestHandler for TaskHandler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let answered = self.answer(request, &mut response_handle).await;
-        answered.unwrap_or_else(|error| {
+        let start = Instant::now();
+        let mut result = DnsResult::ServFail;
+        let answered = self
+            .answer(request, &mut response_handle, &mut result)
+            .await;
+        let info = answered.unwrap_or_else(|error| {
             debug!(task = %self.task, %error, "cannot send dns response");
+            result = DnsResult::ServFail;
             let mut metadata = Metadata::response_from_request(&request.metadata);
             metadata.response_code = ResponseCode::ServFail;
             ResponseInfo::from(Header {
                 metadata,
                 counts: HeaderCounts::default(),
             })
-        })
+        });
+        self.metrics.answered(result, start.elapsed());
+        info
     }
 }
 
 impl TaskHandler {
+    /// Answers `request`; `result` says how, for the metrics.
     async fn answer<R: ResponseHandler>(
         &self,
         request: &Request,
         response_handle: &mut R,
+        result: &mut DnsResult,
     ) -> Result<ResponseInfo, hickory_server::net::NetError> {
         let mut builder = MessageResponseBuilder::from_message_request(request);
         // RFC 6891: a query with EDNS gets EDNS back. Its payload size is the client's: the
@@ -135,10 +147,12 @@ impl TaskHandler {
         metadata.recursion_available = true;
 
         if request.metadata.op_code != OpCode::Query {
+            *result = DnsResult::Malformed;
             let response = builder.error_msg(&request.metadata, ResponseCode::NotImp);
             return response_handle.send_response(response).await;
         }
         let Ok(info) = request.request_info() else {
+            *result = DnsResult::Malformed;
             let response = builder.error_msg(&request.metadata, ResponseCode::FormErr);
             return response_handle.send_response(response).await;
         };
@@ -167,6 +181,7 @@ impl TaskHandler {
             }
             Answer::NoData => (Vec::new(), vec![soa()]),
             Answer::NxDomain => {
+                *result = DnsResult::NxDomain;
                 metadata.response_code = ResponseCode::NXDomain;
                 (Vec::new(), vec![soa()])
             }
@@ -178,9 +193,11 @@ impl TaskHandler {
                     edns: request.edns.as_ref(),
                 };
                 let Some(upstream) = self.forwarder.forward(question).await else {
+                    *result = DnsResult::ServFail;
                     let response = builder.error_msg(&request.metadata, ResponseCode::ServFail);
                     return response_handle.send_response(response).await;
                 };
+                *result = DnsResult::Forwarded;
                 metadata.response_code = upstream.response_code;
                 metadata.authoritative = upstream.authoritative;
                 metadata.recursion_available = upstream.recursion_available;
@@ -196,6 +213,7 @@ impl TaskHandler {
                 return response_handle.send_response(response).await;
             }
         };
+        *result = DnsResult::NoError;
         metadata.authoritative = true;
         let response = builder.build(
             metadata,

@@ -20,6 +20,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use hickory_server::Server;
+use mesh_common::metrics::DnsMetrics;
 use mesh_dataplane::link::{self, IfName};
 use mesh_dataplane::netns::Netns;
 use tracing::{debug, info, warn};
@@ -48,6 +49,7 @@ pub struct DnsManager {
     table: SharedTable,
     sockets: NetnsSockets,
     servers: tokio::sync::Mutex<HashMap<String, TaskServer>>,
+    metrics: DnsMetrics,
 }
 
 struct TaskServer {
@@ -61,6 +63,11 @@ impl DnsManager {
     /// A manager with no server yet; forwarding as `config` says. The table starts empty,
     /// with `config`'s search domains.
     pub fn new(config: DnsConfig) -> Self {
+        Self::with_metrics(config, DnsMetrics::default())
+    }
+
+    /// [`DnsManager::new`], with every server counting and timing its answers in `metrics`.
+    pub fn with_metrics(config: DnsConfig, metrics: DnsMetrics) -> Self {
         let table = SharedTable::new();
         table.update(|t| t.set_search_domains(&config.search_domains));
         Self {
@@ -68,6 +75,7 @@ impl DnsManager {
             table,
             sockets: NetnsSockets::new(),
             servers: tokio::sync::Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -129,6 +137,7 @@ impl DnsManager {
                 NetnsRuntime::new(ns.clone(), self.sockets.clone()),
                 self.config.clone(),
             ),
+            metrics: self.metrics.clone(),
         };
         let mut server = Server::new(handler);
         server.register_socket(udp);

@@ -875,6 +875,62 @@ fn other_names_are_relayed_from_the_upstream() {
     });
 }
 
+/// `mesh_dns_queries_total{result}` and the latency count of `result`, from a scrape.
+fn dns_counts(metrics: &mesh_common::metrics::Metrics, result: &str) -> (f64, f64) {
+    let text = metrics.encode();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("the exposition parses");
+    let of = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("result") == Some(result))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v) => *v,
+                prometheus_parse::Value::Histogram(b) => {
+                    b.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                other => panic!("{name}: unexpected {other:?}"),
+            })
+            .unwrap_or(0.0)
+    };
+    (
+        of("mesh_dns_queries_total"),
+        of("mesh_dns_query_duration_seconds"),
+    )
+}
+
+#[test]
+fn answers_are_counted_and_timed_by_result() {
+    let lab = Lab::new("dns-metrics");
+    runtime().block_on(async {
+        let (_asked, _upstream) = lab.serve_upstream().await;
+        let metrics = mesh_common::metrics::Metrics::new();
+        let dns = DnsManager::with_metrics(upstream_config(), metrics.dns.clone());
+        fill(&dns.table());
+        dns.attach("t1", &path(&lab.task), nets(&["frontend"]))
+            .await
+            .unwrap();
+        let client = Client::new(&lab.task);
+        client.udp("web", RecordType::A).await;
+        client.tcp("web.1", RecordType::A).await;
+        client.udp("secret", RecordType::A).await;
+        client.udp("example.test", RecordType::A).await;
+        assert_eq!(dns_counts(&metrics, "noerror"), (2.0, 2.0));
+        assert_eq!(dns_counts(&metrics, "nxdomain"), (1.0, 1.0));
+        assert_eq!(dns_counts(&metrics, "forwarded"), (1.0, 1.0));
+        assert_eq!(dns_counts(&metrics, "servfail"), (0.0, 0.0));
+        dns.shutdown().await;
+
+        // No upstream at all: a name outside the cluster cannot be answered.
+        let dns = DnsManager::with_metrics(DnsConfig::with_upstreams(vec![]), metrics.dns.clone());
+        dns.attach("t1", &path(&lab.task), vec![]).await.unwrap();
+        client.udp("example.com", RecordType::A).await;
+        assert_eq!(dns_counts(&metrics, "servfail"), (1.0, 1.0));
+        dns.shutdown().await;
+    });
+}
+
 #[test]
 fn truncated_answers_are_fetched_over_tcp_and_retruncated_for_small_udp_clients() {
     let lab = Lab::new("dns-big");

@@ -78,6 +78,8 @@ pub struct Worker<K, R: ?Sized, D: ?Sized, S: RecordSource> {
     /// until then load balancers only gain backends.
     pub(super) settled: bool,
     pub(super) started: Instant,
+    /// Whether a task's state may have changed since the tasks were last exported.
+    pub(super) tasks_stale: bool,
 }
 
 /// Longest a restarted agent keeps what its load balancers hold before trusting a partial
@@ -136,6 +138,7 @@ where
                         if cleanup {
                             self.tear_down().await;
                         }
+                        self.cfg.metrics.stopped();
                         let _ = done.send(());
                         return;
                     }
@@ -177,6 +180,28 @@ where
                 self.sync_mesh();
             }
             self.reports.flush(self.sink.as_ref()).await;
+            self.export_metrics();
+        }
+    }
+
+    /// What the metrics show of the overlay and of this node's tasks (the load balancers'
+    /// backends follow each refresh, in [`Worker::refresh_services`]).
+    fn export_metrics(&mut self) {
+        let m = &self.cfg.metrics;
+        m.set_fdb_entries(self.sandboxes.desired.remotes.len());
+        if std::mem::take(&mut self.tasks_stale) {
+            let me = self.cfg.node_id.as_str();
+            let reports = &self.reports;
+            m.set_tasks(
+                self.assigned
+                    .tasks
+                    .values()
+                    .filter(|t| t.node_id == me)
+                    .map(|t| match reports.last(&t.id) {
+                        Some(s) => s.state(),
+                        None => mesh_common::task::observed_state(t),
+                    }),
+            );
         }
     }
 
@@ -219,6 +244,7 @@ where
     }
 
     fn on_task_state(&mut self, id: &str, st: &runtime::TaskState) {
+        self.tasks_stale = true;
         if let Some(t) = self.assigned.tasks.get(id).cloned()
             && t.desired_state() == TaskState::Running
         {
@@ -234,13 +260,23 @@ where
         }
     }
 
-    /// Makes the node match the assignments. Order when a task starts: network and task
-    /// sandboxes, then its endpoint records, then its process. When it stops: its records
-    /// are withdrawn first, then (after the drain) the process, then the sandboxes.
+    /// Makes the node match the assignments (see [`Worker::converge_now`]), timed in the
+    /// metrics.
     async fn converge(&mut self) {
         if !self.assigned.have_full {
             return;
         }
+        let start = Instant::now();
+        let failed = self.converge_now().await;
+        self.cfg.metrics.reconciled(start.elapsed(), failed);
+        self.tasks_stale = true;
+    }
+
+    /// Makes the node match the assignments. Order when a task starts: network and task
+    /// sandboxes, then its endpoint records, then its process. When it stops: its records
+    /// are withdrawn first, then (after the drain) the process, then the sandboxes. True if
+    /// the overlay could not be reconciled (retried at the next tick).
+    async fn converge_now(&mut self) -> bool {
         // Tasks, sandboxes and networks may change here; the routing mesh follows (and
         // whatever failed there last time is retried).
         self.mesh_stale = true;
@@ -385,6 +421,7 @@ where
             }
         }
         self.launch(launches).await;
+        failed.is_some()
     }
 
     fn mesh_inputs(&self) -> MeshInputs<'_> {
@@ -486,6 +523,9 @@ where
         }
         let ctx = ctx!(self);
         self.services.refresh(&ctx, &self.assigned, &dirty);
+        self.cfg
+            .metrics
+            .set_lb_backends(&self.endpoints.backends_per_service());
     }
 
     /// Joins the gossip scopes of the networks in use, leaves the others.
@@ -681,11 +721,12 @@ where
     fn run_due(&mut self) {
         let now = Instant::now();
         let (sandboxes, kernel) = (&self.sandboxes, &self.kernel);
-        self.services.balancers.run_due(
+        let flushed = self.services.balancers.run_due(
             |id| kernel.lb_for(id == INGRESS_SANDBOX),
             now,
             |id| sandboxes.netns(id),
         );
+        self.cfg.metrics.conntrack_flushed(flushed);
         for (network, vni, ip) in take_due(&mut self.withdrawals, now) {
             if self
                 .endpoints

@@ -205,13 +205,15 @@ impl Balancers {
         }
     }
 
-    /// Flushes whose drain is over; backends that came back since are kept.
+    /// Flushes whose drain is over; backends that came back since are kept. Returns how
+    /// many flushes were done.
     pub fn run_due<'a>(
         &mut self,
         balancer_of: impl Fn(&str) -> &'a dyn LoadBalancer,
         now: Instant,
         netns_of: impl Fn(&str) -> Option<String>,
-    ) {
+    ) -> u64 {
+        let mut flushed = 0;
         for (id, gone) in super::timers::take_due(&mut self.flushes, now) {
             let current = self
                 .applied
@@ -220,12 +222,17 @@ impl Balancers {
                 .unwrap_or_default();
             let gone: BTreeSet<Ipv4Addr> = gone.difference(&current).copied().collect();
             let Some(netns) = netns_of(&id) else { continue };
-            if !gone.is_empty()
-                && let Err(e) = balancer_of(&id).flush_conntrack(&netns, &gone)
-            {
-                warn!(sandbox = %id, error = %e, "cannot flush conntrack of removed backends");
+            if gone.is_empty() {
+                continue;
+            }
+            match balancer_of(&id).flush_conntrack(&netns, &gone) {
+                Ok(()) => flushed += 1,
+                Err(e) => {
+                    warn!(sandbox = %id, error = %e, "cannot flush conntrack of removed backends")
+                }
             }
         }
+        flushed
     }
 
     /// Forgets every sandbox's applied table: each is observed again at its next apply.

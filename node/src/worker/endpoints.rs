@@ -155,6 +155,28 @@ impl EndpointTable {
             .collect()
     }
 
+    /// How many running tasks back each VIP service (`dnsrr` services have no load
+    /// balancer), by service name, over every network this node knows: what its load
+    /// balancers send the service's VIPs to. A task on several networks counts once.
+    pub fn backends_per_service(&self) -> BTreeMap<String, usize> {
+        let mut tasks: BTreeMap<&str, BTreeSet<(&NodeId, &str)>> = BTreeMap::new();
+        for slot in self.by_network.values() {
+            for ((owner, key), e) in slot {
+                let Some(s) = e.service.as_ref().filter(|s| !s.dnsrr && s.vip.is_some()) else {
+                    continue;
+                };
+                let backends = tasks.entry(s.name.as_str()).or_default();
+                if e.running {
+                    backends.insert((owner, key.as_str()));
+                }
+            }
+        }
+        tasks
+            .into_iter()
+            .map(|(name, backends)| (name.to_string(), backends.len()))
+            .collect()
+    }
+
     /// What the load balancer of a sandbox on `networks` must hold.
     pub fn lb_table<'a>(&self, networks: impl IntoIterator<Item = &'a NetworkId>) -> LbTable {
         let mut table = LbTable::default();
@@ -274,6 +296,37 @@ mod tests {
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn backends_per_service_count_running_tasks_once_across_networks() {
+        let mut e = EndpointTable::default();
+        for net in ["a", "b"] {
+            e.upsert(
+                &n(net),
+                &node("n1"),
+                rec("t1", "api", "10.0.0.3", "10.0.0.2", true),
+            );
+        }
+        e.upsert(
+            &n("a"),
+            &node("n2"),
+            rec("t2", "api", "10.0.0.4", "10.0.0.2", true),
+        );
+        e.upsert(
+            &n("a"),
+            &node("n2"),
+            rec("t3", "web", "10.0.0.5", "10.0.0.6", false),
+        );
+        e.upsert(&n("a"), &node("n2"), rec("t4", "db", "10.0.0.7", "", true));
+        assert_eq!(
+            e.backends_per_service(),
+            BTreeMap::from([("api".to_string(), 2), ("web".to_string(), 0)]),
+            "a VIP with no running task has 0 backends; dnsrr has no load balancer"
+        );
+        e.remove_network(&n("a"));
+        e.remove_network(&n("b"));
+        assert!(e.backends_per_service().is_empty());
     }
 
     #[test]

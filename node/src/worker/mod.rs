@@ -68,6 +68,7 @@ use async_trait::async_trait;
 use mesh_common::NodeId;
 use mesh_common::channels::{ChannelProvider, TlsChannels};
 use mesh_common::leader::leader_hint;
+use mesh_common::metrics::{DnsMetrics, WorkerMetrics};
 use mesh_dataplane::Kernel;
 use mesh_dataplane::kernel::LinuxKernel;
 use mesh_dataplane::lb::Backend;
@@ -114,6 +115,11 @@ pub struct WorkerConfig {
     /// The daemon's runtime: the DNS servers of the tasks run there, not on the worker's own
     /// thread (which blocks on kernel calls).
     pub runtime: tokio::runtime::Handle,
+    /// Where the worker exports its reconciles, load balancers, overlay and tasks.
+    pub metrics: WorkerMetrics,
+    /// Where the tasks' DNS servers export their queries (used by [`LinuxWorkers`]; the
+    /// fakes answer nothing).
+    pub dns_metrics: DnsMetrics,
 }
 
 /// Status updates sent in one report (the dispatcher refuses more than 1024).
@@ -291,12 +297,16 @@ impl WorkerEnv for LinuxWorkers {
             warn!(error = %e, "cannot read the host's resolvers; names outside the cluster will not resolve");
             DnsConfig::with_upstreams(Vec::new())
         });
+        let dns = Arc::new(DnsManager::with_metrics(
+            dns_config,
+            config.dns_metrics.clone(),
+        ));
         spawn(
             config,
             Parts {
                 kernel,
                 runtime,
-                dns: Arc::new(DnsManager::new(dns_config)),
+                dns,
                 records: membership,
                 sink: Arc::new(reporter),
             },
@@ -355,6 +365,7 @@ where
         withdrawals: Vec::new(),
         settled: false,
         started: tokio::time::Instant::now(),
+        tasks_stale: true,
     };
     std::thread::Builder::new()
         .name("mesh-worker".into())

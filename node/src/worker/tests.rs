@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use hickory_server::proto::rr::RecordType;
+use mesh_common::metrics::Metrics;
 use mesh_dataplane::kernel::fake::FakeKernel;
 use mesh_dataplane::link::Ipv4Cidr;
 use mesh_dataplane::overlay::{Mac, Prefix, Vni};
@@ -39,6 +40,8 @@ struct Harness {
     records: FakeRecords,
     sink: Arc<CollectingSink>,
     handle: WorkerHandle,
+    /// What the worker exports.
+    metrics: Arc<Metrics>,
 }
 
 impl Harness {
@@ -53,6 +56,7 @@ impl Harness {
     fn start_on(kernel: FakeKernel, runtime: Arc<FakeRuntime>, records: FakeRecords) -> Harness {
         let dns = FakeResolvers::new();
         let sink = CollectingSink::new();
+        let metrics = Arc::new(Metrics::new());
         let config = WorkerConfig {
             node_id: NODE.into(),
             hostname: "host1".into(),
@@ -66,6 +70,8 @@ impl Harness {
             lb_backend: None,
             reserved_ports: vec![2377, 7946],
             runtime: tokio::runtime::Handle::current(),
+            metrics: metrics.worker.clone(),
+            dns_metrics: metrics.dns.clone(),
         };
         let handle = spawn(
             config,
@@ -85,6 +91,7 @@ impl Harness {
             records,
             sink,
             handle,
+            metrics,
         }
     }
 
@@ -117,6 +124,26 @@ impl Harness {
             .get(&(NET.to_string(), task.to_string()))
             .cloned()?;
         EndpointRecord::decode(&bytes)
+    }
+
+    /// The value of the sample `name` (with `label`, if given) in a scrape of the worker's
+    /// metrics; a histogram gives its count.
+    fn scraped(&self, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+        let text = self.metrics.encode();
+        let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("the exposition parses");
+        scrape
+            .samples
+            .into_iter()
+            .filter(|s| s.metric == name)
+            .find(|s| label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                prometheus_parse::Value::Histogram(buckets) => {
+                    buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                other => panic!("{name}: unexpected {other:?}"),
+            })
     }
 
     fn last_state(&self, task: &str) -> Option<TaskState> {
@@ -643,5 +670,78 @@ async fn a_task_with_a_health_check_serves_only_while_healthy() -> Result<()> {
         h.published("t1").filter(|r| !r.running)
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_follow_tasks_backends_overlay_and_flushes() -> Result<()> {
+    let h = Harness::start();
+    assert_eq!(
+        h.scraped("mesh_tasks", Some(("state", "running"))),
+        Some(0.0)
+    );
+    h.assign(vec![task("t1", 3, TaskState::Running)]);
+    until("one task running in the metrics", || {
+        (h.scraped("mesh_tasks", Some(("state", "running"))) == Some(1.0)).then_some(())
+    })
+    .await?;
+    until("its own backend in the metrics", || {
+        (h.scraped("mesh_lb_backends", Some(("service", "web"))) == Some(1.0)).then_some(())
+    })
+    .await?;
+    assert!(h.scraped("mesh_worker_reconcile_duration_seconds", None) >= Some(1.0));
+    assert_eq!(
+        h.scraped("mesh_worker_reconcile_errors_total", None),
+        Some(0.0)
+    );
+
+    // Another node's task joins the service: one more backend, one remote endpoint.
+    h.records
+        .remote_upsert(NET, "node2", "t9", remote_record("t9", 9, "node2", true));
+    until(
+        "the remote backend and its FDB entry in the metrics",
+        || {
+            let backends = h.scraped("mesh_lb_backends", Some(("service", "web")));
+            let fdb = h.scraped("mesh_overlay_fdb_entries", None);
+            (backends == Some(2.0) && fdb >= Some(1.0)).then_some(())
+        },
+    )
+    .await?;
+    assert_eq!(h.scraped("mesh_conntrack_flushes_total", None), Some(0.0));
+
+    // It leaves: its backend goes at once, its conntrack entries after the drain.
+    h.records.remote_remove(NET, "node2", "t9");
+    until("the remote backend gone and its flows flushed", || {
+        let backends = h.scraped("mesh_lb_backends", Some(("service", "web")));
+        let flushes = h.scraped("mesh_conntrack_flushes_total", None);
+        (backends == Some(1.0) && flushes >= Some(1.0)).then_some(())
+    })
+    .await?;
+
+    // The service is removed from this node: its series goes.
+    h.assign(vec![]);
+    until("no task and no backend series left", || {
+        let running = h.scraped("mesh_tasks", Some(("state", "running")));
+        let backends = h.scraped("mesh_lb_backends", Some(("service", "web")));
+        (running == Some(0.0) && backends.is_none()).then_some(())
+    })
+    .await?;
+
+    // A stopped worker (the node left) holds nothing.
+    h.assign(vec![task("t2", 4, TaskState::Running)]);
+    until("the new task running in the metrics", || {
+        (h.scraped("mesh_tasks", Some(("state", "running"))) == Some(1.0)).then_some(())
+    })
+    .await?;
+    h.handle.stop(true).await;
+    assert_eq!(
+        h.scraped("mesh_tasks", Some(("state", "running"))),
+        Some(0.0)
+    );
+    assert_eq!(
+        h.scraped("mesh_lb_backends", Some(("service", "web"))),
+        None
+    );
+    assert_eq!(h.scraped("mesh_overlay_fdb_entries", None), Some(0.0));
     Ok(())
 }
