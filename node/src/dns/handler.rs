@@ -213,7 +213,9 @@ impl TaskHandler {
                 return response_handle.send_response(response).await;
             }
         };
-        *result = DnsResult::NoError;
+        if metadata.response_code != ResponseCode::NXDomain {
+            *result = DnsResult::NoError;
+        }
         metadata.authoritative = true;
         let response = builder.build(
             metadata,
