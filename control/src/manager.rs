@@ -33,7 +33,7 @@ use crate::controlapi::{
 };
 use crate::dispatcher::DispatcherService;
 use crate::error::ControlError;
-use crate::orchestrator::{NodeFailures, Orchestrator, TaskReaper};
+use crate::orchestrator::{Kind as OrchestratorKind, NodeFailures, Orchestrator, TaskReaper};
 use crate::roles::RoleReconciler;
 use crate::scheduler::Scheduler;
 use crate::server::{Authenticator, Policy};
@@ -176,13 +176,15 @@ impl Manager {
         let (me, live) = (&self.node_id, &self.liveness);
         vec![
             runner.run(RoleReconciler::new(store.clone())),
-            runner.run(Orchestrator::replicated(
+            runner.run(Orchestrator::new(
+                OrchestratorKind::Replicated,
                 store.clone(),
                 NodeFailures::new(me.clone(), live.clone(), grace),
                 batch,
                 self.config.limits.clone(),
             )),
-            runner.run(Orchestrator::global(
+            runner.run(Orchestrator::new(
+                OrchestratorKind::Global,
                 store.clone(),
                 NodeFailures::new(me.clone(), live.clone(), grace),
                 batch,

@@ -276,34 +276,28 @@ pub struct Orchestrator {
     limits: crate::config::LimitsConfig,
 }
 
-impl Orchestrator {
-    /// The replicated orchestrator.
-    pub fn replicated(
-        store: crate::store::Store,
-        failures: NodeFailures,
-        batch: crate::store::txn::Batch,
-        limits: crate::config::LimitsConfig,
-    ) -> Orchestrator {
-        Orchestrator {
-            name: "replicated orchestrator",
-            plan: replicated::plan,
-            store,
-            failures,
-            batch,
-            limits,
-        }
-    }
+/// Which orchestrator: they differ only by their plan.
+#[derive(Clone, Copy, Debug)]
+pub enum Kind {
+    Replicated,
+    Global,
+}
 
-    /// The global orchestrator.
-    pub fn global(
+impl Orchestrator {
+    pub fn new(
+        kind: Kind,
         store: crate::store::Store,
         failures: NodeFailures,
         batch: crate::store::txn::Batch,
         limits: crate::config::LimitsConfig,
     ) -> Orchestrator {
+        let (name, plan): (_, fn(&StoreState, &mut Context<'_>) -> Vec<StoreOp>) = match kind {
+            Kind::Replicated => ("replicated orchestrator", replicated::plan),
+            Kind::Global => ("global orchestrator", global::plan),
+        };
         Orchestrator {
-            name: "global orchestrator",
-            plan: global::plan,
+            name,
+            plan,
             store,
             failures,
             batch,
