@@ -28,6 +28,12 @@ pub const BULK_PORT: u16 = 8082;
 /// client closes it.
 pub const IDLE_PORT: u16 = 8083;
 
+/// The MAC of the test world's interface with `ip`.
+fn mac_of(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0x02, 0x00, o[0], o[1], o[2], o[3]]
+}
+
 pub fn ifname(s: &str) -> IfName {
     IfName::new(s).expect("valid ifname")
 }
@@ -75,10 +81,24 @@ impl LbWorld {
             .expect("switch port");
             in_netns(ns, async |nl| {
                 nl.set_up(&ifname("lo")).await?;
+                nl.set_mac(&eth0, mac_of(ip)).await?;
                 nl.ensure_address(&eth0, Ipv4Cidr::new(ip, 24)?).await?;
                 nl.set_up(&eth0).await
             })
             .expect("namespace address");
+        };
+        // Static neighbors, as mesh programs them on its overlays: what is measured is the
+        // load balancer, not ARP resolution on a loaded machine (a failed resolution shows as
+        // "no route to host").
+        let knows = |ns: &Netns, peers: &[Ipv4Addr]| {
+            in_netns(ns, async |nl| {
+                for ip in peers {
+                    nl.replace_neighbor(&ifname("eth0"), *ip, mac_of(*ip))
+                        .await?;
+                }
+                Ok(())
+            })
+            .expect("static neighbors");
         };
         let client = scope.create("c").expect("client namespace");
         let client_ip = Ipv4Addr::new(10, 77, 0, 2);
@@ -98,6 +118,11 @@ impl LbWorld {
             };
             b.serve();
             backends.push(b);
+        }
+        let ips: Vec<Ipv4Addr> = backends.iter().map(|b| b.ip).collect();
+        knows(&client, &ips);
+        for b in &backends {
+            knows(&b.ns, &[client_ip]);
         }
         LbWorld {
             root,
